@@ -1,0 +1,1 @@
+"""The discretae command line (Typer). Each command lives in its own module."""

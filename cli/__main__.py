@@ -1,0 +1,3 @@
+from discretae.cli.app import main
+
+main()

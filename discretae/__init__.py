@@ -1,0 +1,6 @@
+"""discretae: turn images into discrete codes with VQ-VAE, Gumbel-softmax and binary autoencoders."""
+
+from discretae._version import __version__
+from discretae.kernels import nearest_code, nearest_code_with_sums
+
+__all__ = ["__version__", "nearest_code", "nearest_code_with_sums"]
