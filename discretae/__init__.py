@@ -1,4 +1,4 @@
-"""discretae: turn images into discrete codes with VQ-VAE, Gumbel-softmax and binary autoencoders."""
+"""discretae: turn images into discrete codes (VQ-VAE, Gumbel-softmax, binary autoencoders)."""
 
 from discretae._version import __version__
 from discretae.kernels import nearest_code, nearest_code_with_sums
