@@ -176,7 +176,7 @@ def read_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
-        if "allow_pickle" in str(e):
+        if "allow_pickle" in str(e) or "Python objects" in str(e):
             raise DiscretaeError(
                 f"{path}: holds Python objects (dtype object); expected a numeric array"
             ) from None
