@@ -129,6 +129,11 @@ class ImageDataset(Dataset):
     def _label(self, i: int) -> int:
         return -1 if self.labels is None else int(self.labels[i])
 
+    @staticmethod
+    def _check_batch_size(batch_size) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise DiscretaeError(f"batch_size={batch_size!r}; expected an int >= 1")
+
     def _index(self, i) -> int:
         n, i = len(self), operator.index(i)
         if not -n <= i < n:
@@ -212,6 +217,7 @@ class ArrayDataset(ImageDataset):
 
     def batches(self, batch_size=256, *, num_workers=None, shuffle=False, seed=None):
         """Plain slicing; ``num_workers`` is ignored for arrays."""
+        self._check_batch_size(batch_size)
         n = len(self)
         order = np.random.default_rng(seed).permutation(n) if shuffle else None
         for s in range(0, n, batch_size):
@@ -281,6 +287,7 @@ class FolderDataset(ImageDataset):
     def batches(self, batch_size=256, *, num_workers=None, shuffle=False, seed=None):
         """Decode in ``num_workers`` DataLoader workers (None: automatic), ``batch_size`` at
         a time; undecodable files are left out (or raise when strict)."""
+        self._check_batch_size(batch_size)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         workers = _auto_workers(len(self)) if num_workers is None else num_workers
         loader = DataLoader(
@@ -458,7 +465,10 @@ def _load_digits(**kw) -> ArrayDataset:
 
 def _check_args(image_size, channels):
     if image_size is not None:
-        ok = len(tuple(image_size)) == 2 and all(int(s) == s and s > 0 for s in image_size)
+        try:
+            ok = len(tuple(image_size)) == 2 and all(int(s) == s and s > 0 for s in image_size)
+        except (TypeError, ValueError):
+            ok = False
         if not ok:
             raise DiscretaeError(f"image_size={image_size!r} is not (H, W) with H, W >= 1")
     if channels is not None and channels not in (1, 3, 4):

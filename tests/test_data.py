@@ -314,6 +314,27 @@ def test_labels_csv_for_folders(tmp_path):
         load_dataset(tmp_path / "img", labels=tmp_path / "none.csv")
 
 
+def test_labels_npy_for_a_folder_count_bad_files_too(tmp_path):
+    bad_folder(tmp_path)  # six image files, three unreadable: big, good0-2, text, zero
+    np.save(tmp_path.parent / "y.npy", np.arange(6))
+    ds, _ = load(tmp_path, labels=tmp_path.parent / "y.npy")
+    assert ds.names == ["good0.png", "good1.png", "good2.png"] and ds.labels.tolist() == [1, 2, 3]
+    np.save(tmp_path.parent / "y3.npy", np.arange(3))
+    with pytest.raises(DiscretaeError, match="has 3 rows but the data has 6 images"):
+        load_dataset(tmp_path, labels=tmp_path.parent / "y3.npy", warn=lambda m: None)
+
+
+def test_bad_arguments():
+    with pytest.raises(DiscretaeError, match="image_size"):
+        load_dataset("digits", image_size=(0, 3))
+    with pytest.raises(DiscretaeError, match="channels=2"):
+        load_dataset("digits", channels=2)
+    with pytest.raises(DiscretaeError, match="batch_size"):
+        next(load_dataset("digits").batches(0))
+    with pytest.raises(DiscretaeError, match="labels file"):
+        load_dataset("digits", labels="nope.npy")
+
+
 # ---------------------------------------------------------------- IDX
 def mnist_like(folder, prefix, n, gz, labels=True, seed=0):
     rng = np.random.default_rng(seed)
