@@ -1,0 +1,405 @@
+"""``DiscreteAutoencoder``: the scikit-learn-style estimator over the discrete autoencoders.
+
+``fit`` trains on images or flat vectors (never on labels), ``transform`` gives codes,
+``predict`` cluster ids, ``inverse_transform`` images, and ``save``/``load`` one
+.safetensors file.
+
+Cluster ids: for a global vq or gumbel latent with one group, the code is the cluster id
+(``n_clusters_ = n_codes``). Otherwise (binary codes, grid codes, grouped Gumbel, or an
+``n_clusters`` other than ``n_codes``) a ``KMeans`` runs on ``codes_to_latent(codes)``
+flattened per input: bits as 0/1 floats, codebook vectors for categories. Flattening
+keeps where each code sits in the grid (a histogram of codes would lose the layout that
+tells a 6 from a 9) and lets similar codebook vectors count as close.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+
+from ._version import __version__
+from .autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
+from .errors import DiscretaeError, NotFittedError
+from .kmeans import KMeans
+from .serialization import read_model_file, write_model_file
+from .training import make_train_state, to_unit_float, train
+
+# inputs per forward pass at inference
+INFER_BATCH = 1024
+CHANNELS = (1, 3, 4)
+
+
+def _to_tensor(X, what: str) -> torch.Tensor:
+    if isinstance(X, torch.Tensor):
+        return X.detach().cpu()
+    try:
+        arr = np.asarray(X)
+    except Exception as e:
+        raise DiscretaeError(f"{what} must be an array, got {type(X).__name__}: {e}") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise DiscretaeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
+    """X: (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F) -> (N, C, H, W) or (N, F).
+
+    Keeps uint8 as uint8 (scaled by 1/255 batch by batch); floats become float32 and
+    must lie in [0, 1]. A 4-D array is read channels-last when its last axis is 1, 3 or
+    4, else channels-first; with ``expected`` (C, H, W) the layout that matches wins.
+    """
+    t = _to_tensor(X, "X")
+    if t.ndim not in (2, 3, 4):
+        raise DiscretaeError(
+            f"X must be (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F); got shape "
+            f"{tuple(t.shape)} ({t.ndim} dims)"
+        )
+    if t.shape[0] == 0:
+        raise DiscretaeError(f"X has no samples: shape {tuple(t.shape)}")
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    elif t.ndim == 4:
+        last, first = t.shape[3] in CHANNELS, t.shape[1] in CHANNELS
+        if expected is not None and len(expected) == 3:
+            if tuple(t.shape[1:]) == tuple(expected):
+                last = False
+            elif tuple(t.permute(0, 3, 1, 2).shape[1:]) == tuple(expected):
+                last = True
+        if last:
+            t = t.permute(0, 3, 1, 2)
+        elif not first:
+            raise DiscretaeError(
+                f"cannot find the channel axis of X with shape {tuple(t.shape)}: expected "
+                f"1, 3 or 4 channels in the last axis (N, H, W, C) or the second (N, C, H, W)"
+            )
+    if t.dtype == torch.uint8:
+        return t.contiguous()
+    if t.dtype == torch.bool or not t.is_floating_point():
+        raise DiscretaeError(
+            f"X must be uint8 (0-255) or float in [0, 1], got {t.dtype}; divide by the "
+            f"maximum value to get floats in [0, 1]"
+        )
+    t = t.to(torch.float32).contiguous()
+    if not torch.isfinite(t).all():
+        raise DiscretaeError("X contains NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:
+        raise DiscretaeError(
+            f"float X must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; scale it first"
+        )
+    return t
+
+
+def _resolve_device(device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DiscretaeError(
+            f"device={device!r} is not a torch device (try 'auto', 'cpu' or 'cuda')"
+        ) from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise DiscretaeError(f"device={device!r} but CUDA is not available here")
+    return d
+
+
+def _positive_int(name: str, value, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise DiscretaeError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
+    """A discrete autoencoder (vq, gumbel or binary) with scikit-learn conventions.
+
+    Args:
+        model: "vq" (VQ-VAE), "gumbel" (one-hot, Gumbel-softmax) or "binary".
+        n_codes: codebook size K for vq and gumbel.
+        n_bits: bits per code position for binary.
+        latent: "global" (one code per input) or "grid" (h x w codes per image).
+        grid: (h, w) for a grid latent; None picks it from the image size.
+        n_clusters: clusters for ``predict``; None means n_codes for a global vq/gumbel
+            latent (the code is the cluster) and 10 otherwise (k-means on codes).
+        epochs, batch_size, lr: Adam training schedule.
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+        random_state: seed (int) or None; a fixed seed gives identical results on CPU.
+        callback: called after every step with a dict (see ``discretae.training.train``).
+        latent_dim: latent dimension for vq and gumbel (default 32).
+        width: channels of the first conv stage.
+        loss: reconstruction loss, "bce" or "mse".
+        quantizer_options: extra keyword arguments of the quantizer, e.g.
+            ``{"ema": False}`` for vq or ``{"groups": 2}`` for gumbel.
+
+    Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
+    ``n_features_in_``, ``code_shape_``, ``history_``, ``n_clusters_``, ``labels_``,
+    ``kmeans_`` and ``cluster_centers_`` (None unless k-means is used), ``device_``.
+    """
+
+    def __init__(
+        self,
+        model: str = "gumbel",
+        n_codes: int = 10,
+        n_bits: int = 16,
+        latent: str = "global",
+        grid=None,
+        n_clusters: int | None = None,
+        epochs: int = 30,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        device: str = "auto",
+        random_state: int | None = 0,
+        callback=None,
+        latent_dim: int | None = None,
+        width: int = 32,
+        loss: str = "bce",
+        quantizer_options: dict | None = None,
+    ) -> None:
+        self.model = model
+        self.n_codes = n_codes
+        self.n_bits = n_bits
+        self.latent = latent
+        self.grid = grid
+        self.n_clusters = n_clusters
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.device = device
+        self.random_state = random_state
+        self.callback = callback
+        self.latent_dim = latent_dim
+        self.width = width
+        self.loss = loss
+        self.quantizer_options = quantizer_options
+
+    # ---------------------------------------------------------------- fitting
+    def _check_params(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise DiscretaeError(
+                f"unknown model {self.model!r}; valid models: {', '.join(MODEL_KINDS)}"
+            )
+        if self.latent not in LATENTS:
+            raise DiscretaeError(f"latent={self.latent!r} is not one of {LATENTS}")
+        for name in ("n_codes", "n_bits", "epochs", "batch_size", "width"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("n_clusters", self.n_clusters, allow_none=True)
+        _positive_int("latent_dim", self.latent_dim, allow_none=True)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise DiscretaeError(f"lr must be a positive number, got {self.lr!r}")
+        rs = self.random_state
+        if rs is not None and (not isinstance(rs, (int, np.integer)) or isinstance(rs, bool)):
+            raise DiscretaeError(f"random_state must be an int or None, got {rs!r}")
+        if self.callback is not None and not callable(self.callback):
+            raise DiscretaeError(f"callback must be callable or None, got {self.callback!r}")
+
+    def _build(self, input_shape) -> torch.nn.Module:
+        return build_autoencoder(
+            self.model,
+            input_shape,
+            latent=self.latent,
+            n_codes=int(self.n_codes),
+            n_bits=int(self.n_bits),
+            latent_dim=None if self.latent_dim is None else int(self.latent_dim),
+            grid=None if self.grid is None else tuple(int(g) for g in self.grid),
+            width=int(self.width),
+            loss=self.loss,
+            quantizer_options=self.quantizer_options,
+        )
+
+    def _uses_codes_as_clusters(self) -> bool:
+        m = self.model_
+        return (
+            m.config["kind"] in ("vq", "gumbel")
+            and m.code_shape == ()
+            and self.n_clusters in (None, m.config["n_codes"])
+        )
+
+    def fit(self, X, y=None) -> DiscreteAutoencoder:
+        """Train on X: (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F), uint8 or float in
+        [0, 1], numpy or torch. y is ignored."""
+        self._check_params()
+        data = _as_images(X)
+        device = _resolve_device(self.device)
+        seed = self.random_state
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(int(seed))
+            model = self._build(tuple(data.shape[1:])).to(device)
+            state = make_train_state(model, lr=float(self.lr), seed=int(seed))
+            train(
+                state,
+                data,
+                epochs=int(self.epochs),
+                batch_size=int(self.batch_size),
+                device=device,
+                callback=self.callback,
+            )
+        self.model_ = model.eval()
+        self.device_ = device
+        self.input_shape_ = tuple(data.shape[1:])
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.code_shape_ = model.code_shape
+        self.history_ = state.history
+        codes = self._encode(data)
+        if self._uses_codes_as_clusters():
+            self.kmeans_ = self.cluster_centers_ = None
+            self.n_clusters_ = model.config["n_codes"]
+            self.labels_ = codes.numpy()
+        else:
+            self.n_clusters_ = int(self.n_clusters or 10)
+            km = KMeans(self.n_clusters_, n_init=4, random_state=int(seed))
+            km.fit(self._code_features(codes))
+            self.kmeans_ = km
+            self.cluster_centers_ = km.cluster_centers_.cpu().numpy()
+            self.labels_ = km.labels_.cpu().numpy()
+        return self
+
+    # -------------------------------------------------------------- inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit first.")
+
+    def _check_input(self, X) -> torch.Tensor:
+        self._check_fitted()
+        data = _as_images(X, expected=self.input_shape_)
+        if tuple(data.shape[1:]) != self.input_shape_:
+            raise DiscretaeError(
+                f"X has per-sample shape {tuple(data.shape[1:])} (as (C, H, W) or (F,)), "
+                f"but this model was fitted on {self.input_shape_}"
+            )
+        return data
+
+    def _encode(self, data: torch.Tensor) -> torch.Tensor:
+        """data: (N, *input_shape_) uint8/float32 on CPU -> codes on CPU."""
+        out = [
+            self.model_.encode(to_unit_float(data[i : i + INFER_BATCH].to(self.device_))).cpu()
+            for i in range(0, data.shape[0], INFER_BATCH)
+        ]
+        return torch.cat(out)
+
+    def _code_features(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (N, *code_shape_) -> (N, features) float32 on the model's device."""
+        with torch.no_grad():
+            lat = self.model_.quantizer.codes_to_latent(codes.to(self.device_))
+        return lat.reshape(codes.shape[0], -1).float()
+
+    def _cluster(self, codes: torch.Tensor) -> np.ndarray:
+        if self.kmeans_ is None:
+            return codes.numpy().astype(np.int64)
+        return self.kmeans_.predict(self._code_features(codes)).cpu().numpy()
+
+    def transform(self, X) -> np.ndarray:
+        """X -> codes: (N,) int64 for global vq/gumbel, (N, B) uint8 for global binary,
+        (N, h, w) or (N, h, w, B) for grids, with a trailing groups axis for grouped
+        Gumbel."""
+        return self._encode(self._check_input(X)).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """X -> cluster ids (N,) int64 in [0, n_clusters_)."""
+        return self._cluster(self._encode(self._check_input(X)))
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        """Fit on X and return its cluster ids (N,) int64."""
+        return self.fit(X).labels_
+
+    def inverse_transform(self, codes) -> np.ndarray:
+        """codes (N, *code_shape_) -> float32 images in [0, 1]: (N, H, W) for one channel,
+        (N, H, W, C) otherwise, (N, F) for flat inputs."""
+        self._check_fitted()
+        c = self._check_codes(codes)
+        out = torch.cat(
+            [
+                self.model_.decode(c[i : i + INFER_BATCH].to(self.device_)).cpu()
+                for i in range(0, c.shape[0], INFER_BATCH)
+            ]
+        )
+        if out.ndim == 4:
+            out = out[:, 0] if out.shape[1] == 1 else out.permute(0, 2, 3, 1)
+        return out.contiguous().numpy()
+
+    def _check_codes(self, codes) -> torch.Tensor:
+        c = _to_tensor(codes, "codes")
+        expected = self.code_shape_
+        if c.ndim < 1 or tuple(c.shape[1:]) != tuple(expected):
+            raise DiscretaeError(
+                f"codes must have shape (N, {', '.join(map(str, expected))}) for this model, "
+                f"got {tuple(c.shape)}".replace(", )", ")")
+            )
+        if c.is_floating_point() or c.dtype == torch.bool:
+            raise DiscretaeError(f"codes must be integers, got dtype {c.dtype}")
+        high = 2 if self.model_.config["kind"] == "binary" else self.model_.config["n_codes"]
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= high):
+            raise DiscretaeError(
+                f"codes must lie in [0, {high - 1}], got values in [{int(c.min())}, {int(c.max())}]"
+            )
+        return c.to(self.model_.code_dtype)
+
+    # --------------------------------------------------------------- streaming
+    def encode_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) or (B, F) float in [0, 1], any device -> codes (B, *code_shape_)
+        on x's device. No validation: for streaming large collections."""
+        self._check_fitted()
+        return self.model_.encode(x.to(self.device_, torch.float32)).to(x.device)
+
+    def decode_batch(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes: (B, *code_shape_) -> (B, C, H, W) or (B, F) float in [0, 1] on codes'
+        device. No validation."""
+        self._check_fitted()
+        return self.model_.decode(codes.to(self.device_)).to(codes.device)
+
+    # ------------------------------------------------------------------- files
+    def save(self, path) -> None:
+        """Write the fitted model to one .safetensors file (atomically)."""
+        self._check_fitted()
+        params = self.get_params(deep=False)
+        params.pop("callback")
+        if params["grid"] is not None:
+            params["grid"] = [int(g) for g in params["grid"]]
+        tensors = {f"model.{k}": v for k, v in self.model_.state_dict().items()}
+        if self.kmeans_ is not None:
+            tensors["kmeans.cluster_centers"] = self.kmeans_._centers
+        config = {
+            "discretae_version": __version__,
+            "params": params,
+            "model": self.model_.config,
+            "input_shape": list(self.input_shape_),
+            "n_clusters": self.n_clusters_,
+            "history": self.history_,
+        }
+        write_model_file(path, tensors, config)
+
+    @classmethod
+    def load(cls, path, device="auto") -> DiscreteAutoencoder:
+        """Read a model written by ``save``; ``device`` says where it runs."""
+        tensors, config = read_model_file(path)
+        try:
+            params = dict(config["params"])
+            params["device"] = device
+            est = cls(**params)
+            model = build_autoencoder(**config["model"])
+            state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+            model.load_state_dict(state, strict=True)
+            input_shape = tuple(int(s) for s in config["input_shape"])
+            n_clusters = int(config["n_clusters"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise DiscretaeError(f"{str(path)!r} holds an inconsistent model: {e}") from None
+        est.device_ = _resolve_device(device)
+        est.model_ = model.to(est.device_).eval()
+        est.input_shape_ = input_shape
+        est.n_features_in_ = int(np.prod(input_shape))
+        est.code_shape_ = model.code_shape
+        est.history_ = list(config.get("history", []))
+        est.n_clusters_ = n_clusters
+        centers = tensors.get("kmeans.cluster_centers")
+        if centers is None:
+            est.kmeans_ = est.cluster_centers_ = None
+        else:
+            est.kmeans_ = KMeans.from_centers(centers.to(est.device_))
+            est.cluster_centers_ = centers.numpy()
+        return est
