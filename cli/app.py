@@ -1,4 +1,9 @@
-"""The ``discretae`` Typer app: registers one module per command."""
+"""The ``discretae`` Typer app: registers one module per command.
+
+Errors are handled in one place, :class:`~discretae.cli._common.DiscretaeGroup`: a user
+error prints one ``error: ...`` line on stderr and exits 1 (usage errors exit 2,
+Ctrl-C exits 130), in a real process and under Typer's ``CliRunner`` alike.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,23 @@ import typer
 
 from discretae import __version__
 
+from ._common import DiscretaeGroup
+from .decode import decode
+from .demo import demo
+from .encode import encode
+from .evaluate import evaluate
+from .fit import fit
+
 app = typer.Typer(
     name="discretae",
+    cls=DiscretaeGroup,
     help="Turn images into discrete codes: fit, encode, decode and evaluate discrete autoencoders.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+for command in (fit, encode, decode, evaluate, demo):
+    app.command(name=command.__name__)(command)
 
 
 def _version(value: bool) -> None:
@@ -32,8 +47,18 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Turn images into discrete codes."""
+    """Turn images into discrete codes.
+
+    [bold]Examples[/bold]
+
+      discretae demo
+
+      discretae fit digits --out model.safetensors
+
+      discretae evaluate digits -m model.safetensors --report report.json
+    """
 
 
 def main() -> None:
-    app()
+    """Console-script entry point. Failures become one ``error:`` line (see DiscretaeGroup)."""
+    app(prog_name="discretae")

@@ -1,0 +1,131 @@
+"""`discretae evaluate`: clustering, code usage, reconstruction and bits per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    BatchSize,
+    Device,
+    Json,
+    Quiet,
+    Strict,
+    UsageError,
+    print_json,
+    print_table,
+    step_progress,
+    warner,
+)
+from .fit import DATA_HELP
+
+
+def evaluate(
+    data: Annotated[
+        str | None, typer.Argument(help=DATA_HELP + " Not with --codes.", show_default=False)
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", "-m", exists=True, dir_okay=False, help="A model file from `discretae fit`."
+        ),
+    ] = None,
+    codes: Annotated[
+        Path | None,
+        typer.Option(
+            "--codes",
+            exists=True,
+            dir_okay=False,
+            help="Evaluate saved codes or cluster ids (.npy) without a model.",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="True labels .npy (default: DATA's own labels, if any)."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", "-r", help="Write the JSON report here.")
+    ] = None,
+    figures: Annotated[
+        Path | None, typer.Option("--figures", "-f", help="Write PNG figures into this folder.")
+    ] = None,
+    batch_size: BatchSize = 256,
+    device: Device = "auto",
+    strict: Strict = False,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Measure how good a model's codes are on DATA.
+
+    Reports purity, NMI, ACC (Hungarian matching) and ARI against the labels, the number
+    of clusters used, code usage and perplexity, reconstruction MSE and PSNR, and bits per
+    image (raw, and an estimated entropy). Figures: a montage per cluster, the
+    cluster-vs-label heatmap, the code usage histogram, originals next to
+    reconstructions. With --codes, evaluates saved codes alone (clustering and usage).
+
+    [bold]Examples[/bold]
+
+      discretae evaluate digits -m model.safetensors --report report.json
+
+      discretae evaluate images/ -m model.safetensors --figures figs/
+
+      discretae evaluate --codes clusters.npy --labels labels.npy --json
+    """
+    from discretae.commands import evaluate as run_evaluate
+
+    if codes is not None and (data is not None or model is not None):
+        raise UsageError("--codes evaluates saved codes alone: drop DATA and --model")
+    if codes is None and (data is None or model is None):
+        raise UsageError("give DATA and --model, or --codes (with --labels)")
+    with step_progress(not (quiet or json)) as progress:
+        result = run_evaluate(
+            data,
+            model=model,
+            codes=codes,
+            labels=labels,
+            report=report,
+            figures=figures,
+            batch_size=batch_size,
+            device=device,
+            strict=strict,
+            callback=progress,
+            warn=warner(quiet),
+        )
+    if json:
+        print_json(result)
+    elif not quiet:
+        rows = summary_rows(result)
+        if report is not None:
+            rows.append(("report", str(report)))
+        print_table("evaluate", rows)
+
+
+def summary_rows(report: dict) -> list[tuple[str, object]]:
+    """The table rows of a report (see ``discretae.report``); absent sections are left out."""
+    rows: list[tuple[str, object]] = [("images", (report.get("data") or {}).get("n_images"))]
+    clustering = report.get("clustering") or {}
+    for key, name in (("purity", "purity"), ("nmi", "NMI"), ("acc", "ACC"), ("ari", "ARI")):
+        if key in clustering:
+            rows.append((name, clustering[key]))
+    if "n_clusters_used" in clustering:
+        rows.append(("clusters used", clustering["n_clusters_used"]))
+    codes = report.get("codes") or {}
+    if "n_codes" in codes:
+        rows.append(("codes used", f"{codes['used']} of {codes['n_codes']}"))
+    elif "n_bits" in codes:
+        rows.append(("distinct bit patterns", f"{codes['used']} of 2^{codes['n_bits']}"))
+    if "perplexity" in codes:
+        rows.append(("code perplexity", codes["perplexity"]))
+    recon = report.get("reconstruction") or {}
+    if "mse" in recon:
+        rows += [("reconstruction MSE", recon["mse"]), ("PSNR (dB)", recon["psnr"])]
+    bits = report.get("bits") or {}
+    if "raw_bits_per_image" in bits:
+        rows.append(("bits/image, raw codes", bits["raw_bits_per_image"]))
+    if "empirical_entropy_bits_per_image" in bits:
+        rows.append(("bits/image, entropy (estimated)", bits["empirical_entropy_bits_per_image"]))
+    if report.get("figures"):
+        rows.append(("figures", ", ".join(report["figures"])))
+    return rows
