@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -10,6 +12,7 @@ BACKENDS = ("auto", "torch", "triton")
 
 # unit roundoff of float32
 U32 = 2.0**-24
+U64 = 2.0**-53
 
 
 def check_inputs(x: torch.Tensor, codebook: torch.Tensor, precision: str, backend: str) -> None:
@@ -64,28 +67,49 @@ def recheck_rows(
 ) -> None:
     """Decide ``rows`` of ``x`` in float64 and write the result into indices/sq_dist in place.
 
-    Candidates come from a float64 expansion of the distance; the final choice uses
-    direct differences sum((x - c)^2) in float64, ties to the lowest index.
+    x: (N, D), codebook: (K, D), rows: (R,) int64 row numbers, indices: (N,) int64,
+    sq_dist: (N,) float32. Candidates come from a float64 expansion of the distance; the
+    final choice uses direct differences sum((x - c)^2) in float64, ties to the lowest
+    index. Codes with a non-finite entry are never chosen; a row with no finite
+    candidate (a NaN row) keeps what it had.
     """
     if rows.numel() == 0:
         return
-    c64 = codebook.to(torch.float64)
-    cc = (c64 * c64).sum(1)
     k, d = codebook.shape
-    step = max(1, min(rows.numel(), (1 << 23) // max(k, 1)))
+    c64 = codebook.to(torch.float64)
+    finite = torch.isfinite(c64).all(1)
+    c64 = torch.where(finite.unsqueeze(1), c64, 0.0)
+    cc = (c64 * c64).sum(1).masked_fill_(~finite, math.inf)
+    c_norm_max = float(cc.masked_fill(~finite, 0.0).max().sqrt())
+    # float64 distance rows per step: 2 Mi doubles = 16 MiB
+    step = max(1, min(rows.numel(), (1 << 21) // k))
     for start in range(0, rows.numel(), step):
         r = rows[start : start + step]
         xr = x[r].to(torch.float64)
-        dist = torch.addmm(cc, xr, c64.T, alpha=-2.0) + (xr * xr).sum(1, keepdim=True)
-        best = dist.min(1, keepdim=True).values
-        margin = 1e-9 * (best.abs() + cc.max() + (xr * xr).sum(1, keepdim=True)) + 1e-300
+        dist = torch.addmm(cc, xr, c64.T, alpha=-2.0)  # (m, K): ||c||^2 - 2 x.c
+        best = dist.amin(1, keepdim=True)
+        x_norm = torch.linalg.vector_norm(xr, dim=1, keepdim=True)
+        margin = 2.0 * _error_bound64(x_norm, c_norm_max, d)
         pr, pk = torch.nonzero(dist <= best + margin, as_tuple=True)
-        exact = (xr[pr] - c64[pk]).pow(2).sum(1)
+        exact = torch.empty(pr.numel(), dtype=torch.float64, device=x.device)
+        # bounded pieces: with many tied codes there can be m * K candidate pairs
+        pstep = max(1, (1 << 20) // d)
+        for p0 in range(0, pr.numel(), pstep):
+            diff = xr[pr[p0 : p0 + pstep]] - c64[pk[p0 : p0 + pstep]]
+            torch.sum(diff.square_(), 1, out=exact[p0 : p0 + pstep])
+        exact.masked_fill_(~finite[pk], math.inf)
         m = len(r)
-        row_min = torch.full((m,), float("inf"), dtype=torch.float64, device=x.device)
+        row_min = torch.full((m,), math.inf, dtype=torch.float64, device=x.device)
         row_min.scatter_reduce_(0, pr, exact, reduce="amin")
-        at_min = exact == row_min[pr]
+        at_min = (exact == row_min[pr]) & ~row_min[pr].isnan()
         pick = torch.full((m,), k, dtype=torch.int64, device=x.device)
         pick.scatter_reduce_(0, pr[at_min], pk[at_min], reduce="amin")
-        indices[r] = pick.clamp_(max=k - 1)
-        sq_dist[r] = row_min.to(sq_dist.dtype)
+        done = pick < k
+        indices[r[done]] = pick[done]
+        sq_dist[r[done]] = row_min[done].to(sq_dist.dtype)
+
+
+def _error_bound64(x_norm: torch.Tensor, c_norm_max: float, d: int) -> torch.Tensor:
+    """``error_bound`` for a float64 evaluation of ``||c||^2 - 2 x.c``."""
+    gamma = (d + 4) * U64 / (1.0 - (d + 4) * U64)
+    return 1.25 * gamma * (2.0 * x_norm * c_norm_max + c_norm_max * c_norm_max) + 1e-300
