@@ -1,0 +1,27 @@
+"""Shared test setup: Triton's interpreter on machines without CUDA, and the gpu marker.
+
+triton.jit decides whether to interpret when a kernel module is imported, and pytest
+imports this file before any test module, so this is the one reliable place to choose the
+interpreter for the whole run. Only CPU-only machines get it: with CUDA the kernels are
+compiled and tested on the GPU. An explicit TRITON_INTERPRET in the environment wins.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` when there is no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
