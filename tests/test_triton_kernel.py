@@ -49,7 +49,8 @@ def check(x, c, exact):
     idx, sq, want, d = idx.cpu(), sq.cpu(), want.cpu(), d.cpu()
     true_min = d.min(1).values
     got = d.gather(1, idx[:, None]).squeeze(1)
-    tf32 = not exact and x.is_cuda and x.dtype == c.dtype == torch.float32
+    half = x.dtype == c.dtype and x.dtype != torch.float32  # else the pass runs in float32
+    tf32 = not exact and x.is_cuda and not half
     x_norm = x.double().norm(dim=1).cpu()
     bound = first_pass_bound(x_norm, float(c.double().norm(dim=1).max()), x.shape[1], tf32)
     if exact:
@@ -75,7 +76,7 @@ def rand(*shape, dtype=torch.float32, seed=0):
     [(1, 1, 1), (7, 5, 3), (33, 17, 70), (50, 129, 257), (70, 40, 20)],
 )
 def test_odd_shapes_match_float64(n, k, d, exact):
-    # D=70 and 257 walk several D chunks; D <= 16 loads each row once
+    # with the interpreter's 16-wide tiles, D=20, 70 and 257 take several D chunks
     check(rand(n, d, seed=1), rand(k, d, seed=2), exact)
 
 
@@ -126,7 +127,8 @@ def test_non_contiguous_inputs(exact):
 
 
 @pytest.mark.parametrize("exact", [True, False], ids=["exact", "fast"])
-@pytest.mark.parametrize("n,k,d", [(3, 200, 24), (5, 129, 40)])
+# K large enough to split on a GPU too (at least 256 codes per split there)
+@pytest.mark.parametrize("n,k,d", [(3, 600, 24), (5, 1100, 40)])
 def test_split_k(n, k, d, exact):
     assert num_splits(n, k, torch.device(DEVICE)) > 1
     check(rand(n, d, seed=12), rand(k, d, seed=13), exact)
@@ -151,13 +153,13 @@ def test_near_ties_are_rechecked(n, same_tile):
     # float32 cannot tell them apart, float64 can. Every other code is far, so only the
     # second-best tracking (within a tile, across tiles, across splits) flags the row.
     g = torch.Generator().manual_seed(21)
-    k, d = 64, 6
+    k, d = (64 if DEVICE == "cpu" else 1024), 6  # a GPU splits only 256+ codes
     c = 1000 * torch.randn(k, d, generator=g)
     lo = torch.randint(0, 15, (n,), generator=g)
     if same_tile:
         hi = lo + 1 + (torch.rand(n, generator=g) * (15 - lo)).long()
     else:
-        hi = lo + 16 * torch.randint(1, 4, (n,), generator=g)
+        hi = lo + 16 * torch.randint(1, k // 16, (n,), generator=g)
     e = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
     c[hi] = c[lo] + 1e-3 * e
     sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
