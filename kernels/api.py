@@ -71,13 +71,16 @@ def nearest_code(
         x: (..., D) float32, float16 or bfloat16.
         codebook: (K, D), same device as ``x``; K >= 1.
         precision: ``"exact"`` (default) returns the index a float64 computation
-            returns: a float32 pass flags every row whose two best distances lie
-            within the float32 error bound of each other, and those rows are decided
+            returns: a first pass flags every row whose two best distances lie
+            within that pass's error bound of each other, and those rows are decided
             again in float64. Ties go to the lowest index. ``"fast"`` skips the
-            recheck: the chosen distance exceeds the true minimum by at most twice
-            the pass's rounding error, ``2 * (D + 4) * eps * (2 ||x|| ||c||max +
-            ||c||max^2)`` with eps = 2^-24 for float32 and 2^-11 for TF32 on a GPU
-            (about 1e-3 relative at D = 64 on GPU).
+            recheck and, on a GPU, uses TF32 tensor cores for float32 inputs. The
+            chosen distance then exceeds the true minimum by at most twice the
+            pass's error bound: on the CPU ``2 * (D + 4) * 2^-24 * (2 ||x||
+            ||c||max + ||c||max^2)`` (``kernels._common.error_bound``); on a GPU
+            with float32 inputs, where TF32 may truncate each operand, about
+            ``2.5 * 2^-8 * ||x|| * ||c||max``, roughly 1% of ``||x|| ||c||max``
+            (``kernels.triton_backend.first_pass_bound``).
         backend: ``"auto"`` (Triton on CUDA, torch otherwise), ``"torch"`` or
             ``"triton"`` (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``).
 
