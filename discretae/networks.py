@@ -22,6 +22,10 @@ def default_downsampling(height: int, width: int) -> int:
     return max(1, min(4, int(math.floor(math.log2(max(side, 1) / 6.0)))))
 
 
+def _norm(c: int) -> nn.Module:
+    return nn.GroupNorm(min(8, c), c)
+
+
 def _stage_channels(n_down: int, width: int) -> list[int]:
     return [min(width * 2**i, MAX_CHANNELS) for i in range(n_down)]
 
@@ -56,7 +60,8 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for co in _stage_channels(self.n_down, width):
-            layers += [nn.Conv2d(c, co, 4, 2, 1), nn.SiLU(), nn.Conv2d(co, co, 3, 1, 1), nn.SiLU()]
+            layers += [nn.Conv2d(c, co, 4, 2, 1), _norm(co), nn.SiLU()]
+            layers += [nn.Conv2d(co, co, 3, 1, 1), _norm(co), nn.SiLU()]
             c = co
         self.body = nn.Sequential(*layers)
         if latent == "grid":
@@ -66,6 +71,7 @@ class ConvEncoder(nn.Module):
             self.head = nn.Sequential(
                 nn.Flatten(),
                 nn.Linear(c * self.feat_hw[0] * self.feat_hw[1], hidden),
+                nn.LayerNorm(hidden),
                 nn.SiLU(),
                 nn.Linear(hidden, out_dim),
             )
@@ -112,14 +118,15 @@ class ConvDecoder(nn.Module):
         else:
             self.head = nn.Sequential(
                 nn.Linear(in_dim, hidden),
+                nn.LayerNorm(hidden),
                 nn.SiLU(),
                 nn.Linear(hidden, c * self.feat_hw[0] * self.feat_hw[1]),
                 nn.SiLU(),
             )
         layers: list[nn.Module] = []
         for co in chans[1:] + [width]:
-            layers += [nn.Conv2d(c, c, 3, 1, 1), nn.SiLU(), nn.ConvTranspose2d(c, co, 4, 2, 1)]
-            layers += [nn.SiLU()]
+            layers += [nn.Conv2d(c, c, 3, 1, 1), _norm(c), nn.SiLU()]
+            layers += [nn.ConvTranspose2d(c, co, 4, 2, 1), _norm(co), nn.SiLU()]
             c = co
         layers.append(nn.Conv2d(c, out_channels, 3, 1, 1))
         self.body = nn.Sequential(*layers)

@@ -75,7 +75,8 @@ class VectorQuantizer(nn.Module):
         ema: update the codebook as an exponential moving average of the vectors
             assigned to each code (sums and counts from ``nearest_code_with_sums``);
             False trains the codebook by gradient with the loss ``||sg(z) - q||^2``.
-        decay: EMA decay.
+        decay: EMA decay; 0.9 (a memory of about 10 steps) suits runs of a few hundred
+            to a few thousand steps, longer runs may prefer 0.99.
         eps: Laplace smoothing of the EMA counts.
         kmeans_init: set the codebook by k-means on the first training batch.
         kmeans_iters: Lloyd iterations of that initialisation.
@@ -94,7 +95,7 @@ class VectorQuantizer(nn.Module):
         *,
         commitment: float = 0.25,
         ema: bool = True,
-        decay: float = 0.99,
+        decay: float = 0.9,
         eps: float = 1e-5,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
@@ -237,7 +238,7 @@ class GumbelQuantizer(nn.Module):
         *,
         groups: int = 1,
         tau_start: float = 1.0,
-        tau_end: float = 0.1,
+        tau_end: float = 0.3,
         kl_weight: float = 0.1,
         hard: bool = True,
     ) -> None:
@@ -253,7 +254,10 @@ class GumbelQuantizer(nn.Module):
         self.tau_start, self.tau_end, self.tau = tau_start, tau_end, tau_start
         self.kl_weight, self.hard = kl_weight, hard
         self.code_tail = (groups,) if groups > 1 else ()
-        self.codebook = nn.Parameter(torch.randn(groups, n_codes, dim // groups))
+        # unit-norm-scale rows keep the initial logits O(1), so the softmax starts soft
+        self.codebook = nn.Parameter(
+            torch.randn(groups, n_codes, dim // groups) / (dim // groups) ** 0.5
+        )
 
     def set_progress(self, frac: float) -> None:
         """frac in [0, 1]: how far training has come; sets the temperature."""
@@ -366,7 +370,7 @@ class BinaryQuantizer(nn.Module):
                 bits = (torch.rand_like(p) < p).float()
             else:
                 bits = (p > 0.5).float()
-            q = bits + p - p.detach()
+            q = bits + (p - p.detach())  # exactly the bits forward, sigmoid gradient back
             mean_p = p.reshape(-1, self.n_bits).mean(0)
             aux = self.balance_weight * (mean_p - 0.5).pow(2).mean()
         codes = bits.to(torch.uint8)

@@ -1,0 +1,226 @@
+"""DiscreteAutoencoder: clustering on digits, shapes, layouts, errors, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.metrics import normalized_mutual_info_score
+
+from discretae.autoencoder import build_autoencoder
+from discretae.errors import DiscretaeError, NotFittedError
+from discretae.estimator import DiscreteAutoencoder
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return (d.data / 16.0).reshape(-1, 8, 8), d.target
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(0)
+    return rng.random((40, 12, 10)).astype(np.float32)
+
+
+FIT_FAST = dict(epochs=10, batch_size=64)
+
+
+@pytest.mark.parametrize("kind", ["vq", "gumbel", "binary"])
+def test_digits_clusters_carry_label_information(digits, kind):
+    X, y = digits
+    est = DiscreteAutoencoder(model=kind, **FIT_FAST).fit(X)
+    pred = est.predict(X)
+    assert pred.shape == (len(X),) and pred.dtype == np.int64
+    assert 0 <= pred.min() and pred.max() < est.n_clusters_ == 10
+    assert normalized_mutual_info_score(y, pred) > 0.4
+    assert np.array_equal(est.labels_, pred)
+    last = est.history_[-1]
+    assert set(last) == {"epoch", "loss", "recon", "aux", "usage", "perplexity", "seconds"}
+    assert len(est.history_) == 10 and last["loss"] < est.history_[0]["loss"]
+    if kind == "binary":
+        assert est.kmeans_ is not None and est.cluster_centers_.shape == (10, 16)
+    else:
+        assert est.kmeans_ is None  # the code is the cluster id
+        assert np.array_equal(est.transform(X), pred)
+
+
+@pytest.mark.parametrize(
+    "params, code_shape, dtype",
+    [
+        (dict(model="vq", n_codes=6), (), np.int64),
+        (dict(model="gumbel", quantizer_options={"groups": 2}), (2,), np.int64),
+        (dict(model="binary", n_bits=5), (5,), np.uint8),
+        (dict(model="vq", latent="grid"), (6, 5), np.int64),
+        (dict(model="gumbel", latent="grid", grid=(3, 2)), (3, 2), np.int64),
+        (dict(model="binary", latent="grid", n_bits=3), (6, 5, 3), np.uint8),
+    ],
+)
+def test_codes_shapes_and_round_trip_shapes(small, params, code_shape, dtype):
+    est = DiscreteAutoencoder(epochs=1, batch_size=16, n_clusters=3, **params).fit(small)
+    codes = est.transform(small)
+    assert codes.shape == (40, *code_shape) and codes.dtype == dtype
+    assert est.code_shape_ == code_shape
+    assert est.input_shape_ == (1, 12, 10) and est.n_features_in_ == 120
+    recon = est.inverse_transform(codes)
+    assert recon.shape == (40, 12, 10) and recon.dtype == np.float32
+    assert recon.min() >= 0.0 and recon.max() <= 1.0
+    pred = est.predict(small)
+    assert pred.dtype == np.int64 and pred.max() < est.n_clusters_ == 3
+
+
+def test_layouts_dtypes_and_streaming_agree():
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 256, size=(30, 9, 11, 3), dtype=np.uint8)
+    est = DiscreteAutoencoder(model="binary", n_bits=8, epochs=1, batch_size=8).fit(X)
+    assert est.input_shape_ == (3, 9, 11)
+    codes = est.transform(X)
+    assert np.array_equal(est.transform(X.astype(np.float32) / 255), codes)
+    assert np.array_equal(est.transform(np.ascontiguousarray(X.transpose(0, 3, 1, 2))), codes)
+    assert np.array_equal(est.transform(torch.from_numpy(X)), codes)
+    x = torch.from_numpy(X).permute(0, 3, 1, 2).float() / 255
+    assert np.array_equal(est.encode_batch(x).numpy(), codes)
+    recon = est.inverse_transform(codes)
+    assert recon.shape == (30, 9, 11, 3)
+    decoded = est.decode_batch(torch.from_numpy(codes))
+    assert decoded.shape == (30, 3, 9, 11)
+    np.testing.assert_allclose(decoded.permute(0, 2, 3, 1).numpy(), recon, atol=1e-6)
+
+
+def test_flat_input_uses_the_mlp(digits):
+    X, y = digits
+    flat = X.reshape(len(X), -1)
+    est = DiscreteAutoencoder(model="gumbel", epochs=2).fit(flat[:300])
+    assert est.input_shape_ == (64,)
+    assert type(est.model_.encoder).__name__ == "MLPEncoder"
+    assert est.inverse_transform(est.transform(flat[:7])).shape == (7, 64)
+    with pytest.raises(DiscretaeError, match="grid"):
+        DiscreteAutoencoder(latent="grid", epochs=1).fit(flat[:50])
+
+
+def test_deterministic_for_a_seed(small):
+    a = DiscreteAutoencoder(model="gumbel", epochs=2, batch_size=8, random_state=3).fit(small)
+    b = DiscreteAutoencoder(model="gumbel", epochs=2, batch_size=8, random_state=3).fit(small)
+    c = DiscreteAutoencoder(model="gumbel", epochs=2, batch_size=8, random_state=4).fit(small)
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
+    for pa, pb in zip(a.model_.parameters(), b.model_.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert [h["loss"] for h in a.history_] != [h["loss"] for h in c.history_]
+
+
+def test_fit_leaves_the_global_rng_alone(small):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    DiscreteAutoencoder(model="vq", epochs=1, batch_size=8).fit(small)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_callback_gets_every_step(small):
+    events = []
+    DiscreteAutoencoder(model="vq", epochs=2, batch_size=16, callback=events.append).fit(small)
+    assert len(events) == 2 * 3
+    assert set(events[0]) == {
+        "epoch", "epochs", "step", "steps_per_epoch", "loss", "usage", "perplexity"
+    }  # fmt: skip
+    assert [(e["epoch"], e["step"]) for e in events[:4]] == [(1, 1), (1, 2), (1, 3), (2, 1)]
+    assert events[0]["epochs"] == 2 and events[0]["steps_per_epoch"] == 3
+    assert all(np.isfinite(e["loss"]) and e["usage"] >= 1 for e in events)
+
+
+def test_not_fitted_errors(small):
+    est = DiscreteAutoencoder()
+    for call in (est.transform, est.predict, est.inverse_transform):
+        with pytest.raises(NotFittedError, match="not fitted yet; call fit first"):
+            call(small)
+    with pytest.raises(NotFittedError):
+        est.save("never-written.safetensors")
+
+
+def test_bad_input_errors(small):
+    est = DiscreteAutoencoder(model="vq", epochs=1, batch_size=16).fit(small)
+    with pytest.raises(DiscretaeError, match=r"fitted on \(1, 12, 10\)"):
+        est.transform(np.zeros((4, 12, 11), np.float32))
+    with pytest.raises(DiscretaeError, match="5 dims"):
+        est.predict(np.zeros((2, 1, 1, 12, 10)))
+    bad = small.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(DiscretaeError, match="NaN"):
+        DiscreteAutoencoder(epochs=1).fit(bad)
+    with pytest.raises(DiscretaeError, match=r"\[0, 1\]"):
+        DiscreteAutoencoder(epochs=1).fit(small * 16)
+    with pytest.raises(DiscretaeError, match="uint8"):
+        DiscreteAutoencoder(epochs=1).fit((small * 16).astype(np.int64))
+    with pytest.raises(DiscretaeError, match="channel"):
+        DiscreteAutoencoder(epochs=1).fit(np.zeros((3, 5, 6, 7), np.float32))
+    with pytest.raises(DiscretaeError, match=r"shape \(N\)"):
+        est.inverse_transform(np.zeros((3, 2), np.int64))
+    with pytest.raises(DiscretaeError, match=r"\[0, 9\]"):
+        est.inverse_transform(np.array([0, 10]))
+    with pytest.raises(DiscretaeError, match="integers"):
+        est.inverse_transform(np.array([0.5, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(n_codes=0), "n_codes must be an integer >= 1"),
+        (dict(model="pq"), "valid models: vq, gumbel, binary"),
+        (dict(latent="patch"), "latent"),
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(device="tpu9"), "device"),
+        (dict(grid=(20, 2), latent="grid"), "larger than the image"),
+        (dict(model="gumbel", quantizer_options={"groups": 3}, latent_dim=8), "multiple"),
+        (dict(model="vq", quantizer_options={"colour": 1}), "quantizer_options"),
+    ],
+)
+def test_bad_params_raise_in_fit_not_init(small, params, message):
+    est = DiscreteAutoencoder(**params)  # __init__ validates nothing
+    with pytest.raises(DiscretaeError, match=message):
+        est.fit(small)
+
+
+def test_sklearn_conventions():
+    est = DiscreteAutoencoder(model="binary", n_bits=4)
+    assert clone(est).get_params()["n_bits"] == 4
+    assert DiscreteAutoencoder().get_params()["model"] == "gumbel"
+
+
+def test_registry_rejects_unknown_kinds():
+    with pytest.raises(ValueError, match="valid kinds: vq, gumbel, binary"):
+        build_autoencoder("pq", (1, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 13, 21), (4, 28, 28), (1, 33, 17), (20,)])
+@pytest.mark.parametrize("kind", ["vq", "gumbel", "binary"])
+def test_autoencoder_any_size(shape, kind):
+    torch.manual_seed(0)
+    latent = "global" if len(shape) == 1 else "grid"
+    model = build_autoencoder(kind, shape, latent=latent, n_codes=5)
+    x = torch.rand(2, *shape)
+    out = model(x)
+    assert out["x_hat"].shape == x.shape and out["recon_loss"].ndim == 0
+    out["recon_loss"].backward()
+    rebuilt = build_autoencoder(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval()
+    codes = model.encode(x)
+    assert codes.shape == (2, *model.code_shape)
+    assert model.decode(codes).shape == x.shape
+    assert torch.equal(rebuilt.eval().encode(x), codes)
+
+
+def test_autoencoder_bf16_autocast_has_no_nans():
+    torch.manual_seed(0)
+    for kind in ("vq", "gumbel", "binary"):
+        model = build_autoencoder(kind, (1, 12, 12), latent="grid", n_codes=8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(torch.rand(4, 1, 12, 12))
+            loss = out["recon_loss"] + out["aux_loss"]
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
