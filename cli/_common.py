@@ -204,15 +204,35 @@ def fmt(value: Any, digits: int = 4) -> str:
 def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # long paths wrap, never get cut
     for name, value in rows:
         table.add_row(name, fmt(value))
     stdout().print(table)
 
 
+class _LazyProgress:
+    """A Rich progress bar that appears on the first event, so a run that fails during
+    validation prints nothing but its one error line."""
+
+    def __init__(self, *columns, transient: bool, **fields) -> None:
+        self.bar = Progress(*columns, console=stderr(), transient=transient)
+        self.task = self.bar.add_task("", total=None, **fields)
+        self.started = False
+
+    def update(self, **kwargs) -> None:
+        if not self.started:
+            self.bar.start()
+            self.started = True
+        self.bar.update(self.task, **kwargs)
+
+    def stop(self) -> None:
+        if self.started:
+            self.bar.stop()
+
+
 @contextmanager
 def step_progress(enabled: bool, what: str = "images") -> Iterator[Callable[[dict], None]]:
-    """A progress bar over ``{"done", "total"}`` events (encode, decode, evaluate)."""
+    """A progress bar over ``{"stage", "done", "total"}`` events (encode, decode, evaluate)."""
     if not enabled:
         yield lambda event: None
         return
@@ -223,18 +243,13 @@ def step_progress(enabled: bool, what: str = "images") -> Iterator[Callable[[dic
         TextColumn(what),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=stderr(), transient=True) as bar:
-        task = bar.add_task(what, total=None)
-
-        def update(event: dict) -> None:
-            bar.update(
-                task,
-                total=event.get("total"),
-                completed=event["done"],
-                description=event.get("stage", ""),
-            )
-
-        yield update
+    bar = _LazyProgress(*columns, transient=True)
+    try:
+        yield lambda event: bar.update(
+            total=event.get("total"), completed=event["done"], description=event.get("stage", "")
+        )
+    finally:
+        bar.stop()
 
 
 @contextmanager
@@ -253,24 +268,23 @@ def fit_progress(enabled: bool) -> Iterator[Callable[[dict], None]]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    fields = {"epoch": "-", "loss": "-", "usage": "-", "ppl": "-"}
-    with Progress(*columns, console=stderr()) as bar:
-        task = bar.add_task("fit", total=None, **fields)
+    bar = _LazyProgress(*columns, transient=False, epoch="-", loss="-", usage="-", ppl="-")
 
-        def update(event: dict) -> None:
-            epochs, steps = int(event["epochs"]), int(event["steps_per_epoch"])
-            done = _fit_steps_done(event)
-            bar.update(
-                task,
-                total=epochs * steps,
-                completed=done,
-                epoch=f"{event['epoch']}/{epochs}",
-                loss=fmt(event.get("loss")),
-                usage=_usage_text(event.get("usage")),
-                ppl=fmt(event.get("perplexity"), 1),
-            )
+    def update(event: dict) -> None:
+        epochs, steps = int(event["epochs"]), int(event["steps_per_epoch"])
+        bar.update(
+            total=epochs * steps,
+            completed=_fit_steps_done(event),
+            epoch=f"{event['epoch']}/{epochs}",
+            loss=fmt(event.get("loss")),
+            usage=_usage_text(event.get("usage")),
+            ppl=fmt(event.get("perplexity"), 1),
+        )
 
+    try:
         yield update
+    finally:
+        bar.stop()
 
 
 def _fit_steps_done(event: dict) -> int:

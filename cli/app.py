@@ -20,10 +20,21 @@ from .encode import encode
 from .evaluate import evaluate
 from .fit import fit
 
+HELP = """Turn images into discrete codes: fit, encode, decode and evaluate discrete autoencoders.
+
+[bold]Examples[/bold]
+
+  discretae demo
+
+  discretae fit digits --out model.safetensors
+
+  discretae evaluate digits -m model.safetensors --report report.json
+"""
+
 app = typer.Typer(
     name="discretae",
     cls=DiscretaeGroup,
-    help="Turn images into discrete codes: fit, encode, decode and evaluate discrete autoencoders.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -47,16 +58,7 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Turn images into discrete codes.
-
-    [bold]Examples[/bold]
-
-      discretae demo
-
-      discretae fit digits --out model.safetensors
-
-      discretae evaluate digits -m model.safetensors --report report.json
-    """
+    """Turn images into discrete codes."""
 
 
 def main() -> None:

@@ -633,8 +633,9 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
 
 
 # ------------------------------------------------------------------------------- demo
-# Epochs per model that keep `discretae demo` well under a minute on a 2-core CPU.
-DEMO_EPOCHS = {"vq": 30, "gumbel": 30, "binary": 30}
+# (epochs, batch size) per model: measured to keep `discretae demo` well under a minute
+# on a 2-core CPU (about 17 CPU-seconds of fitting for gumbel on one thread).
+DEMO_SETTINGS = {"gumbel": (50, 32), "vq": (40, 32), "binary": (30, 32)}
 
 
 def demo(
@@ -663,7 +664,10 @@ def demo(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_figures_folder(out)
-    epochs = epochs or DEMO_EPOCHS[model]
+    if model not in DEMO_SETTINGS:
+        raise DiscretaeError(f"unknown model {model!r}; valid models: {', '.join(DEMO_SETTINGS)}")
+    default_epochs, batch_size = DEMO_SETTINGS[model]
+    epochs = epochs or default_epochs
     ds = load_dataset("digits")
     x, y = ds.to_array(), ds.labels
     start = time.perf_counter()
@@ -672,6 +676,7 @@ def demo(
         n_codes=10,
         n_clusters=10,
         epochs=epochs,
+        batch_size=batch_size,
         device=device,
         random_state=seed,
         callback=callback,

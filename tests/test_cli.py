@@ -1,0 +1,406 @@
+"""The command line, end to end: Typer's CliRunner and real `discretae` processes.
+
+Data is tiny and made here (PNG folders with class subfolders, .npy, IDX files), or
+scikit-learn's digits; models train for one epoch, so these test plumbing, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from discretae.cli.app import app
+from PIL import Image
+from typer.testing import CliRunner
+
+from discretae import __version__
+from discretae.report import REPORT_KEYS
+
+runner = CliRunner()
+COMMANDS = ["fit", "encode", "decode", "evaluate", "demo"]
+# The report's top-level keys are a public contract: changing them breaks scripts.
+EXPECTED_REPORT_KEYS = {
+    "bits",
+    "clustering",
+    "codes",
+    "created",
+    "data",
+    "discretae_version",
+    "figures",
+    "model",
+    "reconstruction",
+}
+
+
+def cli(*args: object):
+    """Run the app in-process; return the Result (exit_code, stdout, stderr)."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def run(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed console script in a real process."""
+    exe = shutil.which("discretae")
+    cmd = [exe] if exe else [sys.executable, "-m", "discretae.cli"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result) -> None:
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
+
+
+# ------------------------------------------------------------------------------- data
+def make_images(n: int, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, size, size) uint8 images of two kinds (bright left or right half), and labels."""
+    rng = np.random.default_rng(seed)
+    images = (rng.random((n, size, size)) * 60).astype(np.uint8)
+    labels = np.arange(n) % 2
+    for i, y in enumerate(labels):
+        half = slice(0, size // 2) if y == 0 else slice(size // 2, size)
+        images[i, :, half] += 180
+    return images, labels.astype(np.int64)
+
+
+def write_png_folder(root: Path, n: int = 16, mode: str = "L") -> Path:
+    images, labels = make_images(n)
+    for i, (image, y) in enumerate(zip(images, labels, strict=True)):
+        folder = root / ("left" if y == 0 else "right")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode="L").convert(mode).save(folder / f"img{i:02d}.png")
+    return root
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of uint8: magic 0x0000 0x08 ndim, big-endian dims, raw bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def pngs(work) -> Path:
+    return write_png_folder(work / "pngs")
+
+
+@pytest.fixture(scope="module")
+def model(work, pngs) -> Path:
+    """A gumbel model fitted on the PNG folder for one epoch."""
+    out = work / "model.safetensors"
+    r = cli("fit", pngs, "--epochs", 1, "--batch-size", 8, "--codes", 4, "--out", out, "-q")
+    ok(r)
+    assert r.stdout == "" and r.stderr == ""  # --quiet
+    return out
+
+
+def no_temp_files(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob(".*") if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------- version and help
+def test_version():
+    r = cli("--version")
+    ok(r)
+    assert r.stdout.strip() == f"discretae {__version__}"
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_help_has_examples(command):
+    r = cli(*command, "--help")
+    ok(r)
+    assert "Examples" in r.stdout
+    assert "discretae" in r.stdout.split("Examples", 1)[1]
+    if command:  # every command takes --quiet and --json
+        assert "--quiet" in r.stdout and "--json" in r.stdout
+
+
+def test_subprocess_version_and_help():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"discretae {__version__}"
+    r = run("encode", "--help")
+    assert r.returncode == 0 and "Examples" in r.stdout and r.stderr == ""
+
+
+# ------------------------------------------------------------------------------- fit
+def test_fit_json_summary(work, pngs):
+    out = work / "fit-json.safetensors"
+    r = cli("fit", pngs, "--epochs", 2, "--batch-size", 8, "--codes", 3, "--out", out, "--json")
+    ok(r)
+    summary = json.loads(r.stdout)  # nothing but JSON on stdout
+    assert out.is_file()
+    assert summary["model"] == str(out) and summary["model_type"] == "gumbel"
+    assert summary["n_images"] == 16 and summary["input_shape"] == [1, 8, 8]
+    assert summary["epochs"] == 2 and len(summary["history"]) == 2
+    assert 1 <= summary["codes_used"] <= 3
+    assert summary["clustering"] is not None  # subfolders are labels
+    assert "━" not in r.stderr  # no progress bar with --json
+
+
+def test_fit_progress_bar_and_table(work):
+    images, _ = make_images(24)
+    data = work / "fit-progress.npy"
+    np.save(data, images)
+    out = work / "fit-progress.safetensors"
+    r = cli("fit", data, "--model", "vq", "--epochs", 2, "--batch-size", 8, "--out", out)
+    ok(r)
+    assert "epoch 2/2" in r.stderr and "loss" in r.stderr and "6/6" in r.stderr
+    for row in ("final loss", "perplexity", "fit seconds", "saved to"):
+        assert row in r.stdout
+    assert out.is_file()
+
+
+# ---------------------------------------------------------------------------- encode
+def test_encode_codes(work, pngs, model):
+    out = work / "codes.npy"
+    r = cli("encode", pngs, "--model", model, "--out", out, "--json")
+    ok(r)
+    codes = np.load(out)
+    assert codes.dtype == np.uint8 and codes.shape == (16,)
+    assert codes.max() < 4
+    assert json.loads(r.stdout)["shape"] == [16]
+    assert no_temp_files(work) == []
+
+
+def test_encode_clusters_with_names(work, pngs, model):
+    out, names = work / "clusters.npy", work / "names.txt"
+    r = cli("encode", pngs, "-m", model, "--clusters", "--with-names", names, "--out", out)
+    ok(r)
+    ids = np.load(out)
+    assert ids.shape == (16,) and ids.dtype == np.uint8
+    lines = names.read_text().splitlines()
+    expected = sorted(p.relative_to(pngs).as_posix() for p in pngs.rglob("*.png"))
+    assert lines == expected
+    assert "names" in r.stdout
+
+
+def test_encode_dtype_grows_with_codebook(work):
+    """300 codes do not fit uint8, so codes come back as uint16 (IDX input)."""
+    images, labels = make_images(20)
+    idx = work / "idx"
+    idx.mkdir()
+    write_idx(idx / "train-images-idx3-ubyte", images)
+    write_idx(idx / "train-labels-idx1-ubyte", labels.astype(np.uint8))
+    model = work / "vq300.safetensors"
+    ok(cli("fit", idx, "--model", "vq", "--codes", 300, "--epochs", 1, "--out", model, "-q"))
+    out = work / "vq300.npy"
+    ok(cli("encode", idx / "train-images-idx3-ubyte", "-m", model, "--out", out, "-q"))
+    codes = np.load(out)
+    assert codes.dtype == np.uint16 and codes.shape == (20,)
+
+
+def test_binary_grid_model(work):
+    images, _ = make_images(16)
+    data = work / "binary.npy"
+    np.save(data, images.astype(np.float32) / 255)
+    model = work / "binary.safetensors"
+    r = cli(
+        "fit", data, "--model", "binary", "--bits", 3, "--latent", "grid", "--grid", "2x2",
+        "--clusters", 2, "--epochs", 1, "--out", model, "--json",
+    )  # fmt: skip
+    ok(r)
+    out = work / "binary-codes.npy"
+    ok(cli("encode", data, "-m", model, "--out", out, "-q"))
+    codes = np.load(out)
+    assert codes.dtype == np.uint8 and codes.shape == (16, 2, 2, 3)
+    assert set(np.unique(codes)) <= {0, 1}
+    ok(cli("encode", data, "-m", model, "--clusters", "--out", work / "binary-ids.npy", "-q"))
+    ids = np.load(work / "binary-ids.npy")
+    assert ids.shape == (16,) and ids.max() < 2
+    recon = work / "binary-recon"
+    ok(cli("decode", out, "-m", model, "--out", recon, "-q"))
+    assert len(list(recon.glob("*.png"))) == 16
+
+
+# ---------------------------------------------------------------------------- decode
+def test_decode_folder(work, pngs, model):
+    codes = work / "decode-codes.npy"
+    ok(cli("encode", pngs, "-m", model, "--out", codes, "-q"))
+    out = work / "recon"
+    r = cli("decode", codes, "-m", model, "--out", out, "--json")
+    ok(r)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [f"{i:06d}.png" for i in range(16)]
+    with Image.open(out / files[0]) as im:
+        assert im.size == (8, 8) and im.mode == "L"
+    assert json.loads(r.stdout) == {
+        "out": str(out),
+        "kind": "folder",
+        "n_images": 16,
+        "image_shape": [8, 8],
+    }
+    assert no_temp_files(work) == []
+
+
+def test_decode_montage(work, pngs, model):
+    codes = work / "montage-codes.npy"
+    ok(cli("encode", pngs, "-m", model, "--out", codes, "-q"))
+    out = work / "grid.png"
+    ok(cli("decode", codes, "-m", model, "--out", out, "-q"))
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 8 * 4
+
+
+def test_decode_refuses_a_full_folder(work, pngs, model):
+    codes = work / "full-codes.npy"
+    ok(cli("encode", pngs, "-m", model, "--out", codes, "-q"))
+    out = work / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = cli("decode", codes, "-m", model, "--out", out)
+    assert r.exit_code == 1 and "not empty" in r.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_interrupted_decode_leaves_nothing(work, pngs, model, monkeypatch):
+    """Ctrl-C halfway through writing PNGs: exit 130, no folder under the output name."""
+    import discretae.commands as commands
+
+    codes = work / "interrupt-codes.npy"
+    ok(cli("encode", pngs, "-m", model, "--out", codes, "-q"))
+    calls = []
+    real = commands._save_png
+
+    def flaky(path, image):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, image)
+
+    monkeypatch.setattr(commands, "_save_png", flaky)
+    out = work / "interrupted"
+    r = cli("decode", codes, "-m", model, "--out", out)
+    assert r.exit_code == 130
+    assert r.stderr.strip() == "error: interrupted"
+    assert not out.exists()
+    assert [p for p in work.iterdir() if p.name.startswith(".interrupted")] == []
+
+
+# -------------------------------------------------------------------------- evaluate
+def test_evaluate_report_and_figures(work, pngs, model):
+    report, figs = work / "report.json", work / "figs"
+    r = cli("evaluate", pngs, "-m", model, "--report", report, "--figures", figs, "--json")
+    ok(r)
+    written = json.loads(report.read_text())
+    assert set(written) == EXPECTED_REPORT_KEYS == set(REPORT_KEYS)
+    assert json.loads(r.stdout) == written  # --json prints the same report
+    assert written["data"]["n_images"] == 16 and written["data"]["labeled"] is True
+    assert written["model"]["kind"] == "gumbel"
+    clustering = written["clustering"]
+    assert set(clustering) >= {"purity", "nmi", "acc", "ari", "n_clusters_used"}
+    assert 0.5 <= clustering["purity"] <= 1 and 0.5 <= clustering["acc"] <= 1
+    assert written["codes"]["n_codes"] == 4 and sum(written["codes"]["counts"]) == 16
+    assert written["reconstruction"]["mse"] > 0 and written["reconstruction"]["psnr"] > 0
+    assert written["bits"]["raw_bits_per_image"] == 2  # 4 codes
+    assert written["bits"]["empirical_entropy_is_estimate"] is True
+    names = sorted(Path(p).name for p in written["figures"])
+    assert names == ["clusters.png", "contingency.png", "reconstructions.png", "usage.png"]
+    for p in written["figures"]:
+        with Image.open(p) as im:
+            assert im.format == "PNG"
+
+
+def test_evaluate_table(pngs, model):
+    r = cli("evaluate", pngs, "-m", model)
+    ok(r)
+    for row in ("purity", "NMI", "ACC", "ARI", "codes used", "PSNR", "entropy (estimated)"):
+        assert row in r.stdout
+
+
+def test_evaluate_codes_without_model(work):
+    """Cluster ids that are a relabelling of the truth score 1.0; random ids score low."""
+    labels = np.repeat(np.arange(4), 25)
+    np.save(work / "truth.npy", labels)
+    np.save(work / "perfect.npy", ((labels + 1) % 4).astype(np.uint8))
+    r = cli("evaluate", "--codes", work / "perfect.npy", "--labels", work / "truth.npy", "--json")
+    ok(r)
+    report = json.loads(r.stdout)
+    assert set(report) == EXPECTED_REPORT_KEYS
+    c = report["clustering"]
+    assert c["purity"] == c["acc"] == 1.0 and c["nmi"] == pytest.approx(1.0)
+    assert report["model"] is None and report["reconstruction"] is None
+    assert report["codes"]["used"] == 4 and report["bits"]["raw_bits_per_image"] == 2
+
+    rng = np.random.default_rng(0)
+    np.save(work / "random.npy", rng.integers(0, 4, 100))
+    r = cli("evaluate", "--codes", work / "random.npy", "--labels", work / "truth.npy", "--json")
+    ok(r)
+    assert json.loads(r.stdout)["clustering"]["acc"] < 0.5
+
+
+def test_evaluate_needs_model_or_codes(pngs):
+    r = cli("evaluate", pngs)
+    assert r.exit_code == 2 and r.stderr.startswith("error: ")
+
+
+# ------------------------------------------------------------------ corrupt images
+def test_corrupt_image_skipped_with_warning(work, model):
+    folder = write_png_folder(work / "with-bad")
+    (folder / "left" / "broken.png").write_bytes(b"this is not a png")
+    out = work / "with-bad.npy"
+    r = cli("encode", folder, "-m", model, "--out", out)
+    ok(r)
+    warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "1 unreadable" in warning[0] and "broken.png" in warning[0]
+    assert np.load(out).shape == (16,)
+    r = cli("encode", folder, "-m", model, "--out", work / "quiet-bad.npy", "--quiet")
+    ok(r)
+    assert r.stderr == ""
+
+
+# ---------------------------------------------------------------- real processes
+def test_subprocess_pipeline_on_digits(tmp_path):
+    model, codes = tmp_path / "digits.safetensors", tmp_path / "digits.npy"
+    r = run("fit", "digits", "--epochs", 1, "--out", model, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and model.is_file()
+    r = run("encode", "digits", "-m", model, "--out", codes, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["dtype"] == "uint8" and np.load(codes).shape == (1797,)
+    r = run("evaluate", "--codes", codes, "--json")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)) == EXPECTED_REPORT_KEYS
+    assert "Traceback" not in r.stderr
+
+
+def test_demo_writes_outputs(tmp_path):
+    out = tmp_path / "demo"
+    r = cli("demo", "--epochs", 1, "--out-dir", out, "--json")
+    ok(r)
+    result = json.loads(r.stdout)
+    assert result["n_images"] == 1797
+    for method in ("discretae", "kmeans"):
+        assert set(result[method]) >= {"nmi", "acc", "purity", "ari", "seconds"}
+    # k-means on raw digits pixels is a known quantity (DESIGN.md: NMI 0.742)
+    assert 0.6 < result["kmeans"]["nmi"] < 0.85
+    names = {p.name for p in out.iterdir()}
+    assert names == {"model.safetensors", "codes.npy", "clusters.npy", "report.json", "figures"}
+    assert set(json.loads((out / "report.json").read_text())) == EXPECTED_REPORT_KEYS
+    assert len(list((out / "figures").glob("*.png"))) == 4
+
+
+@pytest.mark.slow
+def test_demo_default_subprocess():
+    """The README's main-job command, as a user runs it."""
+    r = run("demo", timeout=600)
+    assert r.returncode == 0, r.stderr
+    for text in ("NMI", "ACC", "purity", "ARI", "k-means (pixels)", "discretae gumbel"):
+        assert text in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_no_stray_temp_files(work):
+    assert no_temp_files(work) == []
+    assert not [p for p in work.iterdir() if p.name.startswith(".") and p.is_dir()]
+
+
+if os.environ.get("DISCRETAE_DEBUG"):  # tracebacks on purpose would confuse these tests
+    pytestmark = pytest.mark.skip(reason="DISCRETAE_DEBUG is set")
