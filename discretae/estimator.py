@@ -41,7 +41,10 @@ def _to_tensor(X, what: str) -> torch.Tensor:
         raise DiscretaeError(f"{what} must be an array, got {type(X).__name__}: {e}") from None
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise DiscretaeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # torch warns on read-only memory (e.g. np.frombuffer)
+        arr = arr.copy()
+    return torch.from_numpy(arr)
 
 
 def _as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -292,7 +295,11 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
     def _cluster(self, codes: torch.Tensor) -> np.ndarray:
         if self.kmeans_ is None:
             return codes.numpy().astype(np.int64)
-        return self.kmeans_.predict(self._code_features(codes)).cpu().numpy()
+        ids = [
+            self.kmeans_.predict(self._code_features(codes[i : i + INFER_BATCH])).cpu()
+            for i in range(0, codes.shape[0], INFER_BATCH)
+        ]
+        return torch.cat(ids).numpy()
 
     def transform(self, X) -> np.ndarray:
         """X -> codes: (N,) int64 for global vq/gumbel, (N, B) uint8 for global binary,

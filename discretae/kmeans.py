@@ -20,7 +20,13 @@ from .kernels import nearest_code, nearest_code_with_sums
 def _as_matrix(X, what: str = "X") -> tuple[torch.Tensor, bool]:
     """X: (N, D) numpy array or tensor -> (float32 tensor, whether the input was numpy)."""
     is_numpy = not isinstance(X, torch.Tensor)
-    t = torch.from_numpy(np.asarray(X)) if is_numpy else X.detach()
+    if is_numpy:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "biuf":
+            raise DiscretaeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
+        t = torch.from_numpy(arr.astype(np.float32))
+    else:
+        t = X.detach()
     if t.ndim != 2:
         raise DiscretaeError(
             f"{what} must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}"
