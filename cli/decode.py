@@ -44,7 +44,7 @@ def decode(
     """Decode codes back into images.
 
     A folder output gets one PNG per row, named by row number (000000.png, ...);
-    an output ending in .png gets one montage of all rows.
+    an output ending in .png gets one montage of the first 400 rows.
 
     [bold]Examples[/bold]
 
@@ -65,7 +65,7 @@ def decode(
             "decode",
             [
                 ("wrote", result["kind"]),
-                ("images", result["n_images"]),
+                ("images", f"{result['n_images']} of {result['n_rows']} rows"),
                 ("image shape", tuple(result["image_shape"])),
                 ("saved to", result["out"]),
             ],

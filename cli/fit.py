@@ -66,7 +66,11 @@ def fit(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     labels: Annotated[
         Path | None,
-        typer.Option("--labels", help="Labels .npy for DATA (only stored for reference)."),
+        typer.Option(
+            "--labels",
+            help="Labels (.npy, or CSV for folders) to score the fitted clusters against "
+            "(default: DATA's own labels, if any).",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the model.")] = Path(
         "model.safetensors"

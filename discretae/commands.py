@@ -31,8 +31,14 @@ Callback = Callable[[dict], None] | None
 Warn = Callable[[str], None] | None
 
 _IMAGE_SUFFIXES = {".png"}
-_MONTAGE_PER_CLUSTER = 16  # images kept per cluster for the cluster montage figure
-_RECON_SHOWN = 16  # originals vs reconstructions shown in the figure
+# Images kept (as uint8) for the per-cluster montage. Up to this size every image is kept
+# (all of Fashion-MNIST fits), so the figure's cluster sizes are exact; beyond it, a
+# uniform 1-in-k sample, whose sizes are then those of the sample.
+_MONTAGE_BYTES = 64 * 2**20
+_RECON_SHOWN = 16
+MONTAGE_MAX = (
+    400  # rows drawn by `decode --out grid.png`  # originals vs reconstructions shown in the figure
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -329,7 +335,8 @@ def decode_codes(
 ) -> dict:
     """Decode a codes .npy back to images.
 
-    ``out`` ending in ``.png`` gets one montage of all rows; anything else is a folder
+    ``out`` ending in ``.png`` gets one montage of the first 400 rows
+    (``MONTAGE_MAX``); anything else is a folder
     that gets one PNG per row (``000000.png``, ...). The folder is filled under a
     temporary name and renamed when complete, so no half-written folder remains.
     """
@@ -348,25 +355,32 @@ def decode_codes(
     if array.ndim == 0 or len(array) == 0:
         raise DiscretaeError(f"codes in {str(codes)!r} hold no rows (shape {array.shape})")
     est = load_model(model, device)
-    n = len(array)
+    if len(est.input_shape_) != 3:
+        raise DiscretaeError(
+            f"model {str(model)!r} was fitted on flat vectors {tuple(est.input_shape_)}, "
+            "not images; decode writes PNG images (use inverse_transform from Python)"
+        )
+    rows = array[:MONTAGE_MAX] if as_montage else array
+    n = len(rows)
     images: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            batch = array[start : start + batch_size].astype(np.int64)
+            batch = rows[start : start + batch_size].astype(np.int64)
             images.append(_to_uint8(est.inverse_transform(batch)))
             if callback is not None:
                 callback({"stage": "decode", "done": min(start + batch_size, n), "total": n})
-    stacked = np.concatenate(images)
+    stacked = np.concatenate(images)  # (N, H, W) or (N, H, W, C) uint8
     if as_montage:
         from .figures import montage
 
-        montage(stacked.astype(np.float32) / 255.0, out)
+        montage(stacked if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2), out, max_images=n)
     else:
         _write_png_folder(out, stacked)
     return {
         "out": str(out),
         "kind": "montage" if as_montage else "folder",
         "n_images": int(n),
+        "n_rows": int(len(array)),
         "image_shape": list(stacked.shape[1:]),
     }
 
@@ -409,20 +423,19 @@ def _check_figures_folder(figures: Path) -> None:
 
 
 class _ClusterSamples:
-    """The first few images of every cluster, kept while streaming for the montage."""
+    """Images and cluster ids kept while streaming, for the per-cluster montage."""
 
-    def __init__(self, per_cluster: int) -> None:
-        self.per_cluster = per_cluster
+    def __init__(self, n: int, shape: tuple[int, ...]) -> None:
+        self.every = max(1, -(-n * int(np.prod(shape)) // _MONTAGE_BYTES))
         self.images: list[np.ndarray] = []
-        self.ids: list[int] = []
-        self.counts: dict[int, int] = {}
+        self.ids: list[np.ndarray] = []
+        self.seen = 0
 
     def add(self, images: np.ndarray, ids: np.ndarray) -> None:
-        for image, cid in zip(images, ids.tolist(), strict=True):
-            if self.counts.get(cid, 0) < self.per_cluster:
-                self.counts[cid] = self.counts.get(cid, 0) + 1
-                self.images.append(image)
-                self.ids.append(cid)
+        keep = (np.arange(self.seen, self.seen + len(images)) % self.every) == 0
+        self.seen += len(images)
+        self.images.append(_to_uint8(images[keep]))
+        self.ids.append(ids[keep])
 
 
 def _usage(codes: np.ndarray, n_codes: int, binary: bool) -> dict:
@@ -562,7 +575,8 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
     n, n_codes = len(ds), _n_codes(est)
     codes, ids, ys = [], [], []
     sq_err, n_values, done = 0.0, 0, 0
-    samples = _ClusterSamples(_MONTAGE_PER_CLUSTER)
+    pictures = fig_dir is not None and len(est.input_shape_) == 3  # flat vectors: no images
+    samples = _ClusterSamples(n, tuple(ds.shape))
     originals, recons = [], []
     with torch.inference_mode():
         for images, y in ds.batches(batch_size):
@@ -575,8 +589,9 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
             codes.append(c.cpu().numpy())
             ids.append(batch_ids)
             ys.append(y.numpy())
-            samples.add(images.numpy(), batch_ids)
-            if sum(map(len, originals)) < _RECON_SHOWN:
+            if pictures:
+                samples.add(images.numpy(), batch_ids)
+            if pictures and sum(map(len, originals)) < _RECON_SHOWN:
                 originals.append(images.numpy())
                 recons.append(x_hat.cpu().numpy())
             done += len(images)
@@ -590,27 +605,26 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
     usage = _usage(code_arr, n_codes, est.model == "binary")
     clustering = _scores(y_arr, id_arr)
     figs = []
-    if fig_dir is not None and len(est.input_shape_) == 3:
+    if fig_dir is not None:
         from . import figures as F
 
         fig_dir.mkdir(parents=True, exist_ok=True)
-        figs.append(
-            F.cluster_montage(
-                np.stack(samples.images), np.array(samples.ids), fig_dir / "clusters.png"
-            )
-        )
+        if pictures:
+            kept, kept_ids = np.concatenate(samples.images), np.concatenate(samples.ids)
+            figs.append(F.cluster_montage(kept, kept_ids, fig_dir / "clusters.png"))
         if clustering is not None:
             path = fig_dir / "contingency.png"
             figs.append(F.contingency_heatmap(y_arr, id_arr, path, label_names=ds.label_names))
         if "counts" in usage:
             figs.append(F.usage_histogram(usage["counts"], fig_dir / "usage.png"))
-        figs.append(
-            F.reconstruction_grid(
-                np.concatenate(originals)[:_RECON_SHOWN],
-                np.concatenate(recons)[:_RECON_SHOWN],
-                fig_dir / "reconstructions.png",
+        if pictures:
+            figs.append(
+                F.reconstruction_grid(
+                    np.concatenate(originals)[:_RECON_SHOWN],
+                    np.concatenate(recons)[:_RECON_SHOWN],
+                    fig_dir / "reconstructions.png",
+                )
             )
-        )
     skipped = list(getattr(ds, "skipped", []) or [])
     return {
         "data": {
@@ -633,9 +647,10 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
 
 
 # ------------------------------------------------------------------------------- demo
-# (epochs, batch size) per model: measured to keep `discretae demo` well under a minute
-# on a 2-core CPU (about 17 CPU-seconds of fitting for gumbel on one thread).
-DEMO_SETTINGS = {"gumbel": (50, 32), "vq": (40, 32), "binary": (30, 32)}
+# Measured on digits (3 seeds, one thread): 30 epochs of batch 32 score as well as 50
+# (gumbel NMI 0.66-0.69) in about 11 CPU-seconds, well under a minute on 2 cores.
+DEMO_EPOCHS, DEMO_BATCH = 30, 32
+DEMO_MODELS = ("gumbel", "vq", "binary")
 
 
 def demo(
@@ -664,24 +679,30 @@ def demo(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_figures_folder(out)
-    if model not in DEMO_SETTINGS:
-        raise DiscretaeError(f"unknown model {model!r}; valid models: {', '.join(DEMO_SETTINGS)}")
-    default_epochs, batch_size = DEMO_SETTINGS[model]
-    epochs = epochs or default_epochs
+    if model not in DEMO_MODELS:
+        raise DiscretaeError(f"unknown model {model!r}; valid models: {', '.join(DEMO_MODELS)}")
+    epochs = epochs or DEMO_EPOCHS
     ds = load_dataset("digits")
     x, y = ds.to_array(), ds.labels
     start = time.perf_counter()
-    est = DiscreteAutoencoder(
-        model=model,
-        n_codes=10,
-        n_clusters=10,
-        epochs=epochs,
-        batch_size=batch_size,
-        device=device,
-        random_state=seed,
-        callback=callback,
-    ).fit(x)
-    ids = est.predict(x)
+    threads = torch.get_num_threads()
+    # A model this small gains little from intra-op threads, and on a busy 2-core machine
+    # they make a fit 3x slower (measured: 64 s against 21 s), so the demo uses one.
+    torch.set_num_threads(1)
+    try:
+        est = DiscreteAutoencoder(
+            model=model,
+            n_codes=10,
+            n_clusters=10,
+            epochs=epochs,
+            batch_size=DEMO_BATCH,
+            device=device,
+            random_state=seed,
+            callback=callback,
+        ).fit(x)
+        ids = est.predict(x)
+    finally:
+        torch.set_num_threads(threads)
     ours_seconds = time.perf_counter() - start
     start = time.perf_counter()
     km_ids = KMeans(10, n_init=10, random_state=seed).fit_predict(x.reshape(len(x), -1))

@@ -220,6 +220,27 @@ def test_binary_grid_model(work):
     assert len(list(recon.glob("*.png"))) == 16
 
 
+def test_flat_vectors(work):
+    """(N, F) arrays fit an MLP model; evaluate draws only the figures that apply."""
+    rng = np.random.default_rng(1)
+    data, labels = work / "flat.npy", work / "flat-labels.npy"
+    np.save(data, rng.random((20, 12), dtype=np.float32))
+    np.save(labels, np.arange(20) % 2)
+    model = work / "flat.safetensors"
+    ok(cli("fit", data, "--model", "vq", "--codes", 5, "--epochs", 1, "--out", model, "-q"))
+    figs = work / "flat-figs"
+    r = cli("evaluate", data, "-m", model, "--labels", labels, "--figures", figs, "--json")
+    ok(r)
+    report = json.loads(r.stdout)
+    assert report["data"]["shape"] == [12] and report["clustering"]["n_scored"] == 20
+    assert sorted(p.name for p in figs.iterdir()) == ["contingency.png", "usage.png"]
+    codes = work / "flat-codes.npy"
+    ok(cli("encode", data, "-m", model, "--out", codes, "-q"))
+    r = cli("decode", codes, "-m", model, "--out", work / "flat-recon")
+    assert r.exit_code == 1 and "flat vectors" in r.stderr
+    assert not (work / "flat-recon").exists()
+
+
 # ---------------------------------------------------------------------------- decode
 def test_decode_folder(work, pngs, model):
     codes = work / "decode-codes.npy"
@@ -235,6 +256,7 @@ def test_decode_folder(work, pngs, model):
         "out": str(out),
         "kind": "folder",
         "n_images": 16,
+        "n_rows": 16,
         "image_shape": [8, 8],
     }
     assert no_temp_files(work) == []
@@ -247,6 +269,22 @@ def test_decode_montage(work, pngs, model):
     ok(cli("decode", codes, "-m", model, "--out", out, "-q"))
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 8 * 4
+
+
+def test_rgb_round_trip(work):
+    """Three-channel images come back as RGB PNGs, one per row and in one montage."""
+    data = write_png_folder(work / "rgb", n=8, mode="RGB")
+    model, codes = work / "rgb.safetensors", work / "rgb-codes.npy"
+    ok(cli("fit", data, "--epochs", 1, "--codes", 3, "--out", model, "-q"))
+    ok(cli("encode", data, "-m", model, "--out", codes, "-q"))
+    ok(cli("decode", codes, "-m", model, "--out", work / "rgb-recon", "-q"))
+    with Image.open(work / "rgb-recon" / "000007.png") as im:
+        assert im.mode == "RGB" and im.size == (8, 8)
+    ok(cli("decode", codes, "-m", model, "--out", work / "rgb-grid.png", "-q"))
+    with Image.open(work / "rgb-grid.png") as im:
+        assert im.mode == "RGB"
+        # 8 tiles in a 3x3 grid, each enlarged to at least 32 px
+        assert im.size[0] >= 3 * 32 and im.size[1] >= 3 * 32
 
 
 def test_decode_refuses_a_full_folder(work, pngs, model):
