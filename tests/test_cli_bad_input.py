@@ -240,3 +240,19 @@ def test_bad_grid(out):
     line = fails("fit", "digits", "--latent", "grid", "--grid", "7by7", "--out", out,
                  outputs=(out,))  # fmt: skip
     assert "7by7" in line
+
+
+# -------------------------------------------------------------------------- bugs
+def test_unexpected_error_is_one_line(monkeypatch, out):
+    """A bug still ends in one line (with a hint); DISCRETAE_DEBUG=1 shows the traceback."""
+    import discretae.commands
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(discretae.commands, "fit_model", broken)
+    line = fails("fit", "digits", "--out", out)
+    assert "unexpected RuntimeError: something broke" in line and "DISCRETAE_DEBUG" in line
+    monkeypatch.setenv("DISCRETAE_DEBUG", "1")
+    r = runner.invoke(app, ["fit", "digits", "--out", str(out)])
+    assert isinstance(r.exception, RuntimeError)
