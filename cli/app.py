@@ -22,7 +22,7 @@ from .fit import fit
 
 HELP = """Turn images into discrete codes: fit, encode, decode and evaluate discrete autoencoders.
 
-[bold]Examples[/bold]
+**Examples**
 
   discretae demo
 
@@ -35,6 +35,7 @@ app = typer.Typer(
     name="discretae",
     cls=DiscretaeGroup,
     help=HELP,
+    rich_markup_mode="markdown",  # paragraphs rewrap; docstrings stay within 100 columns
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -46,7 +46,7 @@ def decode(
     A folder output gets one PNG per row, named by row number (000000.png, ...);
     an output ending in .png gets one montage of the first 400 rows.
 
-    [bold]Examples[/bold]
+    **Examples**
 
       discretae decode codes.npy --model model.safetensors --out recon/
 

@@ -18,7 +18,7 @@ def demo(
     ] = ModelKind.gumbel,
     epochs: Annotated[
         int | None,
-        typer.Option("--epochs", "-e", min=1, help="Passes over digits [default: 30]."),
+        typer.Option("--epochs", "-e", min=1, help="Passes over digits (default 30)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (model and k-means).")] = 0,
     out_dir: Annotated[
@@ -34,7 +34,7 @@ def demo(
     Prints NMI, ACC, purity and ARI of the model's clusters next to scikit-learn
     KMeans(10) on the same raw pixels, both measured in this run.
 
-    [bold]Examples[/bold]
+    **Examples**
 
       discretae demo
 

@@ -46,7 +46,7 @@ def encode(
     Codes are stored in the smallest integer dtype that fits (uint8, uint16, int32,
     int64). Images are resized to the model's input size.
 
-    [bold]Examples[/bold]
+    **Examples**
 
       discretae encode images/ --model model.safetensors --out codes.npy
 

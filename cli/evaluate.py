@@ -65,7 +65,7 @@ def evaluate(
     cluster-vs-label heatmap, the code usage histogram, originals next to
     reconstructions. With --codes, evaluates saved codes alone (clustering and usage).
 
-    [bold]Examples[/bold]
+    **Examples**
 
       discretae evaluate digits -m model.safetensors --report report.json
 

@@ -83,7 +83,7 @@ def fit(
 
     Shows a progress bar (loss, code usage, perplexity), then a short summary.
 
-    [bold]Examples[/bold]
+    **Examples**
 
       discretae fit digits --epochs 10 --out digits.safetensors
 
