@@ -14,6 +14,7 @@ from ._common import (
     Json,
     Quiet,
     Strict,
+    echo_error,
     fit_progress,
     print_json,
     print_table,
@@ -39,6 +40,7 @@ DATA_HELP = (
 
 
 def fit(
+    ctx: typer.Context,
     data: Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)],
     model: Annotated[
         ModelKind, typer.Option("--model", "-m", help="vq, gumbel (one-hot) or binary.")
@@ -75,6 +77,32 @@ def fit(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the model.")] = Path(
         "model.safetensors"
     ),
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            "--checkpoint-every",
+            min=0,
+            help="Write a checkpoint every N optimisation steps (0: only on Ctrl-C).",
+        ),
+    ] = 0,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            dir_okay=False,
+            help="Checkpoint file (default: OUT with .ckpt.safetensors, e.g. "
+            "model.ckpt.safetensors).",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            exists=True,
+            dir_okay=False,
+            help="Continue from a checkpoint, with its settings, on the same DATA.",
+        ),
+    ] = None,
     strict: Strict = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -82,6 +110,14 @@ def fit(
     """Fit a discrete autoencoder on DATA and save it as one .safetensors file.
 
     Shows a progress bar (loss, code usage, perplexity), then a short summary.
+
+    Ctrl-C finishes the step in flight, saves a checkpoint and exits with code 130;
+    `--resume` continues from it. A NaN or infinite loss stops with an error naming the
+    step and leaves the last checkpoint untouched.
+
+    Under `torchrun --nproc_per_node N -m discretae.cli fit ...` it trains on N
+    processes with DistributedDataParallel; `--batch-size` is the global batch, and
+    only rank 0 writes files and shows progress.
 
     **Examples**
 
@@ -92,29 +128,51 @@ def fit(
       discretae fit fashion-mnist --model binary --bits 16 --clusters 10
 
       discretae fit data.npy --model vq --latent grid --grid 7x7 --device cuda
+
+      discretae fit fashion-mnist --checkpoint-every 500 --out model.safetensors
+
+      discretae fit fashion-mnist --resume model.ckpt.safetensors --out model.safetensors
     """
     from discretae.commands import fit_model
+    from discretae.distributed import env_rank
+    from discretae.training import TrainingInterrupted
 
-    with fit_progress(not (quiet or json)) as progress:
-        result = fit_model(
-            data,
-            out=out,
-            model=model.value,
-            codes=codes,
-            bits=bits,
-            latent=latent.value,
-            grid=grid,
-            clusters=clusters,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            device=device,
-            seed=seed,
-            labels=str(labels) if labels is not None else None,
-            strict=strict,
-            callback=progress,
-            warn=warner(quiet),
-        )
+    quiet = quiet or env_rank() != 0  # under torchrun only rank 0 speaks
+    # settings not typed on the command line are None: defaults, or the checkpoint's
+    settings = {
+        "model": model.value,
+        "codes": codes,
+        "bits": bits,
+        "latent": latent.value,
+        "grid": grid,
+        "clusters": clusters,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+    settings = {k: v if _typed(ctx, k) else None for k, v in settings.items()}
+    try:
+        with fit_progress(not (quiet or json)) as progress:
+            result = fit_model(
+                data,
+                out=out,
+                **settings,
+                device=device,
+                labels=str(labels) if labels is not None else None,
+                strict=strict,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                callback=progress,
+                warn=warner(quiet),
+            )
+    except TrainingInterrupted as e:
+        if env_rank() == 0:
+            echo_error(_interrupted_message(e, data, checkpoint, out))
+        raise typer.Exit(128 + e.signum) from None
+    if result.get("model") is None:  # a rank other than 0
+        return
     if json:
         print_json(result)
     elif not quiet:
@@ -133,6 +191,24 @@ def fit(
             rows.append(("NMI / ACC vs labels", f"{c['nmi']:.3f} / {c['acc']:.3f}"))
         rows.append(("saved to", result["model"]))
         print_table("fit", rows)
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the option was given on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _interrupted_message(e, data: str, checkpoint: Path | None, out: Path) -> str:
+    from discretae.commands import default_checkpoint
+
+    if not e.checkpointed:
+        return f"{e}; no checkpoint was written"
+    ckpt = checkpoint or default_checkpoint(out)
+    return (
+        f"{e}; saved a checkpoint to {str(ckpt)!r}. Resume with: discretae fit {data} "
+        f"--resume {ckpt} --out {out}"
+    )
 
 
 def _used(result: dict) -> str:

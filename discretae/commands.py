@@ -170,79 +170,183 @@ def _n_codes(est) -> int:
 
 
 # -------------------------------------------------------------------------------- fit
+# fit_model's settings when not given (None); a resumed run takes the checkpoint's instead
+FIT_DEFAULTS = {
+    "model": "gumbel",
+    "codes": 10,
+    "bits": 16,
+    "latent": "global",
+    "grid": None,
+    "clusters": None,
+    "epochs": 30,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "seed": 0,
+}
+# fit_model's setting -> the estimator parameter it sets
+_FIT_PARAMS = {
+    "model": "model",
+    "codes": "n_codes",
+    "bits": "n_bits",
+    "latent": "latent",
+    "grid": "grid",
+    "clusters": "n_clusters",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "seed": "random_state",
+}
+
+
+def default_checkpoint(out: str | os.PathLike) -> Path:
+    """Where ``fit`` keeps its checkpoint unless told: ``model.safetensors`` ->
+    ``model.ckpt.safetensors`` beside it."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}.ckpt.safetensors")
+
+
+def _fit_settings(given: dict, resume) -> dict:
+    """Settings from the arguments (None: not given), the defaults, or the checkpoint."""
+    if resume is None:
+        return {k: FIT_DEFAULTS[k] if v is None else v for k, v in given.items()}
+    from .checkpoint import read_checkpoint
+
+    params = read_checkpoint(resume).config["params"]
+    settings = {k: params[p] for k, p in _FIT_PARAMS.items()}
+    settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
+    clash = [
+        f"--{k.replace('_', '-')} {v} (checkpoint: {settings[k]})"
+        for k, v in given.items()
+        if v is not None and v != settings[k]
+    ]
+    if clash:
+        raise DiscretaeError(
+            f"cannot resume from {str(resume)!r} with other settings: {', '.join(clash)}; "
+            "a resumed run keeps the settings it started with, so leave them out"
+        )
+    return settings
+
+
 def fit_model(
     data: str,
     *,
     out: str | os.PathLike,
-    model: str = "gumbel",
-    codes: int = 10,
-    bits: int = 16,
-    latent: str = "global",
+    model: str | None = None,
+    codes: int | None = None,
+    bits: int | None = None,
+    latent: str | None = None,
     grid: str | tuple[int, int] | None = None,
     clusters: int | None = None,
-    epochs: int = 30,
-    batch_size: int = 256,
-    lr: float = 1e-3,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     device: str = "auto",
-    seed: int = 0,
+    seed: int | None = None,
     labels: str | None = None,
     strict: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: str | os.PathLike | None = None,
     callback: Callback = None,
     warn: Warn = None,
 ) -> dict:
     """Fit a discrete autoencoder on DATA and save it to ``out`` (.safetensors).
 
+    Settings left at None take ``FIT_DEFAULTS`` (model gumbel, 10 codes, 30 epochs of
+    batch 256, lr 1e-3, seed 0, ...), or the checkpoint's when resuming.
+
+    Checkpoints: the training state is written to ``checkpoint`` (default
+    :func:`default_checkpoint` of ``out``) every ``checkpoint_every`` optimisation steps
+    (0: never) and on SIGINT/SIGTERM, which then raise ``TrainingInterrupted``.
+    ``resume`` continues from a checkpoint, on the same DATA; settings given that
+    differ from the checkpoint's are refused. A NaN or infinite loss raises
+    ``TrainingDiverged`` naming the step, and leaves the last checkpoint as it was.
+
+    Launched by ``torchrun`` with more than one process, this trains with
+    DistributedDataParallel (nccl on GPUs, gloo on CPUs); ``batch_size`` is the global
+    batch, and only rank 0 writes the model and checkpoints (the others return
+    ``{"rank": r, "model": None}``).
+
     Returns a summary: the model path, its settings, the number of images, the final
     epoch's loss, code usage and perplexity, the fit time and the per-epoch history.
     """
+    from . import distributed
     from .data import load_dataset
     from .estimator import DiscreteAutoencoder
 
     check_output(out)
     check_device(device)
     grid_hw = parse_grid(grid) if isinstance(grid, str) else grid
-    if grid_hw is not None and latent != "grid":
-        raise DiscretaeError(f"--grid {grid!r} needs --latent grid (got --latent {latent})")
-    ds = load_dataset(data, labels=labels, strict=strict, warn=warn)
-    x = ds.to_array()
-    est = DiscreteAutoencoder(
-        model=model,
-        n_codes=codes,
-        n_bits=bits,
-        latent=latent,
-        grid=grid_hw,
-        n_clusters=clusters,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        random_state=seed,
-        callback=callback,
-    )
-    start = time.perf_counter()
-    est.fit(x)
-    seconds = time.perf_counter() - start
-    est.save(out)
+    given = {
+        "model": model,
+        "codes": codes,
+        "bits": bits,
+        "latent": latent,
+        "grid": grid_hw,
+        "clusters": clusters,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+    s = _fit_settings(given, resume)
+    if s["grid"] is not None and s["latent"] != "grid":
+        raise DiscretaeError(f"--grid {grid!r} needs --latent grid (got --latent {s['latent']})")
+    if checkpoint_every < 0:
+        raise DiscretaeError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint(out)
+    check_output(ckpt)
+    started = distributed.init_from_env(device)
+    try:
+        ds = load_dataset(data, labels=labels, strict=strict, warn=warn)
+        x = ds.to_array()
+        est = DiscreteAutoencoder(
+            model=s["model"],
+            n_codes=s["codes"],
+            n_bits=s["bits"],
+            latent=s["latent"],
+            grid=s["grid"],
+            n_clusters=s["clusters"],
+            epochs=s["epochs"],
+            batch_size=s["batch_size"],
+            lr=s["lr"],
+            device=str(started) if started is not None else device,
+            random_state=s["seed"],
+            callback=callback,
+        )
+        start = time.perf_counter()
+        est.fit(x, checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resume)
+        seconds = time.perf_counter() - start
+        world = distributed.world_size()
+        if not distributed.is_main():
+            return {"rank": distributed.rank(), "model": None}
+        est.save(out)
+    finally:
+        if started is not None:
+            distributed.shutdown()
     last = est.history_[-1] if est.history_ else {}
     labeled = ds.labels is not None and bool((ds.labels >= 0).any())
     return {
         "model": str(out),
-        "model_type": model,
-        "latent": latent,
-        "n_codes": codes if model != "binary" else None,
-        "n_bits": bits if model == "binary" else None,
-        "grid": list(grid_hw) if grid_hw else None,
+        "model_type": s["model"],
+        "latent": s["latent"],
+        "n_codes": s["codes"] if s["model"] != "binary" else None,
+        "n_bits": s["bits"] if s["model"] == "binary" else None,
+        "grid": list(s["grid"]) if s["grid"] else None,
         "n_clusters": int(est.n_clusters_),
         "data": str(data),
         "n_images": int(len(x)),
         "skipped": len(getattr(ds, "skipped", []) or []),
         "input_shape": [int(v) for v in est.input_shape_],
         "device": str(est.device_),
+        "world_size": world,
         "epochs": len(est.history_),
         "final_loss": last.get("loss"),
         "codes_used": last.get("usage"),  # distinct codes in the last epoch
         "perplexity": last.get("perplexity"),
         "fit_seconds": seconds,
+        "checkpoint": str(ckpt) if ckpt.exists() else None,
+        "resumed_from": str(resume) if resume is not None else None,
         # how the fitted clusters match DATA's labels, when it has any
         "clustering": _scores(ds.labels, est.labels_) if labeled else None,
         "history": list(est.history_),

@@ -20,12 +20,15 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
+from . import distributed
 from ._version import __version__
+from .atomic import check_writable
 from .autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
+from .checkpoint import read_checkpoint, restore_rng, restore_train_state, write_checkpoint
 from .errors import DiscretaeError, NotFittedError
 from .kmeans import KMeans
 from .serialization import read_model_file, write_model_file
-from .training import make_train_state, to_unit_float, train
+from .training import TrainingDiverged, make_train_state, to_unit_float, train
 
 # inputs per forward pass at inference
 INFER_BATCH = 1024
@@ -108,6 +111,32 @@ def _resolve_device(device) -> torch.device:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise DiscretaeError(f"device={device!r} but CUDA is not available here")
     return d
+
+
+def _fingerprint(data: torch.Tensor) -> dict:
+    """What a resume checks to know it got the same data: size, shape, dtype, and the
+    plain and position-weighted sums of the per-input totals (float64)."""
+    rows = data.reshape(data.shape[0], -1).sum(1, dtype=torch.float64)
+    weights = torch.arange(1, rows.numel() + 1, dtype=torch.float64)
+    return {
+        "n": int(data.shape[0]),
+        "shape": [int(s) for s in data.shape[1:]],
+        "dtype": str(data.dtype).removeprefix("torch."),
+        "sum": float(rows.sum()),
+        "weighted_sum": float((rows * weights).sum()),
+    }
+
+
+def _same_data(a: dict, b: dict) -> bool:
+    if any(a[k] != b[k] for k in ("n", "shape", "dtype")):
+        return False
+    return all(math.isclose(a[k], b[k], rel_tol=1e-9) for k in ("sum", "weighted_sum"))
+
+
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of rank > 0's own random stream (Gumbel noise, stochastic bits); rank 0 keeps
+    the single-process stream."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 def _positive_int(name: str, value, allow_none: bool = False) -> None:
@@ -221,28 +250,132 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
             and self.n_clusters in (None, m.config["n_codes"])
         )
 
-    def fit(self, X, y=None) -> DiscreteAutoencoder:
+    def _settings(self) -> dict:
+        """The parameters that define the model and its training (no device, no callback),
+        as JSON values."""
+        params = self.get_params(deep=False)
+        for key in ("callback", "device"):
+            params.pop(key)
+        if params["grid"] is not None:
+            params["grid"] = [int(g) for g in params["grid"]]
+        return params
+
+    def _check_resume(self, ck) -> None:
+        mine, theirs = self._settings(), dict(ck.config["params"])
+        diff = [
+            f"{k}={mine.get(k)!r} (checkpoint: {theirs.get(k)!r})"
+            for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)
+        ]
+        if diff:
+            raise DiscretaeError(
+                f"cannot resume from {str(ck.path)!r}: settings differ: {'; '.join(diff)}; "
+                "a resumed run keeps the settings it started with "
+                "(DiscreteAutoencoder.from_checkpoint builds a matching estimator)"
+            )
+
+    @classmethod
+    def from_checkpoint(cls, path, **overrides) -> DiscreteAutoencoder:
+        """An unfitted estimator with the settings of the checkpoint at ``path``;
+        ``overrides`` may set ``device`` and ``callback``. Continue the run with
+        ``est.fit(X, resume=path)``."""
+        unknown = set(overrides) - {"device", "callback"}
+        if unknown:
+            raise DiscretaeError(
+                f"from_checkpoint takes only device and callback, got {sorted(unknown)}"
+            )
+        params = dict(read_checkpoint(path).config["params"])
+        return cls(**params, **overrides)
+
+    def fit(
+        self, X, y=None, *, checkpoint=None, checkpoint_every: int = 0, resume=None
+    ) -> DiscreteAutoencoder:
         """Train on X: (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F), uint8 or float in
-        [0, 1], numpy or torch. y is ignored."""
+        [0, 1], numpy or torch. y is ignored.
+
+        Args:
+            checkpoint: a path where the training state is written (atomically) every
+                ``checkpoint_every`` optimisation steps, and when SIGINT or SIGTERM
+                arrives. None writes none, and a signal just interrupts.
+            checkpoint_every: steps between checkpoints; 0 only on a signal.
+            resume: a checkpoint to continue from. The estimator's settings must equal
+                the checkpoint's (see ``from_checkpoint``) and X must be the same data.
+                On a CPU a resumed run ends with the weights an uninterrupted run gets.
+
+        Under torchrun (an initialised process group) this trains with
+        DistributedDataParallel; see :mod:`discretae.training`.
+
+        Raises:
+            TrainingDiverged: a NaN or infinite loss; the checkpoint keeps the last good
+                state.
+            TrainingInterrupted: (a KeyboardInterrupt) SIGINT or SIGTERM; a checkpoint
+                was written first when ``checkpoint`` is set.
+        """
         self._check_params()
+        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 0:
+            raise DiscretaeError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
+        if checkpoint_every and checkpoint is None:
+            raise DiscretaeError("checkpoint_every needs a checkpoint path")
+        ck = read_checkpoint(resume) if resume is not None else None
+        if ck is not None:
+            self._check_resume(ck)
+        if checkpoint is not None:
+            check_writable(checkpoint)
         data = _as_images(X)
+        fingerprint = _fingerprint(data)
+        if ck is not None and not _same_data(ck.config["data"], fingerprint):
+            raise DiscretaeError(
+                f"cannot resume from {str(ck.path)!r}: it was trained on other data "
+                f"({ck.config['data']['n']} inputs of shape {ck.config['data']['shape']}); "
+                f"got {fingerprint['n']} of shape {fingerprint['shape']}"
+            )
         device = _resolve_device(self.device)
         seed = self.random_state
-        if seed is None:
+        if ck is not None:
+            seed = ck.config["seed"]
+        elif seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         cuda = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(int(seed))
             model = self._build(tuple(data.shape[1:])).to(device)
             state = make_train_state(model, lr=float(self.lr), seed=int(seed))
-            train(
-                state,
-                data,
-                epochs=int(self.epochs),
-                batch_size=int(self.batch_size),
-                device=device,
-                callback=self.callback,
-            )
+            if ck is not None:
+                restore_train_state(ck, state)
+                restore_rng(ck)
+            if distributed.rank() > 0:
+                torch.manual_seed(_rank_seed(int(seed), distributed.rank(), state.step))
+            saved = {"path": resume, "step": ck.step if ck is not None else None}
+            save = None
+            if checkpoint is not None:
+                config = {
+                    "params": self._settings(),
+                    "model": model.config,
+                    "input_shape": list(data.shape[1:]),
+                    "seed": int(seed),
+                    "data": fingerprint,
+                }
+
+                def save(st) -> None:
+                    write_checkpoint(checkpoint, st, config)
+                    saved.update(path=checkpoint, step=st.step)
+
+            try:
+                train(
+                    state,
+                    data,
+                    epochs=int(self.epochs),
+                    batch_size=int(self.batch_size),
+                    device=device,
+                    callback=self.callback,
+                    checkpoint=save,
+                    checkpoint_every=int(checkpoint_every),
+                )
+            except TrainingDiverged as e:
+                if saved["step"] is None:
+                    raise
+                note = f"the last good checkpoint is {str(saved['path'])!r} (step {saved['step']})"
+                raise TrainingDiverged(f"{e}; {note}", e.step) from None
         self.model_ = model.eval()
         self.device_ = device
         self.input_shape_ = tuple(data.shape[1:])
@@ -311,6 +444,13 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         """X -> cluster ids (N,) int64 in [0, n_clusters_)."""
         return self._cluster(self._encode(self._check_input(X)))
 
+    def cluster_ids(self, codes) -> np.ndarray:
+        """codes (N, *code_shape_), from ``transform`` or ``encode_batch`` -> cluster ids
+        (N,) int64: what ``predict`` gives for the inputs those codes came from, without
+        encoding them again."""
+        self._check_fitted()
+        return self._cluster(self._check_codes(codes))
+
     def fit_predict(self, X, y=None) -> np.ndarray:
         """Fit on X and return its cluster ids (N,) int64."""
         return self.fit(X).labels_
@@ -364,10 +504,7 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
     def save(self, path) -> None:
         """Write the fitted model to one .safetensors file (atomically)."""
         self._check_fitted()
-        params = self.get_params(deep=False)
-        params.pop("callback")
-        if params["grid"] is not None:
-            params["grid"] = [int(g) for g in params["grid"]]
+        params = {**self._settings(), "device": self.device}
         tensors = {f"model.{k}": v for k, v in self.model_.state_dict().items()}
         if self.kmeans_ is not None:
             tensors["kmeans.cluster_centers"] = self.kmeans_._centers

@@ -12,6 +12,13 @@ Every quantizer is an ``nn.Module`` with
   codes, for counting distinct codes.
 
 Codebook arithmetic runs in float32 even under autocast, so bf16 training gives no NaNs.
+
+Under DistributedDataParallel (a process group of more than one rank), training keeps
+every rank's codebook identical and the regularisers global: VQ all-reduces the per-code
+sums and counts before its EMA update, and k-means initialisation and dead-code revival
+run on rank 0 over the all-gathered batch and are broadcast; the Gumbel KL and the binary
+balance loss use the mean over the global batch, through a differentiable all-reduce.
+With ranks holding consecutive slices of one batch, this is the single-process step.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .kernels import nearest_code, nearest_code_with_sums
 from .kmeans import KMeans
 
@@ -57,6 +65,16 @@ def code_keys(rows: torch.Tensor, base: int) -> torch.Tensor:
         if not exact:
             key = key % _HASH_PRIME
     return key
+
+
+def _batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """x: (T, ...) -> mean over the T rows of the global batch: this rank's alone, or all
+    ranks' under DDP (one differentiable all-reduce of the sums and the row count)."""
+    if not distributed.is_dist():
+        return x.mean(0)
+    sums = x.sum(0).reshape(-1)
+    total = distributed.global_sum(torch.cat([sums, sums.new_tensor([x.shape[0]])]))
+    return (total[:-1] / total[-1]).view(x.shape[1:])
 
 
 def _code_stats(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +153,22 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
+        flat = distributed.all_gather_rows(flat)  # the global batch, on every rank
+        if distributed.is_main():
+            self._init_from_rows(flat)
+        self._sync_codebook()
+
+    @torch.no_grad()
+    def _sync_codebook(self) -> None:
+        """Give every rank rank 0's codebook and EMA statistics (a no-op alone)."""
+        if self.ema:
+            distributed.broadcast_(self.codebook.data, self.ema_count, self.ema_sum)
+        else:
+            distributed.broadcast_(self.codebook.data, self.ema_count)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _init_from_rows(self, flat: torch.Tensor) -> None:
         if flat.shape[0] >= self.n_codes:
             seed = int(torch.randint(2**31 - 1, (1,)))
             km = KMeans(self.n_codes, n_init=1, max_iter=self.kmeans_iters, random_state=seed)
@@ -148,17 +182,20 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _revive_dead_codes(self, flat: torch.Tensor) -> None:
         dead = torch.nonzero(self.ema_count < self.dead_code_threshold).squeeze(1)
-        if dead.numel() == 0:
+        if dead.numel() == 0:  # ema_count is equal on all ranks, so all return together
             return
-        pick = torch.randint(flat.shape[0], (dead.numel(),), device=flat.device)
-        self.codebook.data[dead] = flat[pick]
-        self.ema_count[dead] = self.dead_code_threshold
-        if self.ema:
-            self.ema_sum[dead] = flat[pick] * self.dead_code_threshold
+        flat = distributed.all_gather_rows(flat)
+        if distributed.is_main():
+            pick = torch.randint(flat.shape[0], (dead.numel(),), device=flat.device)
+            self.codebook.data[dead] = flat[pick]
+            self.ema_count[dead] = self.dead_code_threshold
+            if self.ema:
+                self.ema_sum[dead] = flat[pick] * self.dead_code_threshold
+        self._sync_codebook()
 
     @torch.no_grad()
     def _ema_update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        # under DDP, sums and counts would be all-reduced here before the update
+        distributed.all_reduce_(sums, counts)  # global batch statistics under DDP
         self.ema_count.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
         if not self.ema:
             return
@@ -295,7 +332,8 @@ class GumbelQuantizer(nn.Module):
             else:
                 idx = self._nearest(zg)
                 q = self._gather(idx)
-            mean_p = torch.softmax(logits, dim=-1).mean(0)  # (G, K)
+            p = torch.softmax(logits, dim=-1)
+            mean_p = _batch_mean(p) if self.training else p.mean(0)  # (G, K)
             kl = (mean_p * (mean_p * self.n_codes).clamp(min=1e-12).log()).sum(-1).mean()
             aux = self.kl_weight * kl
         codes = self._shape_codes(idx, lead)
@@ -371,7 +409,8 @@ class BinaryQuantizer(nn.Module):
             else:
                 bits = (p > 0.5).float()
             q = bits + (p - p.detach())  # exactly the bits forward, sigmoid gradient back
-            mean_p = p.reshape(-1, self.n_bits).mean(0)
+            flat_p = p.reshape(-1, self.n_bits)
+            mean_p = _batch_mean(flat_p) if self.training else flat_p.mean(0)
             aux = self.balance_weight * (mean_p - 0.5).pow(2).mean()
         codes = bits.to(torch.uint8)
         n_used, perplexity = _code_stats(self.code_keys(codes))

@@ -1,29 +1,71 @@
-"""The fit loop: Adam on reconstruction + auxiliary losses, with progress events.
+"""The fit loop: Adam on reconstruction + auxiliary losses, with progress, checkpoints and DDP.
 
-All mutable training state lives in ``TrainState`` (model, optimizer, epoch, step,
-history, shuffling generator), so checkpoints and resuming only need to save and
-restore that object; ``train`` picks up at ``state.epoch``.
+All mutable training state lives in ``TrainState`` (model, optimizer, counters, history,
+the shuffling generator and the running sums of the current epoch), so a checkpoint only
+needs that object and the global RNG states; ``train`` continues from ``state.step``,
+even in the middle of an epoch (the epoch's shuffle is replayed from its saved seed state).
+
+Under ``torchrun`` (see :mod:`discretae.distributed`) the model is wrapped in
+DistributedDataParallel. ``batch_size`` is then the global batch: every rank draws the
+same shuffle and takes its consecutive share of each batch, and each rank's loss is
+weighted by its share, so the averaged gradient is the single-process gradient of the
+same batch (up to float summation order). A last batch with fewer inputs than ranks is
+skipped. Only rank 0 calls ``callback`` and ``checkpoint``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from . import distributed
+from .errors import DiscretaeError
 from .quantizers import perplexity_from_counts
+
+# Test hook: a folder where every rank writes its final weights and buffers at the end
+# of a distributed fit, so a test can check that the ranks agree.
+RANK_STATE_ENV = "DISCRETAE_TEST_RANK_STATE_DIR"
+_SUMS = ("loss", "recon", "aux")
+
+
+class TrainingDiverged(DiscretaeError):
+    """The loss (or a weight) became NaN or infinite; ``step`` is the step that failed."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the step in flight finished and a checkpoint was saved.
+
+    ``signum`` is the signal, ``step`` the steps completed, ``checkpointed`` whether a
+    checkpoint was written (False when no checkpoint callable was given).
+    """
+
+    def __init__(self, signum: int, step: int, checkpointed: bool) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}")
+        self.signum, self.step, self.checkpointed = signum, step, checkpointed
 
 
 @dataclass
 class TrainState:
     """Everything a training run mutates.
 
-    model: an ``Autoencoder``; optimizer: its optimizer; epoch: epochs completed;
-    step: optimisation steps completed; history: one dict per completed epoch;
-    generator: the CPU generator that shuffles the data.
+    model: an ``Autoencoder``; optimizer: its optimizer; generator: the CPU generator
+    that shuffles the data; epoch: epochs completed; step: optimisation steps completed;
+    history: one dict per completed epoch. The current epoch: ``batch`` steps done,
+    ``epoch_rng`` the generator state its shuffle was drawn from, ``epoch_sums`` running
+    loss sums, ``epoch_keys`` the code keys seen so far, ``epoch_seconds`` time spent
+    before a resume.
     """
 
     model: torch.nn.Module
@@ -32,6 +74,11 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     history: list[dict] = field(default_factory=list)
+    batch: int = 0
+    epoch_rng: torch.Tensor | None = None
+    epoch_sums: dict = field(default_factory=lambda: dict.fromkeys(_SUMS, 0.0))
+    epoch_keys: list[torch.Tensor] = field(default_factory=list)
+    epoch_seconds: float = 0.0
 
 
 def make_train_state(model: torch.nn.Module, *, lr: float = 1e-3, seed: int = 0) -> TrainState:
@@ -47,6 +94,126 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32)
 
 
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Steps in one pass over ``n`` inputs: a last batch smaller than ``world`` is skipped."""
+    return n // batch_size + int(n % batch_size >= world)
+
+
+class _StopSignals:
+    """Turns SIGINT and SIGTERM into a flag read between steps (main thread only); a
+    second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _wrap(model: torch.nn.Module, device) -> torch.nn.Module:
+    if not distributed.is_dist():
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dev = torch.device(device)
+    ids = [dev] if dev.type == "cuda" else None
+    # Buffers (the VQ codebook) are equal at the start and kept so by the quantizer's
+    # own collectives: no broadcast from rank 0 before every forward.
+    no_sync = {"broadcast_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        no_sync = {"forward_sync_buffers": False}  # the newer name of the same switch
+    return DDP(model, device_ids=ids, **no_sync)
+
+
+def _epoch_order(state: TrainState, n: int) -> torch.Tensor:
+    """This epoch's shuffle; mid-epoch (after a resume) it is drawn again from its seed."""
+    if state.batch == 0:
+        state.epoch_rng = state.generator.get_state()
+        state.epoch_sums = dict.fromkeys(_SUMS, 0.0)
+        state.epoch_keys = []
+        state.epoch_seconds = 0.0
+    else:
+        state.generator.set_state(state.epoch_rng)
+    return torch.randperm(n, generator=state.generator)
+
+
+def _all_epoch_keys(state: TrainState) -> torch.Tensor:
+    """The code keys of this epoch so far, from every rank, on every rank."""
+    device = next(state.model.parameters()).device
+    keys = [k.to(device) for k in state.epoch_keys]
+    local = torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64, device=device)
+    return distributed.all_gather_rows(local)
+
+
+def _close_epoch(state: TrainState, steps: int, seconds: float) -> None:
+    _, counts = torch.unique(_all_epoch_keys(state), return_counts=True)
+    state.epoch += 1
+    state.batch = 0
+    state.history.append(
+        {
+            "epoch": state.epoch,
+            **{k: v / steps for k, v in state.epoch_sums.items()},
+            "usage": int(counts.numel()),
+            "perplexity": float(perplexity_from_counts(counts)),
+            "seconds": seconds,
+        }
+    )
+    state.epoch_rng, state.epoch_keys = None, []
+
+
+def _check_finite(state: TrainState, where: str) -> None:
+    tensors = list(state.model.parameters()) + list(state.model.buffers())
+    if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+        raise TrainingDiverged(
+            f"training diverged: a weight is NaN or infinite {where}; "
+            "try a lower --lr (the last checkpoint, if any, was written before this)",
+            state.step,
+        )
+
+
+def _save(state: TrainState, checkpoint: Callable[[TrainState], None]) -> None:
+    """Rank 0 writes; all ranks learn whether it worked (so none waits forever)."""
+    keys = _all_epoch_keys(state)  # rank 0 saves them all; the others start afresh
+    state.epoch_keys = [keys] if distributed.is_main() else []
+    _check_finite(state, f"after step {state.step}")
+    error = None
+    if distributed.is_main():
+        try:
+            checkpoint(state)
+        except BaseException as e:  # re-raised below, after the other ranks hear of it
+            error = e
+    device = next(state.model.parameters()).device
+    failed = torch.tensor([float(error is not None)], device=device)
+    distributed.all_reduce_(failed)
+    if error is not None:
+        raise error
+    if float(failed):
+        raise DiscretaeError("rank 0 could not write the checkpoint; see its error")
+
+
+def _dump_rank_state(model: torch.nn.Module) -> None:
+    folder = os.environ.get(RANK_STATE_ENV)
+    if not folder or not distributed.is_dist():
+        return
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(folder, f"rank{distributed.rank()}.safetensors"))
+
+
 def train(
     state: TrainState,
     data: torch.Tensor,
@@ -55,69 +222,96 @@ def train(
     batch_size: int,
     device: torch.device | str = "cpu",
     callback: Callable[[dict], None] | None = None,
+    checkpoint: Callable[[TrainState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainState:
     """Train ``state.model`` on ``data`` until ``state.epoch == epochs``.
 
     Args:
         data: (N, *input_shape), uint8 or float in [0, 1], on any device; batches are
-            moved to ``device`` one at a time.
+            moved to ``device`` one at a time. Under DDP every rank passes the same data.
         epochs: total epochs, counting those already in ``state``.
-        batch_size: inputs per step; the last batch of an epoch may be smaller.
-        callback: called after every step with ``{"epoch", "epochs", "step",
+        batch_size: inputs per step (the global batch under DDP); the last batch of an
+            epoch may be smaller.
+        callback: called on rank 0 after every step with ``{"epoch", "epochs", "step",
             "steps_per_epoch", "loss", "usage", "perplexity"}`` (epoch and step count
-            from 1, step within the epoch; usage is the number of distinct codes in the
-            batch).
+            from 1, step within the epoch; loss is the global batch's, usage the number
+            of distinct codes in rank 0's share of the batch).
+        checkpoint: called on rank 0 with the state every ``checkpoint_every`` steps
+            (0: never) and when SIGINT or SIGTERM arrives.
 
     Each finished epoch appends ``{"epoch", "loss", "recon", "aux", "usage",
     "perplexity", "seconds"}`` to ``state.history``: mean losses over the epoch's steps,
     and distinct codes and perplexity of all codes the epoch produced.
+
+    Raises:
+        TrainingDiverged: the loss is NaN or infinite; that step is not taken.
+        TrainingInterrupted: SIGINT or SIGTERM; the step in flight is finished and a
+            checkpoint written first.
     """
-    model = state.model
+    model, world, rank = state.model, distributed.world_size(), distributed.rank()
     n = data.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = max(1, epochs * steps_per_epoch)
+    steps = steps_per_epoch(n, batch_size, world)
+    if steps == 0:
+        raise DiscretaeError(f"{n} inputs cannot be shared by {world} processes")
+    total_steps = max(1, epochs * steps)
+    net = _wrap(model, device)
     model.train()
-    while state.epoch < epochs:
-        start = time.perf_counter()
-        order = torch.randperm(n, generator=state.generator).to(data.device)
-        sums = {"loss": 0.0, "recon": 0.0, "aux": 0.0}
-        keys = []
-        for i in range(steps_per_epoch):
-            model.set_progress(state.step / total_steps)
-            batch = to_unit_float(data[order[i * batch_size : (i + 1) * batch_size]].to(device))
-            out = model(batch)
-            loss = out["recon_loss"] + out["aux_loss"]
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
-            state.step += 1
-            loss_value = float(loss.detach())
-            sums["loss"] += loss_value
-            sums["recon"] += float(out["recon_loss"].detach())
-            sums["aux"] += float(out["aux_loss"].detach())
-            keys.append(model.quantizer.code_keys(out["codes"].detach()))
-            if callback is not None:
-                callback(
-                    {
-                        "epoch": state.epoch + 1,
-                        "epochs": epochs,
-                        "step": i + 1,
-                        "steps_per_epoch": steps_per_epoch,
-                        "loss": loss_value,
-                        "usage": int(out["stats"]["n_used"]),
-                        "perplexity": float(out["stats"]["perplexity"]),
-                    }
-                )
-        _, counts = torch.unique(torch.cat(keys), return_counts=True)
-        state.epoch += 1
-        state.history.append(
-            {
-                "epoch": state.epoch,
-                **{k: v / steps_per_epoch for k, v in sums.items()},
-                "usage": int(counts.numel()),
-                "perplexity": float(perplexity_from_counts(counts)),
-                "seconds": time.perf_counter() - start,
-            }
-        )
+    with _StopSignals() as stop:
+        while state.epoch < epochs:
+            order = _epoch_order(state, n).to(data.device)
+            start = time.perf_counter() - state.epoch_seconds
+            for i in range(state.batch, steps):
+                rows = order[i * batch_size : (i + 1) * batch_size]
+                mine = rows.tensor_split(world)[rank] if world > 1 else rows
+                share = len(mine) / len(rows)
+                model.set_progress(state.step / total_steps)
+                out = net(to_unit_float(data[mine].to(device)))
+                loss = out["recon_loss"] + out["aux_loss"]
+                # one all-reduce: the global batch's losses, and whether a rank was signalled
+                parts = [loss, out["recon_loss"], out["aux_loss"]]
+                totals = torch.stack([p.detach().float() * share for p in parts])
+                totals = torch.cat([totals, totals.new_tensor([float(stop.signum > 0)])])
+                distributed.all_reduce_(totals)
+                values = totals.tolist()
+                if not math.isfinite(values[0]):
+                    raise TrainingDiverged(
+                        f"training diverged: the loss is {values[0]} at step {state.step + 1} "
+                        f"(epoch {state.epoch + 1}, batch {i + 1} of {steps}); stopped before "
+                        "taking that step. Try a lower --lr",
+                        state.step + 1,
+                    )
+                state.optimizer.zero_grad(set_to_none=True)
+                (loss * (share * world) if world > 1 else loss).backward()
+                state.optimizer.step()
+                state.step += 1
+                state.batch = i + 1
+                for k, v in zip(_SUMS, values[:3], strict=True):
+                    state.epoch_sums[k] += v
+                state.epoch_keys.append(model.quantizer.code_keys(out["codes"].detach()))
+                if callback is not None and rank == 0:
+                    callback(
+                        {
+                            "epoch": state.epoch + 1,
+                            "epochs": epochs,
+                            "step": i + 1,
+                            "steps_per_epoch": steps,
+                            "loss": values[0],
+                            "usage": int(out["stats"]["n_used"]),
+                            "perplexity": float(out["stats"]["perplexity"]),
+                        }
+                    )
+                state.epoch_seconds = time.perf_counter() - start
+                if state.batch == steps:
+                    _close_epoch(state, steps, state.epoch_seconds)
+                if values[3] > 0:  # some rank was signalled: all stop after this step
+                    if checkpoint is not None:
+                        _save(state, checkpoint)
+                    signum = stop.signum or signal.SIGINT
+                    raise TrainingInterrupted(signum, state.step, checkpoint is not None)
+                due = checkpoint_every > 0 and state.step % checkpoint_every == 0
+                if checkpoint is not None and due:
+                    _save(state, checkpoint)
+    _dump_rank_state(model)
     model.eval()
     return state
