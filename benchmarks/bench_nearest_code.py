@@ -11,8 +11,9 @@ all of them alike. Reported per provider and shape:
 
 - ms: median and min over the repeats; TFLOP/s = 2 N K D / min time;
 - percent of the GPU's dense fp32 and TF32 peak (n/a on CPU);
-- peak extra memory: CUDA max_memory_allocated growth during one call; on CPU the growth
-  of the peak RSS during one call in a fresh process (after a small warm-up call);
+- peak extra memory: CUDA max_memory_allocated growth during one call; on CPU (Linux)
+  the peak resident memory during one call above the resident memory before it, in a
+  fresh process after a small warm-up call;
 - agreement: share of sampled rows whose index equals a float64 direct-difference argmin;
 - ratios the targets name: discretae exact / faiss and vector-quantize-pytorch / exact.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import platform
 import re
@@ -155,21 +157,30 @@ def cuda_peak_extra_mb(call) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def rss_peak_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+def _status_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process from Linux procfs, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
 
 
 def probe_memory(name: str, shape: tuple[int, int, int]) -> float:
-    """Peak RSS growth (MiB) of one call on CPU; run in a fresh process."""
+    """Peak RSS growth (MiB) during one call on CPU; run in a fresh process.
+
+    Linux resets the RSS high-water mark when "5" is written to clear_refs, so VmHWM
+    after the call minus VmRSS before it is the call's peak extra resident memory.
+    """
     x, c = make_inputs(*shape, "cpu")
     setup_provider(name, x[:256].clone(), c)()  # load libraries, thread pools, kernels
     call = setup_provider(name, x, c)
-    before = rss_peak_mb()
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mb("VmRSS")
     call()
-    return rss_peak_mb() - before
+    return _status_mb("VmHWM") - before
 
 
 def cpu_peak_extra_mb(name: str, shape: tuple[int, int, int]) -> float | None:
@@ -371,7 +382,8 @@ def main(argv=None) -> int:
         "mem_cap_gb": args.mem_cap_gb,
         "memory_method": "cuda max_memory_allocated growth during one call"
         if on_gpu
-        else "peak RSS growth during one call in a fresh process, after a small warm-up call",
+        else "VmHWM after one call minus VmRSS before it (high-water mark reset via "
+        "clear_refs), in a fresh process after a small warm-up call",
         "results": rows,
         "ratios": shape_ratios,
         "cpu_targets": targets,

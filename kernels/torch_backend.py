@@ -1,18 +1,21 @@
 """Chunked torch path: the CPU backend, and the reference the Triton kernel is checked against.
 
-Rows of ``x`` go through in chunks and codes in tiles. Each tile of distances
-``||c||^2 - 2 c x^T`` (codes x rows) lands in one reused buffer, so extra memory stays
-at ``TILE_FLOATS`` however large N and K are. Torch's row-wise min-with-index is slow,
-so the tile is reduced in two steps:
+Rows of ``x`` go through in chunks and codes in tiles of S * G codes (G = 32 groups of S
+consecutive codes). One GEMM per tile, ``[x, 1] @ [-2 c, ||c||^2]^T``, writes
+``||c||^2 - 2 x.c`` (rows x codes) into one reused buffer, so extra memory stays at
+``rows * S * G`` floats however large N and K are. Torch's row-wise min-with-index costs
+about as much as the GEMM, so each tile is reduced in three cheap steps:
 
-1. the minimum over each group of ``S`` consecutive codes: a vertical ``amin`` that
-   runs at memory speed;
-2. the first group holding the row minimum, and the first code at the minimum inside
-   that group: small reductions over K/S groups and S codes.
+1. group minima: one vertical ``amin`` over the tile (columns are ordered so that a
+   group is a strided column set), at memory speed;
+2. the first group at the row minimum: ``min`` over G values;
+3. that group's S values, gathered, and the first code at their minimum.
 
-First-minimum at both steps sends exact float32 ties to the lowest index. In ``exact``
-mode the second-best distance comes from the same small tensors, and a row whose best
-two codes lie within twice the float32 error bound is decided again in float64.
+First-minimum at every step (and strict ``<`` between tiles) sends exact float32 ties
+to the lowest index. In ``exact`` mode the second-best distance comes from the same
+small tensors, and a row whose best two codes lie within twice the float32 error bound
+of each other is decided again in float64 (``recheck_rows``). ``sq_dist`` is the best
+expansion value plus ``||x||^2`` (float64 for rechecked rows), as in the Triton kernel.
 """
 
 from __future__ import annotations
@@ -23,36 +26,50 @@ import torch
 
 from ._common import error_bound, recheck_rows
 
-# floats in one distance tile: 16 MiB, measured best on a 2-core AVX-512 CPU (L3 32 MiB)
-TILE_FLOATS = 1 << 22
+# floats in one distance tile per torch thread (4 MiB), up to TILE_FLOATS_MAX in all:
+# measured best with 1 and 2 threads on a 2-core AVX-512 CPU (2 MiB L2 per core)
+TILE_FLOATS = 1 << 20
+TILE_FLOATS_MAX = 1 << 23
 # codes per tile: bounds the slice of the codebook each GEMM streams through cache
-TILE_CODES = 2048
+TILE_CODES = 4096
 MAX_ROWS = 8192
+# groups per tile: torch's vertical amin runs at memory speed when the kept (inner)
+# dimension is 32 floats, and 10-30x slower below that (measured, torch 2.13)
+GROUPS = 32
 
 
-def _plan(k: int) -> tuple[int, int, int, int]:
-    """Group size S, padded K, codes per tile and rows per chunk for a codebook of K rows."""
-    s = min(64, 1 << (math.isqrt(k).bit_length() - 1))  # power of two near sqrt(K)
-    kp = -(-k // s) * s
-    kt = min(kp, max(s, TILE_CODES // s * s))
-    rows = max(64, min(MAX_ROWS, TILE_FLOATS // kt))
-    return s, kp, kt, rows
+def _plan(k: int) -> tuple[int, int, int, int, int]:
+    """Group size S, groups per tile G, codes per tile Kt = S * G, tiles T, rows per chunk."""
+    n_tiles = -(-k // TILE_CODES)
+    per_tile = -(-k // n_tiles)
+    g = min(per_tile, GROUPS)
+    s = -(-per_tile // g)
+    kt = s * g
+    tile_floats = min(TILE_FLOATS * torch.get_num_threads(), TILE_FLOATS_MAX)
+    rows = max(1, min(MAX_ROWS, tile_floats // kt))
+    return s, g, kt, n_tiles, rows
 
 
-def _padded_codebook(c: torch.Tensor, kp: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """c: (K, D) float32 -> (Kp, D) float32 codes and (Kp, 1) float32 squared norms.
+def _code_tiles(c: torch.Tensor, s: int, g: int, n_tiles: int) -> list[torch.Tensor]:
+    """c: (K, D) float32 -> one (D + 1, S * G) operand per tile.
 
+    Rows 0..D-1 hold -2 c and row D holds ||c||^2, so ``[x, 1] @ operand`` is
+    ``||c||^2 - 2 x.c`` with no bias pass. Inside a tile, column ``j * G + i`` holds
+    code ``i * S + j``: group i (codes i*S .. i*S+S-1) is then a stride-G column set,
+    and the group minima one vertical ``amin`` over S contiguous blocks of G.
     Padding codes and codes with a non-finite entry get norm +inf and zero entries, so
     their distance is +inf for every finite row: they are never the nearest.
     """
     k, d = c.shape
-    finite = torch.isfinite(c).all(1, keepdim=True)
-    cp = torch.zeros(kp, d, dtype=torch.float32, device=c.device)
-    cp[:k] = torch.where(finite, c, 0.0)
-    cc = torch.full((kp, 1), math.inf, dtype=torch.float32, device=c.device)
-    c64 = cp[:k].double()
-    cc[:k] = (c64 * c64).sum(1, keepdim=True).float().masked_fill_(~finite, math.inf)
-    return cp, cc
+    kp = n_tiles * s * g
+    finite = c.abs().amax(1, keepdim=True).isfinite()  # NaN propagates through amax
+    aug = torch.zeros(kp, d + 1, dtype=torch.float32, device=c.device)
+    aug[:k, :d] = torch.where(finite, c, 0.0) * -2.0
+    aug[:, d] = math.inf
+    c64 = c.double()
+    aug[:k, d] = (c64 * c64).sum(1).float().masked_fill_(~finite.squeeze(1), math.inf)
+    tiles = aug.view(n_tiles, g, s, d + 1).transpose(1, 2).reshape(n_tiles, s * g, d + 1)
+    return list(tiles.transpose(1, 2).contiguous())
 
 
 def nearest_code_torch(
@@ -62,59 +79,62 @@ def nearest_code_torch(
     n = x.shape[0]
     k, d = codebook.shape
     dev = x.device
+    f32 = {"dtype": torch.float32, "device": dev}
     indices = torch.empty(n, dtype=torch.int64, device=dev)
-    sq_dist = torch.empty(n, dtype=torch.float32, device=dev)
+    sq_dist = torch.empty(n, **f32)
     if n == 0:
         return indices, sq_dist
-    s, kp, kt, rows = _plan(k)
+    s, g, kt, n_tiles, rows = _plan(k)
+    rows = min(rows, n)
     c32 = codebook.to(torch.float32)
-    cp, cc = _padded_codebook(c32, kp)
-    tiles = [(j, min(j + kt, kp)) for j in range(0, kp, kt)]
-    g_tile = kt // s
-    buf = torch.empty(kt * min(rows, n), dtype=torch.float32, device=dev)
+    tiles = _code_tiles(c32, s, g, n_tiles)
+    # per-chunk buffers, reused: rows of [x, 1], one distance tile, and the reductions
+    xa = torch.ones(rows, d + 1, **f32)
+    buf = torch.empty(rows * kt, **f32)
+    gmin = torch.empty(rows, n_tiles * g if exact else g, **f32)
+    tile_min = torch.empty(rows, n_tiles, **f32)
+    tile_grp = torch.empty(rows, n_tiles, dtype=torch.int64, device=dev)
+    within = torch.empty(rows, n_tiles, s, **f32)  # values of each tile's best group
+    x_norm = torch.empty(n, **f32)
     if exact:
-        v1_all = torch.empty(n, dtype=torch.float32, device=dev)
-        v2_all = torch.empty(n, dtype=torch.float32, device=dev)
-        x_norm = torch.empty(n, dtype=torch.float32, device=dev)
+        v1_all, v2_all = torch.empty(n, **f32), torch.empty(n, **f32)
     for start in range(0, n, rows):
-        xs = x[start : start + rows].to(torch.float32).contiguous()
-        m = xs.shape[0]
-        xt = xs.T
-        gmin = torch.empty(kp // s, m, dtype=torch.float32, device=dev)
-        if len(tiles) > 1:
-            stash = torch.empty(len(tiles), s, m, dtype=torch.float32, device=dev)
-        for t, (j0, j1) in enumerate(tiles):
-            dist = torch.addmm(
-                cc[j0:j1], cp[j0:j1], xt, alpha=-2.0, out=buf[: (j1 - j0) * m].view(j1 - j0, m)
-            ).view(-1, s, m)
-            gslice = gmin[j0 // s : j1 // s]
-            torch.amin(dist, 1, out=gslice)
-            if len(tiles) > 1:
-                # keep the values of this tile's best group: the overall best group is one
-                tbest = gslice.argmin(0).view(1, 1, m).expand(1, s, m)
-                torch.gather(dist, 0, tbest, out=stash[t : t + 1])
-        v1, g1 = gmin.min(0)
-        if len(tiles) > 1:
-            src, gsel = stash, g1 // g_tile
+        m = min(rows, n - start)
+        stop = start + m
+        xs = xa[:m, :d]
+        xs.copy_(x[start:stop])
+        for t, tile in enumerate(tiles):
+            dist = torch.mm(xa[:m], tile, out=buf[: m * kt].view(m, kt)).view(m, s, g)
+            g0 = t * g if exact else 0
+            grp = torch.amin(dist, 1, out=gmin[:m, g0 : g0 + g])
+            torch.min(grp, 1, out=(tile_min[:m, t], tile_grp[:m, t]))
+            pick = tile_grp[:m, t].view(m, 1, 1).expand(m, s, 1)
+            torch.gather(dist, 2, pick, out=within[:m, t].unsqueeze(2))
+        # first tile, first group, first code at the minimum: ties go to the lowest index
+        if n_tiles == 1:
+            v1, g1, w = tile_min[:m, 0], tile_grp[:m, 0], within[:m, 0]
+            idx = g1 * s
         else:
-            src, gsel = dist, g1
-        within = src.gather(0, gsel.view(1, 1, m).expand(1, s, m)).view(s, m)
-        s1 = within.argmin(0)
-        idx = torch.add(s1, g1, alpha=s).clamp_(max=k - 1)
-        indices[start : start + m] = idx
-        torch.sum(torch.sub(xs, c32[idx]).square_(), 1, out=sq_dist[start : start + m])
+            v1, t1 = tile_min[:m].min(1)
+            g1 = tile_grp[:m].gather(1, t1.unsqueeze(1)).squeeze(1)
+            w = within[:m].gather(1, t1.view(m, 1, 1).expand(m, 1, s)).squeeze(1)
+            idx = torch.add(g1 * s, t1, alpha=kt)
+            g1 = torch.add(g1, t1, alpha=g)
+        s1 = w.min(1).indices
+        torch.add(idx, s1, out=indices[start:stop]).clamp_(max=k - 1)
+        xn = torch.linalg.vector_norm(xs, dim=1, out=x_norm[start:stop])
+        torch.addcmul(v1, xn, xn, out=sq_dist[start:stop]).clamp_(min=0.0)
         if exact:
-            v1_all[start : start + m] = v1
-            gmin.scatter_(0, g1.view(1, m), math.inf)
-            within.scatter_(0, s1.view(1, m), math.inf)
-            torch.minimum(gmin.amin(0), within.amin(0), out=v2_all[start : start + m])
-            torch.linalg.vector_norm(xs, dim=1, out=x_norm[start : start + m])
+            v1_all[start:stop] = v1
+            # second best: the best of the other groups and of the rest of the best group
+            gmin[:m].scatter_(1, g1.unsqueeze(1), math.inf)
+            w.scatter_(1, s1.unsqueeze(1), math.inf)
+            torch.minimum(gmin[:m].amin(1), w.amin(1), out=v2_all[start:stop])
     if exact and k > 1:
-        c_norm_max = float(cc[:k].masked_fill(cc[:k].isinf(), 0.0).max().sqrt())
+        c_norm_max = float(torch.linalg.vector_norm(c32.nan_to_num(0.0, 0.0, 0.0), dim=1).max())
         bound = error_bound(x_norm, c_norm_max, d)
-        # a second code within 2*bound of the best means float32 cannot decide the row
+        # a second code within 2*bound of the best: float32 cannot decide the row;
         # rows without a finite best (NaN rows, all codes non-finite) stay as they are
-        undecided = (v2_all <= v1_all + 2.0 * bound) & (v1_all + bound).isfinite()
-        rows_left = torch.nonzero(undecided)
-        recheck_rows(x, codebook, rows_left.squeeze(1), indices, sq_dist)
+        close = (v2_all <= v1_all + 2.0 * bound) & (v1_all + bound).isfinite()
+        recheck_rows(x, codebook, torch.nonzero(close).squeeze(1), indices, sq_dist)
     return indices, sq_dist

@@ -64,8 +64,10 @@ def check(x, c, precision, backend="torch"):
     else:
         excess = got - d.min(1).values
         assert (excess <= fast_bound(x.float(), c.float())).all(), f"excess {excess.max():.3g}"
-    # sq_dist is computed by direct differences: relative error ~ D * 2^-24
-    assert ((sq.double() - got).abs() <= 2 * (x.shape[-1] + 4) * U32 * got + 1e-30).all()
+    # sq_dist = best expansion value + ||x||^2: the expansion's error plus a few roundings
+    x2 = x.reshape(-1, x.shape[-1]).double().pow(2).sum(1)
+    tol = fast_bound(x.float(), c.float()) / 2 + 4 * U32 * (x2 + got) + 1e-30
+    assert ((sq.double() - got).abs() <= tol).all(), f"sq_dist off by {(sq - got).abs().max()}"
 
 
 @pytest.fixture
@@ -91,7 +93,7 @@ def test_random_matches_reference(shape, backend, precision):
 @pytest.mark.parametrize("shape", [(200, 97, 7), (130, 3, 2), (65, 200, 33)], ids=str)
 def test_many_chunks_and_tiles(shape, precision, small_tiles):
     n, k, d = shape
-    assert n > torch_backend._plan(k)[3], "shape must span several row chunks"
+    assert n > torch_backend._plan(k)[4], "shape must span several row chunks"
     g = torch.Generator().manual_seed(1)
     check(torch.randn(n, d, generator=g), torch.randn(k, d, generator=g), precision)
 
@@ -100,12 +102,12 @@ def test_many_chunks_and_tiles(shape, precision, small_tiles):
 def test_default_plan_crosses_chunk_and_tile(precision):
     """K above one default tile, N above one default chunk."""
     k = torch_backend.TILE_CODES + 37
-    n = torch_backend._plan(k)[3] + 5
+    n = torch_backend._plan(k)[4] + 5
     g = torch.Generator().manual_seed(2)
     x, c = torch.randn(n, 6, generator=g), torch.randn(k, 6, generator=g)
     c[-1] = x[-1]  # the last code must be found from the last chunk
     idx, sq = nearest_code(x, c, precision=precision)
-    assert idx[-1] == k - 1 and sq[-1] == 0
+    assert idx[-1] == k - 1 and sq[-1] <= 1e-4 * x[-1].square().sum()
     check(x, c, precision)
 
 
@@ -144,7 +146,7 @@ def test_duplicate_codes_go_to_lowest_index(precision, tiles, request):
     x = torch.cat([c[lows] + 0.01 * torch.randn(len(pairs), d, generator=g), c[lows]])
     idx, sq = nearest_code(x, c, precision=precision)
     assert_same(idx, torch.cat([lows, lows]))
-    assert (sq[len(pairs) :] == 0).all()
+    assert (sq[len(pairs) :] <= 1e-4 * x[len(pairs) :].square().sum(1)).all()
 
 
 def near_tie_problem(n=200, k=16, d=8, seed=6):
@@ -228,7 +230,7 @@ def test_nan_and_inf():
         assert ((idx >= 0) & (idx < 9)).all()
         assert sq[3].isnan()
         assert_same(idx[5:], want)
-        assert idx[7] == 2 and sq[7] == 0
+        assert idx[7] == 2 and sq[7] <= 1e-4 * x[7].square().sum()
     only_nan = torch.full((3, 5), math.nan)
     idx, _ = nearest_code(x[5:], only_nan)
     assert (idx == 0).all()
@@ -289,8 +291,8 @@ def problems(draw):
 def test_exact_property(problem, small):
     x, c = problem
     if small:
-        torch_backend_sizes = (torch_backend.TILE_FLOATS, torch_backend.TILE_CODES)
-        torch_backend.TILE_FLOATS, torch_backend.TILE_CODES = 256, 8
+        sizes = (torch_backend.TILE_FLOATS, torch_backend.TILE_CODES)
+        torch_backend.TILE_FLOATS, torch_backend.TILE_CODES = 64, 8
     try:
         idx, _ = nearest_code(x, c)
         assert_same(idx, reference(x, c)[0])
@@ -299,4 +301,4 @@ def test_exact_property(problem, small):
             assert_same(nearest_code(x, c, precision="fast")[0], reference(x, c)[0])
     finally:
         if small:
-            torch_backend.TILE_FLOATS, torch_backend.TILE_CODES = torch_backend_sizes
+            torch_backend.TILE_FLOATS, torch_backend.TILE_CODES = sizes
