@@ -19,6 +19,7 @@ from .demo import demo
 from .encode import encode
 from .evaluate import evaluate
 from .fit import fit
+from .merge import merge
 
 HELP = """Turn images into discrete codes: fit, encode, decode and evaluate discrete autoencoders.
 
@@ -40,7 +41,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (fit, encode, decode, evaluate, demo):
+for command in (fit, encode, decode, evaluate, demo, merge):
     app.command(name=command.__name__)(command)
 
 

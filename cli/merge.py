@@ -1,0 +1,61 @@
+"""`discretae merge`: join the outputs of `discretae encode --shard i/n` in original order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import Json, Quiet, print_json, print_table, step_progress
+
+
+def merge(
+    shards: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Shard .npy files from `discretae encode --shard`, in any order.",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the merged codes (.npy).")
+    ] = Path("codes.npy"),
+    with_names: Annotated[
+        Path | None,
+        typer.Option("--with-names", help="Also write each image's file name, one per line."),
+    ] = None,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Merge encoded shards into one .npy, in the original order of DATA.
+
+    Each shard's `.shard.json` says which rows it holds. The shards must come from the
+    same model and data and cover every row exactly once; a missing or doubled slice
+    is an error that names the rows.
+
+    **Examples**
+
+      discretae merge codes-0.npy codes-1.npy codes-2.npy codes-3.npy --out codes.npy
+
+      discretae merge codes-*.npy --out codes.npy --with-names names.txt
+    """
+    from discretae.commands import merge_shards
+
+    with step_progress(not (quiet or json), what="rows") as progress:
+        result = merge_shards(shards, out=out, with_names=with_names, callback=progress)
+    if json:
+        print_json(result)
+    elif not quiet:
+        rows = [
+            ("merged", f"{len(result['shards'])} shard(s) of {result['kind']}"),
+            ("images", result["n_images"]),
+            ("shape", tuple(result["shape"])),
+            ("dtype", result["dtype"]),
+            ("saved to", result["out"]),
+        ]
+        if result["names"]:
+            rows.append(("names", result["names"]))
+        print_table("merge", rows)
