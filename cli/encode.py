@@ -35,6 +35,18 @@ def encode(
         Path | None,
         typer.Option("--with-names", help="Also write each image's file name, one per line."),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="Encode only slice i of n (i/n, counting from 0) of DATA's sorted files; "
+            "join the slices with `discretae merge`.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-j", min=0, help="Image decoding processes (default: auto)."),
+    ] = None,
     batch_size: BatchSize = 256,
     device: Device = "auto",
     strict: Strict = False,
@@ -46,6 +58,10 @@ def encode(
     Codes are stored in the smallest integer dtype that fits (uint8, uint16, int32,
     int64). Images are resized to the model's input size.
 
+    Images stream through decoding workers and codes go straight into the output file,
+    so memory stays flat however large the folder. `--shard i/n` encodes one of n
+    contiguous slices (on another machine, say) and writes a `.shard.json` beside it.
+
     **Examples**
 
       discretae encode images/ --model model.safetensors --out codes.npy
@@ -53,6 +69,8 @@ def encode(
       discretae encode digits -m model.safetensors --clusters --out clusters.npy
 
       discretae encode images/ -m model.safetensors --with-names names.txt
+
+      discretae encode images/ -m model.safetensors --shard 0/4 --out codes-0.npy
     """
     from discretae.commands import encode_data
 
@@ -66,6 +84,8 @@ def encode(
             batch_size=batch_size,
             device=device,
             strict=strict,
+            shard=shard,
+            workers=workers,
             callback=progress,
             warn=warner(quiet),
         )
@@ -81,4 +101,8 @@ def encode(
         ]
         if result["names"]:
             rows.append(("names", result["names"]))
+        if result["shard"]:
+            sh = result["shard"]
+            rows.append(("shard", f"{sh['index']}/{sh['count']}: rows {sh['start']}-{sh['stop']}"))
+            rows.append(("sidecar", result["sidecar"]))
         print_table("encode", rows)

@@ -13,6 +13,7 @@ one-line message for anything a user can get wrong.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -354,6 +355,110 @@ def fit_model(
 
 
 # ----------------------------------------------------------------------------- encode
+SHARD_FORMAT = "discretae-shard"
+_COPY_ROWS = 1 << 16  # rows per chunk when a .npy is copied or merged
+
+
+class NpyRowWriter:
+    """Fills a .npy of known shape row block by row block through short-lived memory
+    maps, so resident memory stays bounded however many rows the file gets."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.shape = Path(path), np.dtype(dtype), tuple(shape)
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self.done = 0
+        if shape[0] == 0 or self.row_bytes == 0:  # nothing to map: header only
+            with open(self.path, "wb") as f:
+                np.lib.format.write_array(f, np.zeros(shape, self.dtype), allow_pickle=False)
+            self.offset = None
+            return
+        mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=self.shape)
+        self.offset = mm.offset
+        del mm
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append rows (k, *shape[1:])."""
+        k = len(rows)
+        if k == 0:
+            return
+        if self.done + k > self.shape[0]:
+            raise DiscretaeError(f"{self.path}: {self.done + k} rows for a file of {self.shape[0]}")
+        view = np.memmap(
+            self.path,
+            dtype=self.dtype,
+            mode="r+",
+            offset=self.offset + self.done * self.row_bytes,
+            shape=(k, *self.shape[1:]),
+        )
+        view[:] = rows
+        del view  # unmapped: the pages belong to the page cache, not to this process
+        self.done += k
+
+    def finish(self) -> None:
+        """Shrink the file to the rows written (fewer when files failed to decode)."""
+        if self.done == self.shape[0]:
+            return
+        short = self.path.with_name(self.path.name + ".short")
+        part = NpyRowWriter(short, self.dtype, (self.done, *self.shape[1:]))
+        src = np.load(self.path, mmap_mode="r")
+        for a in range(0, self.done, _COPY_ROWS):
+            part.write(src[a : a + _COPY_ROWS])
+        del src
+        os.replace(short, self.path)
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with 0 <= i < n; ``None`` stays ``None``."""
+    if shard is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+    if m is None or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise DiscretaeError(
+            f"--shard {shard!r} should be i/n with 0 <= i < n (shards count from 0), e.g. 0/4"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_range(i: int, n: int, total: int) -> tuple[int, int]:
+    """Rows [start, stop) of shard i of n over ``total`` rows: contiguous, sizes within 1."""
+    return i * total // n, (i + 1) * total // n
+
+
+def shard_sidecar(out: str | os.PathLike) -> Path:
+    """The JSON beside a shard's codes: ``codes-0.npy`` -> ``codes-0.shard.json``."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}.shard.json")
+
+
+def _slice_dataset(ds, start: int, stop: int):
+    """Items [start, stop) of a dataset, as a dataset of the same kind."""
+    import copy
+
+    from .data import ArrayDataset, FolderDataset
+
+    part = copy.copy(ds)
+    if isinstance(ds, FolderDataset):
+        part.names = ds.names[start:stop]
+    elif isinstance(ds, ArrayDataset):
+        part._raw = ds._raw[start:stop]
+    else:
+        raise DiscretaeError(f"cannot shard a {type(ds).__name__}")
+    if ds.labels is not None:
+        part.labels = ds.labels[start:stop]
+    part.skipped = list(ds.skipped)  # the copy's pass appends its own failures
+    return part
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def encode_data(
     data: str,
     *,
@@ -364,6 +469,8 @@ def encode_data(
     batch_size: int = 256,
     device: str = "auto",
     strict: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    workers: int | None = None,
     callback: Callback = None,
     warn: Warn = None,
 ) -> dict:
@@ -374,40 +481,188 @@ def encode_data(
     With ``clusters=True`` the output is one cluster id per image, (N,).
     ``with_names`` writes one line per image: its file name, or its row number when DATA
     has no file names (arrays, IDX files, digits).
+
+    DATA streams through a DataLoader with ``workers`` decoding processes (None:
+    automatic) and the codes go straight into the output .npy through a memory map, so
+    memory does not grow with the collection. ``shard=(i, n)`` or ``"i/n"`` encodes
+    only the i-th of n contiguous slices of DATA (sorted file order) and writes a
+    sidecar (:func:`shard_sidecar`) with its rows and names, for :func:`merge_shards`.
     """
     check_output(out)
     if with_names is not None:
         check_output(with_names)
+    ij = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
+    if ij is not None:
+        parse_shard(f"{ij[0]}/{ij[1]}")
+        check_output(shard_sidecar(out))
+    if workers is not None and workers < 0:
+        raise DiscretaeError(f"workers must be >= 0, got {workers}")
     est = load_model(model, device)
     ds = _load_for_model(data, est, strict=strict, warn=warn)
-    n = len(ds)
-    parts: list[np.ndarray] = []
-    done = 0
-    with torch.inference_mode():
-        for images, _ in ds.batches(batch_size):
-            if clusters:
-                part = np.asarray(est.predict(images.numpy()))
-            else:
-                part = est.encode_batch(images.to(est.device_)).cpu().numpy()
-            parts.append(part)
-            done += len(images)
-            if callback is not None:
-                callback({"stage": "encode", "done": done, "total": n})
-    result = np.concatenate(parts) if parts else np.zeros((0,), np.int64)
+    total = len(ds)
+    start, stop = shard_range(*ij, total) if ij is not None else (0, total)
+    part = _slice_dataset(ds, start, stop) if ij is not None else ds
+    n = len(part)
     top = (int(est.n_clusters_) if clusters else _n_codes(est)) - 1
-    result = result.astype(smallest_int_dtype(max(top, 0)))
-    save_npy(out, result)
+    dtype = smallest_int_dtype(max(top, 0))
+    row_shape = () if clusters else tuple(est.code_shape_)
+    done = 0
+    with atomic_path(out) as tmp:
+        writer = NpyRowWriter(tmp, dtype, (n, *row_shape))
+        with torch.inference_mode():
+            for images, _ in part.batches(batch_size, num_workers=workers):
+                codes = est.encode_batch(images.to(est.device_))
+                rows = est.cluster_ids(codes) if clusters else codes.cpu().numpy()
+                writer.write(rows.astype(dtype, copy=False))
+                done += len(images)
+                if callback is not None:
+                    callback({"stage": "encode", "done": done, "total": n})
+        writer.finish()
+    # after the pass: names of files that failed to decode are gone, rows line up
+    names = part.names if part.names is not None else [str(i) for i in range(start, stop)]
     if with_names is not None:
-        names = ds.names if ds.names is not None else [str(i) for i in range(n)]
         with atomic_path(with_names) as tmp:
             tmp.write_text("".join(f"{name}\n" for name in names))
-    return {
+    result = {
         "out": str(out),
         "kind": "clusters" if clusters else "codes",
-        "shape": list(result.shape),
-        "dtype": str(result.dtype),
-        "n_images": int(n),
-        "skipped": len(getattr(ds, "skipped", []) or []),
+        "shape": [writer.done, *row_shape],
+        "dtype": str(dtype),
+        "n_images": int(writer.done),
+        "skipped": len(getattr(part, "skipped", []) or []),
+        "names": str(with_names) if with_names is not None else None,
+        "shard": None,
+    }
+    if ij is not None:
+        sidecar = {
+            "format": SHARD_FORMAT,
+            "format_version": 1,
+            "shard": list(ij),
+            "start": start,
+            "stop": stop,
+            "total": total,
+            "rows": writer.done,
+            "kind": result["kind"],
+            "dtype": str(dtype),
+            "row_shape": list(row_shape),
+            "data": str(data),
+            "model_sha256": _file_sha256(model),
+            "names": list(names),
+        }
+        with atomic_path(shard_sidecar(out)) as tmp:
+            tmp.write_text(json.dumps(sidecar))
+        result["shard"] = {"index": ij[0], "count": ij[1], "start": start, "stop": stop}
+        result["sidecar"] = str(shard_sidecar(out))
+    return result
+
+
+def _read_shard(path: str | os.PathLike) -> dict:
+    """A shard's sidecar, checked against its .npy."""
+    from .readers import read_npy
+
+    p, side = Path(path), shard_sidecar(path)
+    if not p.is_file():
+        raise DiscretaeError(f"shard {str(p)!r} does not exist")
+    if not side.is_file():
+        raise DiscretaeError(
+            f"shard {str(p)!r} has no sidecar {str(side)!r}; merge takes the .npy files "
+            "written by `discretae encode --shard i/n`, each with its .shard.json"
+        )
+    try:
+        info = json.loads(side.read_text())
+        ok = info.get("format") == SHARD_FORMAT and int(info["format_version"]) == 1
+        keys = ("start", "stop", "total", "rows", "kind", "dtype", "row_shape", "names")
+        ok = ok and all(k in info for k in keys)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+        raise DiscretaeError(f"cannot read shard sidecar {str(side)!r}: {e}") from None
+    if not ok:
+        raise DiscretaeError(f"{str(side)!r} is not a discretae shard sidecar")
+    arr = read_npy(p)
+    expected = (info["rows"], *info["row_shape"])
+    if tuple(arr.shape) != expected or str(arr.dtype) != info["dtype"]:
+        raise DiscretaeError(
+            f"shard {str(p)!r} holds {arr.dtype} {tuple(arr.shape)} but its sidecar says "
+            f"{info['dtype']} {expected}"
+        )
+    if len(info["names"]) != info["rows"]:
+        raise DiscretaeError(f"{str(side)!r} names {len(info['names'])} rows of {info['rows']}")
+    return {**info, "path": str(p), "array": arr}
+
+
+def _check_cover(shards: list[dict]) -> None:
+    """The shards must come from one run's settings and tile [0, total) exactly."""
+    first = shards[0]
+    for key, what in (
+        ("total", "the collection size"),
+        ("kind", "what they hold (codes or clusters)"),
+        ("dtype", "the dtype"),
+        ("row_shape", "the code shape"),
+        ("model_sha256", "the model file"),
+    ):
+        for other in shards[1:]:
+            if other.get(key) != first.get(key):
+                raise DiscretaeError(
+                    f"shards {first['path']!r} and {other['path']!r} differ in {what} "
+                    f"({first.get(key)!r} vs {other.get(key)!r}); they cannot be merged"
+                )
+    at, total = 0, first["total"]
+    for s in sorted(shards, key=lambda s: (s["start"], s["stop"])):
+        if s["start"] > at:
+            raise DiscretaeError(
+                f"rows {at}-{s['start'] - 1} of {total} are missing: no shard given covers "
+                f"them (the next, {s['path']!r}, starts at {s['start']})"
+            )
+        if s["start"] < at:
+            raise DiscretaeError(
+                f"shard {s['path']!r} (rows {s['start']}-{s['stop'] - 1}) overlaps rows "
+                "already covered by another shard; give each shard once"
+            )
+        at = s["stop"]
+    if at != total:
+        raise DiscretaeError(f"rows {at}-{total - 1} of {total} are missing: no shard covers them")
+
+
+def merge_shards(
+    shards: list[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    with_names: str | os.PathLike | None = None,
+    callback: Callback = None,
+) -> dict:
+    """Merge the outputs of ``encode --shard i/n`` into one .npy, in the original order.
+
+    The shards (any order) must hold the same kind of output from the same model and
+    together cover every row of the same collection exactly once; anything else raises
+    DiscretaeError saying which rows are missing or doubled. Rows are copied in chunks,
+    so memory stays bounded. ``with_names`` gets the merged names, one per line.
+    """
+    if not shards:
+        raise DiscretaeError("merge needs at least one shard file")
+    check_output(out)
+    if with_names is not None:
+        check_output(with_names)
+    infos = sorted((_read_shard(p) for p in shards), key=lambda s: s["start"])
+    _check_cover(infos)
+    rows = sum(s["rows"] for s in infos)
+    dtype, row_shape = np.dtype(infos[0]["dtype"]), tuple(infos[0]["row_shape"])
+    with atomic_path(out) as tmp:
+        writer = NpyRowWriter(tmp, dtype, (rows, *row_shape))
+        for s in infos:
+            for a in range(0, s["rows"], _COPY_ROWS):
+                writer.write(np.asarray(s["array"][a : a + _COPY_ROWS]))
+                if callback is not None:
+                    callback({"stage": "merge", "done": writer.done, "total": rows})
+    if with_names is not None:
+        with atomic_path(with_names) as tmp:
+            tmp.write_text("".join(f"{name}\n" for s in infos for name in s["names"]))
+    return {
+        "out": str(out),
+        "kind": infos[0]["kind"],
+        "shape": [rows, *row_shape],
+        "dtype": str(dtype),
+        "n_images": rows,
+        "total": infos[0]["total"],
+        "shards": [s["path"] for s in infos],
         "names": str(with_names) if with_names is not None else None,
     }
 
@@ -689,7 +944,7 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
             x_hat = est.decode_batch(c).float()
             sq_err += float(((x_hat - x) ** 2).sum(dtype=torch.float64))
             n_values += x.numel()
-            batch_ids = np.asarray(est.predict(images.numpy()))
+            batch_ids = est.cluster_ids(c)  # from the codes, not a second encode
             codes.append(c.cpu().numpy())
             ids.append(batch_ids)
             ys.append(y.numpy())

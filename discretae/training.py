@@ -178,8 +178,8 @@ def _check_finite(state: TrainState, where: str) -> None:
     tensors = list(state.model.parameters()) + list(state.model.buffers())
     if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
         raise TrainingDiverged(
-            f"training diverged: a weight is NaN or infinite {where}; "
-            "try a lower --lr (the last checkpoint, if any, was written before this)",
+            f"training diverged: a weight is NaN or infinite {where}, so no checkpoint "
+            "was written (a lower learning rate, --lr, may help)",
             state.step,
         )
 
@@ -277,8 +277,8 @@ def train(
                 if not math.isfinite(values[0]):
                     raise TrainingDiverged(
                         f"training diverged: the loss is {values[0]} at step {state.step + 1} "
-                        f"(epoch {state.epoch + 1}, batch {i + 1} of {steps}); stopped before "
-                        "taking that step. Try a lower --lr",
+                        f"(epoch {state.epoch + 1}, batch {i + 1} of {steps}), so that step "
+                        "was not taken (a lower learning rate, --lr, may help)",
                         state.step + 1,
                     )
                 state.optimizer.zero_grad(set_to_none=True)
