@@ -1,0 +1,244 @@
+"""Faults during fit: checkpoints, resume, SIGKILL, SIGINT, and a loss that blows up.
+
+Real `discretae fit` processes are killed with SIGKILL and interrupted with SIGINT once
+their first checkpoint exists. Exact equality of resumed and uninterrupted runs holds on
+a CPU with a fixed thread count (one here, in both the tests and the subprocesses).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from discretae.cli.app import app
+from typer.testing import CliRunner
+
+from discretae import DiscretaeError, DiscreteAutoencoder
+from discretae.checkpoint import read_checkpoint, write_checkpoint
+from discretae.commands import default_checkpoint, fit_model
+from discretae.data import load_dataset
+from discretae.serialization import read_model_file
+from discretae.training import TrainingDiverged, TrainingInterrupted, make_train_state
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The subprocesses run one thread; equal thread counts give bitwise-equal CPU math."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_dataset("digits").to_array()[:400]
+
+
+@pytest.fixture(scope="module")
+def data_npy(tmp_path_factory, digits) -> Path:
+    """digits as uint8 (N, 8, 8): 400 images."""
+    path = tmp_path_factory.mktemp("faults") / "digits.npy"
+    np.save(path, np.rint(digits[:, 0] * 255).astype(np.uint8))
+    return path
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def start_fit(*args) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "discretae.cli", "fit", *map(str, args), "--device", "cpu", "-q"]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"fit exited {proc.returncode} first: {proc.stderr.read()}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"no checkpoint {path} after {timeout} s")
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------- resume (in-process)
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["vq", "gumbel", "binary"])
+def test_resume_mid_epoch_matches_uninterrupted(tmp_path, digits, kind):
+    """Stop after step 11 (checkpoint at 10, mid-epoch), resume: the same weights and
+    history as one uninterrupted run, bit for bit."""
+    kw = dict(model=kind, n_codes=8, n_bits=8, epochs=3, batch_size=64, device="cpu", width=8)
+    whole = DiscreteAutoencoder(**kw, random_state=3).fit(digits)
+
+    steps = []
+
+    def stop_at_11(event):
+        steps.append(event)
+        if len(steps) == 11:
+            raise _Stop
+
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    with pytest.raises(_Stop):
+        DiscreteAutoencoder(**kw, random_state=3, callback=stop_at_11).fit(
+            digits, checkpoint=ckpt, checkpoint_every=5
+        )
+    ck = read_checkpoint(ckpt)
+    assert ck.step == 10 and ck.epoch == 1  # 7 steps per epoch: mid-way through the 2nd
+    resumed = DiscreteAutoencoder.from_checkpoint(ckpt, device="cpu").fit(digits, resume=ckpt)
+    assert same_weights(whole.model_.state_dict(), resumed.model_.state_dict())
+    drop = [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history_]
+    assert drop == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history_]
+    assert np.array_equal(whole.labels_, resumed.labels_)
+
+
+def test_checkpoint_restores_optimizer_and_rng(tmp_path, digits):
+    est = DiscreteAutoencoder(model="gumbel", width=8, device="cpu")
+    model = est._build((1, 8, 8))
+    state = make_train_state(model, lr=0.01, seed=5)
+    x = torch.from_numpy(digits[:32])
+    out = model(x)
+    (out["recon_loss"] + out["aux_loss"]).backward()
+    state.optimizer.step()
+    torch.manual_seed(123)
+    write_checkpoint(tmp_path / "c.safetensors", state, {"params": {}})
+    expected = torch.rand(3)
+    ck = read_checkpoint(tmp_path / "c.safetensors")
+    adam = ck.config["optimizer"]["param_groups"][0]
+    assert adam["lr"] == 0.01
+    assert any(k.startswith("optim.") and k.endswith(".exp_avg_sq") for k in ck.tensors)
+    from discretae.checkpoint import restore_rng
+
+    torch.manual_seed(0)
+    restore_rng(ck)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_resume_refuses_other_settings_data_and_files(tmp_path, digits):
+    ckpt = tmp_path / "c.ckpt.safetensors"
+    kw = dict(model="gumbel", width=8, epochs=1, batch_size=64, device="cpu")
+    DiscreteAutoencoder(**kw).fit(digits, checkpoint=ckpt, checkpoint_every=3)
+    with pytest.raises(DiscretaeError, match=r"settings differ: epochs=2 \(checkpoint: 1\)"):
+        DiscreteAutoencoder(**{**kw, "epochs": 2}).fit(digits, resume=ckpt)
+    with pytest.raises(DiscretaeError, match="trained on other data"):
+        DiscreteAutoencoder(**kw).fit(digits[:-1], resume=ckpt)
+    with pytest.raises(DiscretaeError, match="trained on other data"):
+        DiscreteAutoencoder(**kw).fit(digits[::-1].copy(), resume=ckpt)  # same rows, reordered
+    model = tmp_path / "m.safetensors"
+    DiscreteAutoencoder(**kw).fit(digits).save(model)
+    with pytest.raises(DiscretaeError, match="not a discretae checkpoint"):
+        read_checkpoint(model)
+    with pytest.raises(DiscretaeError, match="--epochs 5 \\(checkpoint: 1\\)"):
+        fit_model("digits", out=tmp_path / "o.safetensors", epochs=5, resume=ckpt)
+
+
+# ----------------------------------------------------------------------- NaN and inf
+def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_npy):
+    out = tmp_path / "nan.safetensors"
+    ckpt = default_checkpoint(out)
+    with pytest.raises(TrainingDiverged) as info:
+        # lr 1e30: the first step is finite, the weights it makes overflow the next
+        fit_model(str(data_npy), out=out, model="vq", lr=1e30, checkpoint_every=1, device="cpu")
+    message = str(info.value)
+    assert info.value.step == 2
+    assert "nan" in message and "at step 2" in message
+    assert f"last good checkpoint is {str(ckpt)!r} (step 1)" in message
+    assert not out.exists()
+    ck = read_checkpoint(ckpt)
+    assert ck.step == 1
+    weights = [v for k, v in ck.tensors.items() if k.startswith("model.") and v.is_floating_point()]
+    assert all(bool(torch.isfinite(w).all()) for w in weights)
+
+
+def test_nan_loss_on_the_command_line(tmp_path, data_npy):
+    out = tmp_path / "nan.safetensors"
+    r = CliRunner().invoke(
+        app, ["fit", str(data_npy), "--lr", "1e30", "--out", str(out), "--device", "cpu", "-q"]
+    )
+    assert r.exit_code == 1
+    assert r.stderr.count("\n") == 1 and "error: training diverged" in r.stderr
+    assert "at step 2" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------- real processes
+def test_sigkill_mid_training_then_resume(tmp_path, data_npy):
+    out = tmp_path / "model.safetensors"
+    ckpt = default_checkpoint(out)
+    args = [data_npy, "--model", "vq", "--codes", "8", "--epochs", "12", "--batch-size", "16"]
+    proc = start_fit(*args, "--checkpoint-every", "5", "--out", out)
+    wait_for(ckpt, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # killed before the end
+    killed_at = read_checkpoint(ckpt).step
+    assert 5 <= killed_at < 12 * 25 and killed_at % 5 == 0
+
+    r = subprocess.run(
+        [sys.executable, "-m", "discretae.cli", "fit", str(data_npy), "--resume", str(ckpt)]
+        + ["--out", str(out), "--device", "cpu", "-q"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    est = DiscreteAutoencoder.load(out, device="cpu")
+    images = np.load(data_npy)
+    codes = est.transform(images)
+    assert codes.shape == (len(images),) and codes.max() < 8
+    assert len(est.history_) == 12
+
+    # the same command without the kill gives the same model
+    whole = tmp_path / "whole.safetensors"
+    fit_model(str(data_npy), out=whole, model="vq", codes=8, epochs=12, batch_size=16, device="cpu")
+    assert same_weights(read_model_file(whole)[0], read_model_file(out)[0])
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, data_npy):
+    out = tmp_path / "model.safetensors"
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    args = [data_npy, "--epochs", "20", "--batch-size", "16", "--checkpoint", ckpt]
+    proc = start_fit(*args, "--checkpoint-every", "50", "--out", out)
+    wait_for(ckpt, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted by SIGINT" in stderr and f"--resume {ckpt}" in stderr
+    assert "Traceback" not in stderr and not out.exists()
+    interrupted_at = read_checkpoint(ckpt).step
+    assert f"after step {interrupted_at}" in stderr
+    result = fit_model(str(data_npy), out=out, resume=ckpt, device="cpu")
+    assert result["epochs"] == 20 and result["resumed_from"] == str(ckpt)
+    assert DiscreteAutoencoder.load(out).transform(np.load(data_npy)).shape == (400,)
+
+
+def test_sigint_in_process_stops_after_the_step(tmp_path, digits):
+    def interrupt_at_3(event):
+        if event["step"] == 3 and event["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    ckpt = tmp_path / "c.safetensors"
+    est = DiscreteAutoencoder(
+        model="binary", width=8, epochs=2, batch_size=64, device="cpu", callback=interrupt_at_3
+    )
+    with pytest.raises(TrainingInterrupted) as info:
+        est.fit(digits, checkpoint=ckpt)
+    # the flag is read with the next step's losses; that step is finished, then saved
+    assert info.value.step == 4 and info.value.checkpointed
+    assert read_checkpoint(ckpt).step == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
