@@ -15,8 +15,14 @@ from torch import nn
 from .errors import DiscretaeError
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, default_downsampling
 from .quantizers import BinaryQuantizer, GumbelQuantizer, VectorQuantizer
+from .residual import ResidualVectorQuantizer
 
-MODEL_KINDS = {"vq": VectorQuantizer, "gumbel": GumbelQuantizer, "binary": BinaryQuantizer}
+MODEL_KINDS = {
+    "vq": VectorQuantizer,
+    "gumbel": GumbelQuantizer,
+    "binary": BinaryQuantizer,
+    "rvq": ResidualVectorQuantizer,  # residual levels: a rate knob for the code archive
+}
 LATENTS = ("global", "grid")
 LOSSES = ("bce", "mse")
 
