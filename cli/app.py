@@ -14,7 +14,9 @@ import typer
 from discretae import __version__
 
 from ._common import DiscretaeGroup
+from .compress import compress
 from .decode import decode
+from .decompress import decompress
 from .demo import demo
 from .encode import encode
 from .evaluate import evaluate
@@ -41,7 +43,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (fit, encode, decode, evaluate, demo, merge):
+for command in (fit, encode, decode, evaluate, demo, merge, compress, decompress):
     app.command(name=command.__name__)(command)
 
 

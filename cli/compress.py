@@ -1,0 +1,89 @@
+"""`discretae compress`: images to one entropy-coded .dae archive of codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    BatchSize,
+    Device,
+    Json,
+    ModelPath,
+    Quiet,
+    Strict,
+    print_json,
+    print_table,
+    step_progress,
+    warner,
+)
+from .fit import DATA_HELP
+
+
+def compress(
+    data: Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)],
+    model: ModelPath,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the archive (.dae).")
+    ] = Path("archive.dae"),
+    levels: Annotated[
+        int | None,
+        typer.Option(
+            "--levels",
+            "-l",
+            min=1,
+            help="Keep only the first levels of an rvq model: fewer bytes, coarser images.",
+        ),
+    ] = None,
+    names: Annotated[
+        bool, typer.Option("--names/--no-names", help="Store the images' file names.")
+    ] = True,
+    batch_size: BatchSize = 256,
+    device: Device = "auto",
+    strict: Strict = False,
+    quiet: Quiet = False,
+    json: Json = False,
+) -> None:
+    """Compress DATA into one archive: its codes, entropy-coded with the model's prior.
+
+    The archive records a hash of the model, so only the same model decodes it. Images are
+    resized to the model's input size.
+
+    **Examples**
+
+      discretae compress images/ --model model.safetensors --out images.dae
+
+      discretae compress fashion-mnist:test -m rvq.safetensors --levels 2 -o test.dae
+    """
+    from discretae.codec import compress as run
+
+    with step_progress(not (quiet or json)) as progress:
+        result = run(
+            data,
+            model=model,
+            out=out,
+            levels=levels,
+            names=names,
+            batch_size=batch_size,
+            device=device,
+            strict=strict,
+            callback=progress,
+            warn=warner(quiet),
+        )
+    if json:
+        print_json(result)
+    elif not quiet:
+        print_table(
+            "compress",
+            [
+                ("images", result["n_images"]),
+                ("archive bytes", result["archive_bytes"]),
+                ("bytes per image", f"{result['bytes_per_image']:.2f}"),
+                ("bits per image", f"{result['bits_per_image']:.1f}"),
+                ("levels", f"{result['levels']} of {result['max_levels']}"),
+                ("prior", result["prior"]),
+                ("saved to", result["out"]),
+            ],
+        )

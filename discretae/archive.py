@@ -1,0 +1,206 @@
+"""The ``.dae`` code archive: a binary container for entropy-coded codes.
+
+Format version 1. Integers are little-endian; a *varint* is an unsigned LEB128 integer of
+at most 10 bytes.
+
+=========  =======  ===================================================================
+field      size     meaning
+=========  =======  ===================================================================
+magic      4        ``b"\\x89DAE"``
+version    1        format version, 1
+flags      1        bit 0: file names follow; bit 1: codes coded with the uniform prior
+                    (the model had none); other bits are 0
+model      16       the first 16 bytes of the sha256 of the model that made the codes
+                    (``discretae.codec.model_digest``: network config, every tensor,
+                    and the code prior); decoding with another model is refused
+n_images   varint   number of images, >= 1
+shape      3 varint channels, height, width of the decoded images
+grid       2 varint h, w: code cells per image (1, 1 for a global code)
+levels     varint   code symbols coded per cell: all T of the model, or the first l of
+                    a residual (rvq) model
+n_codes    varint   alphabet size A of every symbol
+block      varint   images per block (the last block may hold fewer)
+names_len  varint   only with flag bit 0: byte length of the names field
+words      varint   one per block: its payload length in 32-bit words
+names      names_   only with flag bit 0: zlib-compressed UTF-8 file names, one per
+           len      image, joined by ``"\\n"``
+payload    4/word   each block's ANS words (``discretae.prior``), uint32, block by block
+crc32      4        CRC-32 (zlib) of every byte before it
+=========  =======  ===================================================================
+
+Blocks bound memory: an encoder or decoder holds one block of codes at a time.
+``parse_archive`` checks, in this order: size, magic, version (a newer version is refused
+with its own message), checksum, then every field against the bytes that are actually
+there, before anything is allocated or decoded.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DiscretaeError
+
+MAGIC = b"\x89DAE"
+FORMAT_VERSION = 1
+HASH_BYTES = 16
+FLAG_NAMES = 1
+FLAG_UNIFORM = 2
+_FIXED = len(MAGIC) + 2 + HASH_BYTES
+_CRC = 4
+MAX_SIDE = 2**16  # image and grid sides
+MAX_NAME_BYTES = 4096  # per image, after decompression
+
+
+@dataclass(frozen=True)
+class ArchiveHeader:
+    """Everything in an archive but the payload. ``shape`` is (C, H, W), ``grid`` (h, w)."""
+
+    model_hash: bytes
+    n_images: int
+    shape: tuple[int, int, int]
+    grid: tuple[int, int]
+    levels: int
+    n_codes: int
+    block: int
+    uniform_prior: bool = False
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.n_images / self.block)
+
+    def block_sizes(self) -> list[int]:
+        return [min(self.block, self.n_images - b * self.block) for b in range(self.n_blocks)]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self.data, self.pos, self.end = data, start, end
+
+    def varint(self, what: str) -> int:
+        value = shift = 0
+        for _ in range(10):
+            if self.pos >= self.end:
+                raise DiscretaeError(f"corrupt archive: it ends inside the {what} field")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+        raise DiscretaeError(f"corrupt archive: the {what} field is not a valid varint")
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.end - self.pos:
+            raise DiscretaeError(f"corrupt archive: {what} runs past the end of the file")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+def pack_archive(
+    header: ArchiveHeader, blocks: list[np.ndarray], names: list[str] | None = None
+) -> bytes:
+    """Serialise a header, one uint32 word array per block and optional names."""
+    if len(blocks) != header.n_blocks:
+        raise ValueError(f"{len(blocks)} payload blocks for {header.n_blocks} blocks of images")
+    if len(header.model_hash) != HASH_BYTES:
+        raise ValueError(f"model_hash must be {HASH_BYTES} bytes")
+    flags = (FLAG_NAMES if names is not None else 0) | (FLAG_UNIFORM if header.uniform_prior else 0)
+    parts = [MAGIC, bytes([FORMAT_VERSION, flags]), header.model_hash]
+    fields = [header.n_images, *header.shape, *header.grid, header.levels, header.n_codes]
+    fields.append(header.block)
+    packed_names = b""
+    if names is not None:
+        if len(names) != header.n_images:
+            raise ValueError(f"{len(names)} names for {header.n_images} images")
+        packed_names = zlib.compress("\n".join(names).encode("utf-8"), 9)
+        fields.append(len(packed_names))
+    fields += [len(words) for words in blocks]
+    parts += [_varint(v) for v in fields]
+    parts.append(packed_names)
+    parts += [np.asarray(words, dtype="<u4").tobytes() for words in blocks]
+    body = b"".join(parts)
+    return body + zlib.crc32(body).to_bytes(_CRC, "little")
+
+
+def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np.ndarray]]:
+    """Bytes -> (header, names or None, uint32 words per block), fully validated.
+
+    Raises:
+        DiscretaeError: not an archive, a newer format version, a checksum mismatch
+            (truncated or corrupt), or fields that disagree with the file's size.
+    """
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise DiscretaeError("not a discretae archive (.dae): the magic number is missing")
+    if len(data) < _FIXED + _CRC:
+        raise DiscretaeError(f"truncated archive: {len(data)} bytes is shorter than any header")
+    version, flags = data[len(MAGIC)], data[len(MAGIC) + 1]
+    if version > FORMAT_VERSION:
+        raise DiscretaeError(
+            f"the archive has format version {version}, but this discretae reads up to "
+            f"version {FORMAT_VERSION}; upgrade discretae to read it"
+        )
+    body_end = len(data) - _CRC
+    if zlib.crc32(data[:body_end]) != int.from_bytes(data[body_end:], "little"):
+        raise DiscretaeError("truncated or corrupt archive: the checksum does not match")
+    if version < 1:
+        raise DiscretaeError(f"corrupt archive: invalid format version {version}")
+    if flags & ~(FLAG_NAMES | FLAG_UNIFORM):
+        raise DiscretaeError(f"corrupt archive: unknown flags {flags:#04x}")
+    model_hash = bytes(data[len(MAGIC) + 2 : _FIXED])
+    r = _Reader(data, _FIXED, body_end)
+    n_images = r.varint("image count")
+    shape = (r.varint("channels"), r.varint("height"), r.varint("width"))
+    grid = (r.varint("grid height"), r.varint("grid width"))
+    levels, n_codes, block = r.varint("levels"), r.varint("code count"), r.varint("block size")
+    if n_images < 1 or block < 1 or levels < 1 or n_codes < 1:
+        raise DiscretaeError("corrupt archive: a count in the header is zero")
+    if shape[0] not in (1, 3, 4) or not all(1 <= s <= MAX_SIDE for s in shape[1:] + grid):
+        raise DiscretaeError(f"corrupt archive: image shape {shape} or grid {grid} is invalid")
+    header = ArchiveHeader(
+        model_hash, n_images, shape, grid, levels, n_codes, block, bool(flags & FLAG_UNIFORM)
+    )
+    names_len = r.varint("names length") if flags & FLAG_NAMES else None
+    # every block needs at least one byte for its word count: bound n_blocks first
+    if header.n_blocks > r.end - r.pos:
+        raise DiscretaeError(f"corrupt archive: {n_images} images cannot fit in this file")
+    words = [r.varint("block length") for _ in range(header.n_blocks)]
+    payload = 4 * sum(words)
+    if (names_len or 0) + payload != r.end - r.pos:
+        raise DiscretaeError("truncated or corrupt archive: field lengths disagree with its size")
+    names = None
+    if names_len is not None:
+        names = _unpack_names(r.take(names_len, "names"), n_images)
+    blocks = []
+    for n_words in words:
+        raw = r.take(4 * n_words, "payload")
+        blocks.append(np.frombuffer(raw, dtype="<u4").astype(np.uint32))
+    return header, names, blocks
+
+
+def _unpack_names(packed: bytes, n_images: int) -> list[str]:
+    limit = n_images * MAX_NAME_BYTES
+    try:
+        z = zlib.decompressobj()
+        raw = z.decompress(packed, limit)
+        if z.unconsumed_tail or not z.eof:
+            raise DiscretaeError("corrupt archive: the names field is too long or incomplete")
+        names = raw.decode("utf-8").split("\n")
+    except (zlib.error, UnicodeDecodeError) as e:
+        raise DiscretaeError(f"corrupt archive: unreadable names field ({e})") from None
+    if len(names) != n_images:
+        raise DiscretaeError(f"corrupt archive: {len(names)} names for {n_images} images")
+    return names

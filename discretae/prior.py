@@ -1,0 +1,328 @@
+"""Code priors: a context model over grids of discrete codes, and ANS coding of code blocks.
+
+Codes of every model kind are read as symbols ``(N, h, w, T)`` in ``[0, A)``: a grid latent
+has h x w cells (a global latent is one 1 x 1 cell), each holding T symbols (the levels of a
+residual model, the groups of a grouped Gumbel code, the bits of a binary code, or just 1).
+A is the codebook size (2 for bits).
+
+The context of symbol ``(i, j, t)``:
+
+- ``t = 0``: the cell's position, and the classes of the t = 0 symbols to its left and
+  above (one more class stands for "outside the grid");
+- ``t > 0``: the level t and the class of symbol t - 1 of the same cell.
+
+A class map groups the A codes of a level into C classes: k-means on the codebook rows
+when there are more codes than classes fit the table budget, else every code is its own
+class. Per context, the probability of symbol s is
+``(n(context, s) + alpha * base(s)) / (n(context) + alpha)``, where ``base`` is the
+Laplace-smoothed frequency of s at that position (t = 0) or level (t > 0): a context seen
+rarely falls back to the plain frequencies. On Fashion-MNIST 7x7 codes (K = 256, held-out
+test codes) this context cut level 0 from 6.5 to 5.2 bits per symbol and level 1 from 7.4
+to 6.9, against 8 for fixed-width codes.
+
+The probabilities are stored as uint16 tables, so the encoder and the decoder feed
+constriction the same integers and decoding is exact on any machine. No probability
+exceeds ``P_MAX = 2**(-1/32)``: every symbol costs at least 1/32 bit, which bounds how many
+symbols a payload of a given size can hold (``max_symbols``), so a header cannot make the
+decoder allocate or loop without bound.
+
+Coding order within a block of n codes: cells in raster order, levels within a cell, and
+the n codes of each slot in order; constriction's ``AnsCoder`` (a stack) encodes that
+sequence in reverse, so it decodes forward with every context already known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import constriction
+import numpy as np
+import torch
+
+from .errors import DiscretaeError
+
+P_MAX = 2.0 ** (-1.0 / 32.0)  # every symbol costs >= 1/32 bit
+MIN_BITS_PER_SYMBOL = 1.0 / 32.0
+TABLE_SCALE = 2**16
+TABLE_BUDGET = 2**21  # table entries (4 MiB as uint16) per part of the prior
+MAX_CLASSES = 8  # neighbour classes at t = 0: (C + 1)**2 contexts per position
+ALPHA_NEIGHBOURS = 64.0  # measured on Fashion-MNIST codes: 16..256 differ by < 1%
+ALPHA_PREVIOUS = 64.0
+LAPLACE = 0.5
+
+
+def _classes(vectors: np.ndarray | None, n_codes: int, n_classes: int, counts, seed: int):
+    """(A,) class id per code: identity when every code fits, else k-means on the codebook
+    rows (or equal-mass frequency bands when the model has no codebook rows)."""
+    if n_classes >= n_codes:
+        return np.arange(n_codes)
+    if n_classes <= 1:
+        return np.zeros(n_codes, dtype=np.int64)
+    if vectors is not None:
+        from .kmeans import KMeans
+
+        km = KMeans(n_classes, n_init=2, random_state=seed).fit(torch.as_tensor(vectors).float())
+        return km.labels_.cpu().numpy().astype(np.int64)
+    order = np.argsort(-np.asarray(counts, np.float64), kind="stable")
+    cum = np.cumsum(np.asarray(counts, np.float64)[order]) / max(float(np.sum(counts)), 1.0)
+    bands = np.minimum((cum * n_classes).astype(np.int64), n_classes - 1)
+    out = np.empty(n_codes, dtype=np.int64)
+    out[order] = bands
+    return out
+
+
+def _quantize(p: np.ndarray) -> np.ndarray:
+    """Rows of probabilities (R, A) -> uint16 tables with every entry >= 1 and no entry
+    above P_MAX of its row's sum."""
+    q = np.maximum(1, np.rint(p * (TABLE_SCALE - p.shape[1]))).astype(np.int64)
+    total = q.sum(1)
+    top = q.argmax(1)
+    qmax = q[np.arange(len(q)), top]
+    excess = np.ceil((qmax - P_MAX * total) / (1.0 - P_MAX)).astype(np.int64)
+    q[np.arange(len(q)), top] = qmax - np.maximum(excess, 0)
+    return q.astype(np.uint16)
+
+
+def _smoothed(counts: np.ndarray, base: np.ndarray, alpha: float) -> np.ndarray:
+    """counts (R, A), base (R, A) rows summing to 1 -> (R, A) probabilities."""
+    return (counts + alpha * base) / (counts.sum(1, keepdims=True) + alpha)
+
+
+def _laplace(counts: np.ndarray) -> np.ndarray:
+    return (counts + LAPLACE) / (counts.sum(-1, keepdims=True) + LAPLACE * counts.shape[-1])
+
+
+class CodePrior:
+    """Probability tables over code symbols ``(h, w, T)`` in ``[0, A)``.
+
+    Build one with :meth:`fit` (from training codes) or :meth:`uniform`; store it with
+    :meth:`to_tensors` / :meth:`from_tensors`. ``encode_block`` / ``decode_block`` turn a
+    block of codes into ANS words and back.
+
+    Attributes: ``grid`` (h, w), ``n_levels`` T, ``n_codes`` A, ``kind`` ("context" or
+    "uniform"), ``n_classes`` (C0 for t = 0, then C_t for the class of symbol t - 1).
+    """
+
+    def __init__(self, grid, n_levels, n_codes, kind, n_classes, class_maps, table):
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.n_levels, self.n_codes, self.kind = int(n_levels), int(n_codes), kind
+        self.n_classes = [int(c) for c in n_classes]
+        self.class_maps = class_maps  # (T, A) int64: class of code a at level t
+        self.table = table  # (R, A) uint16
+        self._probs = table.astype(np.float64)
+        h, w = self.grid
+        c0 = self.n_classes[0]
+        # first table row of each level's contexts, then the row count
+        self._offsets = [0, h * w * (c0 + 1) ** 2 if kind == "context" else 1]
+        for t in range(1, self.n_levels):
+            self._offsets.append(
+                self._offsets[-1] + (self.n_classes[t] if kind == "context" else 0)
+            )
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def uniform(cls, grid, n_levels: int, n_codes: int) -> CodePrior:
+        """Every symbol equally likely: log2(A) bits each (for models without a prior)."""
+        table = _quantize(np.full((1, n_codes), 1.0 / n_codes))
+        maps = np.zeros((n_levels, n_codes), dtype=np.int64)
+        return cls(grid, n_levels, n_codes, "uniform", [0] * n_levels, maps, table)
+
+    @classmethod
+    def fit(
+        cls,
+        codes: np.ndarray,
+        n_codes: int,
+        vectors: list[np.ndarray | None] | None = None,
+        *,
+        seed: int = 0,
+    ) -> CodePrior:
+        """Fit the tables on training codes.
+
+        Args:
+            codes: (N, h, w, T) integers in [0, n_codes).
+            n_codes: alphabet size A.
+            vectors: per level t, the (A, D) codebook rows that k-means groups into
+                classes, or None (frequency bands are used instead).
+            seed: k-means seed.
+        """
+        codes = np.asarray(codes)
+        if codes.ndim != 4 or len(codes) == 0:
+            raise DiscretaeError(f"codes must be (N, h, w, T) with N >= 1, got {codes.shape}")
+        if codes.min() < 0 or codes.max() >= n_codes:
+            raise DiscretaeError(
+                f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]"
+            )
+        n, h, w, n_levels = codes.shape
+        a, p = int(n_codes), h * w
+        vectors = vectors or [None] * n_levels
+        sym = codes.reshape(n, p, n_levels).astype(np.int64)
+        c0 = max(0, min(MAX_CLASSES, a, math.isqrt(TABLE_BUDGET // (p * a)) - 1))
+        n_classes = [c0] + [min(a, TABLE_BUDGET // a)] * (n_levels - 1)
+        # class_maps[0]: classes of t = 0 codes (neighbour context); class_maps[t], t > 0:
+        # classes of level t - 1 codes (the context of level t)
+        maps = np.zeros((n_levels, a), dtype=np.int64)
+        for t in range(n_levels):
+            src = max(t - 1, 0)
+            freq = np.bincount(sym[:, :, src].ravel(), minlength=a)
+            maps[t] = _classes(vectors[src], a, n_classes[t], freq, seed)
+        every_pos = np.broadcast_to(np.arange(p), (n, p))
+        pos_counts = np.zeros((p, a))
+        np.add.at(pos_counts, (every_pos, sym[:, :, 0]), 1)
+        ctx = _neighbour_context(maps[0][sym[:, :, 0].reshape(n, h, w)], c0).reshape(n, p)
+        counts = np.zeros((p, (c0 + 1) ** 2, a))
+        np.add.at(counts, (every_pos, ctx, sym[:, :, 0]), 1)
+        base = np.repeat(_laplace(pos_counts), (c0 + 1) ** 2, axis=0)
+        rows = [_smoothed(counts.reshape(-1, a), base, ALPHA_NEIGHBOURS)]
+        for t in range(1, n_levels):
+            level_counts = np.bincount(sym[:, :, t].ravel(), minlength=a).astype(np.float64)
+            counts = np.zeros((n_classes[t], a))
+            np.add.at(counts, (maps[t][sym[:, :, t - 1].ravel()], sym[:, :, t].ravel()), 1)
+            base = np.broadcast_to(_laplace(level_counts), counts.shape)
+            rows.append(_smoothed(counts, base, ALPHA_PREVIOUS))
+        table = _quantize(np.concatenate(rows))
+        return cls((h, w), n_levels, a, "context", n_classes, maps, table)
+
+    # ------------------------------------------------------------------ storage
+    def config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "grid": list(self.grid),
+            "n_levels": self.n_levels,
+            "n_codes": self.n_codes,
+            "n_classes": self.n_classes,
+        }
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors for a model file: ``table`` (R, A) int32 and ``class_maps`` (T, A) int32
+        (safetensors has no uint16)."""
+        return {
+            "table": torch.from_numpy(self.table.astype(np.int32)),
+            "class_maps": torch.from_numpy(self.class_maps.astype(np.int32)),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict) -> CodePrior:
+        """Inverse of ``to_tensors`` + ``config``; inconsistent tables raise DiscretaeError."""
+        try:
+            table = tensors["table"].numpy().astype(np.int64)
+            maps = tensors["class_maps"].numpy().astype(np.int64)
+            prior = cls(
+                config["grid"],
+                config["n_levels"],
+                config["n_codes"],
+                config["kind"],
+                config["n_classes"],
+                maps,
+                table.clip(0, TABLE_SCALE - 1).astype(np.uint16),
+            )
+            classes = [max(1, c) for c in prior.n_classes]
+            ok = (
+                prior.kind in ("context", "uniform")
+                and len(prior.n_classes) == prior.n_levels
+                and table.shape == (prior._n_rows(), prior.n_codes)
+                and maps.shape == (prior.n_levels, prior.n_codes)
+                and table.min() >= 1
+                and table.max() < TABLE_SCALE
+                and maps.min() >= 0
+                and all(maps[t].max() < classes[t] for t in range(prior.n_levels))
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise DiscretaeError(f"the model's code prior is unreadable: {e}") from None
+        if not ok:
+            raise DiscretaeError("the model's code prior has inconsistent tables")
+        return prior
+
+    def _n_rows(self) -> int:
+        return self._offsets[-1]
+
+    def digest(self) -> bytes:
+        """sha256 of the config and tables: part of the model hash of an archive."""
+        h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
+        h.update(self.table.astype("<u2").tobytes())
+        h.update(self.class_maps.astype("<i4").tobytes())
+        return h.digest()
+
+    # ------------------------------------------------------------------ coding
+    def _slot_rows(self, sym: np.ndarray, i: int, j: int, t: int) -> np.ndarray:
+        """Table rows (n,) of slot (i, j, t), from already-known symbols of ``sym``."""
+        n = sym.shape[0]
+        if self.kind == "uniform":
+            return np.zeros(n, dtype=np.int64)
+        if t > 0:
+            return self._offsets[t] + self.class_maps[t][sym[:, i, j, t - 1]]
+        c0 = self.n_classes[0]
+        cmap = self.class_maps[0]
+        left = cmap[sym[:, i, j - 1, 0]] if j > 0 else np.full(n, c0)
+        up = cmap[sym[:, i - 1, j, 0]] if i > 0 else np.full(n, c0)
+        pos = i * self.grid[1] + j
+        return (pos * (c0 + 1) + left) * (c0 + 1) + up
+
+    def _slots(self, n_levels: int):
+        h, w = self.grid
+        return [(i, j, t) for i in range(h) for j in range(w) for t in range(n_levels)]
+
+    def encode_block(self, codes: np.ndarray) -> np.ndarray:
+        """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32)."""
+        if self.n_codes == 1:
+            return np.zeros(0, dtype=np.uint32)
+        sym = np.ascontiguousarray(codes, dtype=np.int64)
+        coder = constriction.stream.stack.AnsCoder()
+        family = constriction.stream.model.Categorical(perfect=False)
+        for i, j, t in reversed(self._slots(sym.shape[3])):
+            rows = self._slot_rows(sym, i, j, t)
+            coder.encode_reverse(sym[:, i, j, t].astype(np.int32), family, self._probs[rows])
+        return coder.get_compressed()
+
+    def decode_block(self, words: np.ndarray, n: int, n_levels: int) -> np.ndarray:
+        """ANS words -> codes (n, h, w, l) int64; raises DiscretaeError unless the words
+        hold exactly these symbols."""
+        h, w = self.grid
+        sym = np.zeros((n, h, w, n_levels), dtype=np.int64)
+        if self.n_codes == 1:
+            if len(words):
+                raise DiscretaeError("corrupt archive: payload words for a one-code model")
+            return sym
+        try:
+            coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
+            family = constriction.stream.model.Categorical(perfect=False)
+            for i, j, t in self._slots(n_levels):
+                rows = self._slot_rows(sym, i, j, t)
+                sym[:, i, j, t] = coder.decode(family, self._probs[rows])
+            exact = coder.is_empty()
+        except Exception as e:  # constriction reports malformed words as ValueError
+            raise DiscretaeError(
+                f"corrupt archive: the code payload does not decode ({e})"
+            ) from None
+        if not exact:
+            raise DiscretaeError("corrupt archive: the code payload holds more data than its codes")
+        return sym
+
+    def max_symbols(self, n_words: int) -> int:
+        """The most symbols ``n_words`` ANS words can hold under this prior."""
+        if self.n_codes == 1:
+            return 2**62
+        return int((32 * n_words + 64) / MIN_BITS_PER_SYMBOL)
+
+    def cost_bits(self, codes: np.ndarray) -> float:
+        """Information content (bits) of codes (n, h, w, l) under the quantized tables:
+        what the payload costs, up to the coder's few words of overhead."""
+        sym = np.ascontiguousarray(codes, dtype=np.int64)
+        total = 0.0
+        sums = self._probs.sum(1)
+        for i, j, t in self._slots(sym.shape[3]):
+            rows = self._slot_rows(sym, i, j, t)
+            p = self._probs[rows, sym[:, i, j, t]] / sums[rows]
+            total -= float(np.log2(p).sum())
+        return total
+
+
+def _neighbour_context(classes: np.ndarray, c0: int) -> np.ndarray:
+    """classes (n, h, w) in [0, c0) -> (n, h, w) ids ``left * (c0 + 1) + up``, with c0
+    standing for "outside the grid"."""
+    left = np.full_like(classes, c0)
+    left[:, :, 1:] = classes[:, :, :-1]
+    up = np.full_like(classes, c0)
+    up[:, 1:, :] = classes[:, :-1, :]
+    return left * (c0 + 1) + up
