@@ -312,9 +312,12 @@ def _check_out(out: Path) -> bool:
     if out.suffix.lower() == _PNG:
         check_writable(out)
         return True
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DiscretaeError(f"output {str(out)!r} exists and is not an empty folder")
-    check_writable(out / "probe")  # creates the parent, checks it is writable
+    if out.exists():
+        if not out.is_dir() or any(out.iterdir()):
+            raise DiscretaeError(f"output {str(out)!r} exists and is not an empty folder")
+        check_writable(out.parent / f".{out.name}.probe")
+    else:
+        check_writable(out)  # creates the parent folder, checks it is writable
     return False
 
 
