@@ -402,7 +402,7 @@ class NpyRowWriter:
         part = NpyRowWriter(short, self.dtype, (self.done, *self.shape[1:]))
         src = np.load(self.path, mmap_mode="r")
         for a in range(0, self.done, _COPY_ROWS):
-            part.write(src[a : a + _COPY_ROWS])
+            part.write(src[a : min(a + _COPY_ROWS, self.done)])
         del src
         os.replace(short, self.path)
 
