@@ -97,6 +97,7 @@ def encode(
             ("images", result["n_images"]),
             ("shape", tuple(result["shape"])),
             ("dtype", result["dtype"]),
+            ("seconds", f"{result['load_seconds']:.1f} load + {result['encode_seconds']:.1f}"),
             ("saved to", result["out"]),
         ]
         if result["names"]:
