@@ -16,9 +16,11 @@ when there are more codes than classes fit the table budget, else every code is 
 class. Per context, the probability of symbol s is
 ``(n(context, s) + alpha * base(s)) / (n(context) + alpha)``, where ``base`` is the
 Laplace-smoothed frequency of s at that position (t = 0) or level (t > 0): a context seen
-rarely falls back to the plain frequencies. On Fashion-MNIST 7x7 codes (K = 256, held-out
-test codes) this context cut level 0 from 6.5 to 5.2 bits per symbol and level 1 from 7.4
-to 6.9, against 8 for fixed-width codes.
+rarely falls back to the plain frequencies. Measured on Fashion-MNIST codes (7x7 grid,
+rvq with K = 256, fitted on the 60k train images, 2000 test images): level 0 costs 4.9
+bits per symbol with 16 neighbour classes (5.2 with 8; 6.4 from position frequencies
+alone) and level 1 costs 6.1 given the level-0 code, against 8 for fixed-width codes.
+Neighbour classes at levels t > 0 saved under 2% and are left out.
 
 The probabilities are stored as uint16 tables, so the encoder and the decoder feed
 constriction the same integers and decoding is exact on any machine. No probability
@@ -46,8 +48,8 @@ from .errors import DiscretaeError
 P_MAX = 2.0 ** (-1.0 / 32.0)  # every symbol costs >= 1/32 bit
 MIN_BITS_PER_SYMBOL = 1.0 / 32.0
 TABLE_SCALE = 2**16
-TABLE_BUDGET = 2**21  # table entries (4 MiB as uint16) per part of the prior
-MAX_CLASSES = 8  # neighbour classes at t = 0: (C + 1)**2 contexts per position
+TABLE_BUDGET = 2**22  # table entries (8 MiB as uint16) per part of the prior
+MAX_CLASSES = 16  # neighbour classes at t = 0: (C + 1)**2 contexts per position
 ALPHA_NEIGHBOURS = 64.0  # measured on Fashion-MNIST codes: 16..256 differ by < 1%
 ALPHA_PREVIOUS = 64.0
 LAPLACE = 0.5
@@ -195,10 +197,10 @@ class CodePrior:
         }
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors for a model file: ``table`` (R, A) int32 and ``class_maps`` (T, A) int32
-        (safetensors has no uint16)."""
+        """Tensors for a model file: ``table`` (R, A) int16 holding the uint16 bits, and
+        ``class_maps`` (T, A) int32."""
         return {
-            "table": torch.from_numpy(self.table.astype(np.int32)),
+            "table": torch.from_numpy(self.table.astype(np.uint16).view(np.int16)),
             "class_maps": torch.from_numpy(self.class_maps.astype(np.int32)),
         }
 
@@ -206,7 +208,10 @@ class CodePrior:
     def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict) -> CodePrior:
         """Inverse of ``to_tensors`` + ``config``; inconsistent tables raise DiscretaeError."""
         try:
-            table = tensors["table"].numpy().astype(np.int64)
+            raw = tensors["table"]
+            if raw.dtype != torch.int16:
+                raise ValueError(f"table has dtype {raw.dtype}, expected int16")
+            table = raw.numpy().view(np.uint16).astype(np.int64)
             maps = tensors["class_maps"].numpy().astype(np.int64)
             prior = cls(
                 config["grid"],
