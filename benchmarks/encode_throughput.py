@@ -30,6 +30,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -135,19 +136,16 @@ def decode_only(paths: list[str], workers: int) -> float:
 
 # ----------------------------------------------------------------------------- encode
 def _tree(root: int) -> list[int]:
-    """root and its descendants, from /proc/*/stat."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, frontier = [root], [root]
-    while frontier:
-        frontier = [p for p, pp in parent.items() if pp in frontier]
-        tree += frontier
+    """root and its descendants, from /proc/PID/task/TID/children (cheap to read)."""
+    tree, i = [root], 0
+    while i < len(tree):
+        try:
+            for tid in os.listdir(f"/proc/{tree[i]}/task"):
+                with open(f"/proc/{tree[i]}/task/{tid}/children") as f:
+                    tree += [int(c) for c in f.read().split()]
+        except OSError:  # gone, or a kernel without the children file
+            pass
+        i += 1
     return tree
 
 
@@ -179,7 +177,7 @@ def run_encode(folder: Path, model: Path, out: Path, workers: int, batch: int) -
             peak["pss_kb"] = max(peak["pss_kb"], sum(m[0] for m in mem))
             peak["rss_sum_kb"] = max(peak["rss_sum_kb"], sum(m[1] for m in mem))
             peak["processes"] = max(peak["processes"], len(tree))
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -321,11 +319,13 @@ def main(argv=None) -> int:
     print(f"targets: ratio >= {TARGET_RATIO}, peak < {TARGET_MEMORY_GB} GB; load average "
           f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
     day = result["date"][:10]
-    out = args.out or Path(__file__).parent / "results" / f"encode_throughput-cpu-{day}.json"
+    name = f"encode_throughput-cpu-{n // 1000}k-{day}.json"
+    out = args.out or Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     from discretae.atomic import write_text_atomic
 
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out}")
     return 0
 
