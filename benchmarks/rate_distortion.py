@@ -271,12 +271,17 @@ def plot(name: str, result: dict, path: Path) -> None:
         ax.axhspan(*TARGET_RANGE, color="green", alpha=0.05, label="target range")
         ax.plot([AIM["bytes_per_image"]], [AIM["psnr"]], "k*", ms=10, label="aim")
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (5, 10, 20, 50, 100, 200, 500, 1000) if lo <= t <= hi]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xticks([], minor=True)
+    ax.set_xlim(lo, hi)
     ax.set_xlabel("bytes per image (log)")
     ax.set_ylabel("PSNR, dB (mean over images)")
     n = result["n_test"]
     ax.set_title(f"{name}: {n} test images, rate-distortion")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
