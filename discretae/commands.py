@@ -529,9 +529,11 @@ def encode_data(
     if est.device_.type == "cpu":
         # Decoding workers and the model share the cores; oversubscribed, torch's threads
         # spin-wait: 20k PNGs took 24 s with 2 threads beside 1 worker, 5 s with 1 thread.
-        from .data import _auto_workers  # the count batches() picks when given None
+        from .data import FolderDataset, _auto_workers  # what batches() picks given None
 
-        busy = workers if workers is not None else _auto_workers(len(part))
+        busy = 0  # arrays are sliced in this process
+        if isinstance(part, FolderDataset):
+            busy = workers if workers is not None else _auto_workers(len(part))
         torch.set_num_threads(max(1, min(threads, _cpu_count() - busy)))
     with atomic_path(out) as tmp, _restore_threads(threads):
         writer = NpyRowWriter(tmp, dtype, (n, *row_shape))

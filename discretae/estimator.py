@@ -114,23 +114,26 @@ def _resolve_device(device) -> torch.device:
 
 
 def _fingerprint(data: torch.Tensor) -> dict:
-    """What a resume checks to know it got the same data: size, shape, dtype, and the
-    plain and position-weighted sums of the per-input totals (float64)."""
+    """What a resume checks to know it got the same data: size, shape, and the plain and
+    position-weighted sums of the per-input totals, in [0, 1] units (uint8 / 255)."""
     rows = data.reshape(data.shape[0], -1).sum(1, dtype=torch.float64)
+    if data.dtype == torch.uint8:
+        rows /= 255.0
     weights = torch.arange(1, rows.numel() + 1, dtype=torch.float64)
     return {
         "n": int(data.shape[0]),
         "shape": [int(s) for s in data.shape[1:]],
-        "dtype": str(data.dtype).removeprefix("torch."),
         "sum": float(rows.sum()),
         "weighted_sum": float((rows * weights).sum()),
     }
 
 
 def _same_data(a: dict, b: dict) -> bool:
-    if any(a[k] != b[k] for k in ("n", "shape", "dtype")):
+    # uint8 and its float32 scaling differ by rounding only: 1e-6 is far above that
+    if any(a.get(k) != b.get(k) for k in ("n", "shape")):
         return False
-    return all(math.isclose(a[k], b[k], rel_tol=1e-9) for k in ("sum", "weighted_sum"))
+    sums = ("sum", "weighted_sum")
+    return all(k in a and k in b and math.isclose(a[k], b[k], rel_tol=1e-6) for k in sums)
 
 
 def _rank_seed(seed: int, rank: int, step: int) -> int:
@@ -324,10 +327,12 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         data = _as_images(X)
         fingerprint = _fingerprint(data)
         if ck is not None and not _same_data(ck.config["data"], fingerprint):
+            was = ck.config["data"]
             raise DiscretaeError(
                 f"cannot resume from {str(ck.path)!r}: it was trained on other data "
-                f"({ck.config['data']['n']} inputs of shape {ck.config['data']['shape']}); "
-                f"got {fingerprint['n']} of shape {fingerprint['shape']}"
+                f"({was['n']} inputs of shape {was['shape']}, pixel sum {was['sum']:.6g}); "
+                f"got {fingerprint['n']} of shape {fingerprint['shape']}, pixel sum "
+                f"{fingerprint['sum']:.6g} (the same data in the same order is needed)"
             )
         device = _resolve_device(self.device)
         seed = self.random_state
@@ -345,6 +350,7 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
                 restore_rng(ck)
             if distributed.rank() > 0:
                 torch.manual_seed(_rank_seed(int(seed), distributed.rank(), state.step))
+                state.epoch_keys = []  # the checkpoint's keys are all ranks'; rank 0 has them
             saved = {"path": resume, "step": ck.step if ck is not None else None}
             save = None
             if checkpoint is not None:

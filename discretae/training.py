@@ -120,7 +120,7 @@ class _StopSignals:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._old.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def _wrap(model: torch.nn.Module, device) -> torch.nn.Module:

@@ -2,7 +2,8 @@
 
 - The real command, `torchrun -m discretae.cli fit`, must leave identical weights and
   codebooks on both ranks (each rank dumps its state through a test-only variable),
-  and a model close to a single-process run with the same global batch. The data order
+  and a model close to a single-process run with the same global batch; its last
+  checkpoint, resumed in one process, must end close to that run too. The data order
   and the global batch are the same, and each rank's loss is weighted by its share of
   the batch, so the averaged gradient is the single-process one up to float summation
   order: measured max weight difference 2e-6 after 14 steps; the bound is 1e-4.
@@ -24,6 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from discretae.checkpoint import read_checkpoint
 from discretae.commands import fit_model
 from discretae.data import load_dataset
 from discretae.serialization import read_model_file
@@ -66,7 +68,7 @@ def test_torchrun_fit_ranks_agree_and_match_one_process(tmp_path):
     out = tmp_path / "ddp.safetensors"
     r = torchrun(
         "-m", "discretae.cli", "fit", data, *settings, "--device", "cpu", "--out", out, "--json",
-        env={RANK_STATE_ENV: str(ranks)},
+        "--checkpoint-every", "5", env={RANK_STATE_ENV: str(ranks)},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)  # only rank 0 prints
@@ -96,6 +98,19 @@ def test_torchrun_fit_ranks_agree_and_match_one_process(tmp_path):
     for a, b in zip(one["history"], summary["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["usage"] == b["usage"]
+
+    # the last checkpoint (step 10 of 14, written by rank 0 alone) resumes in one process
+    ckpt = tmp_path / "ddp.ckpt.safetensors"
+    assert read_checkpoint(ckpt).step == 10
+    assert sorted(p.name for p in tmp_path.iterdir() if ".ckpt" in p.name) == [ckpt.name]
+    torch.set_num_threads(1)
+    try:
+        fit_model(str(data), out=tmp_path / "resumed.safetensors", resume=ckpt, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    resumed, _ = read_model_file(tmp_path / "resumed.safetensors")
+    worst = max(float((single[k].float() - resumed[k].float()).abs().max()) for k in single)
+    assert worst < 1e-4, f"resumed in one process, the DDP run ends {worst} away"
 
 
 HELPER = '''

@@ -137,6 +137,11 @@ def test_resume_refuses_other_settings_data_and_files(tmp_path, digits):
         DiscreteAutoencoder(**kw).fit(digits[:-1], resume=ckpt)
     with pytest.raises(DiscretaeError, match="trained on other data"):
         DiscreteAutoencoder(**kw).fit(digits[::-1].copy(), resume=ckpt)  # same rows, reordered
+    # the same images as uint8 or as floats in [0, 1] are the same data
+    u8 = np.rint(digits * 255).astype(np.uint8)
+    DiscreteAutoencoder(**kw).fit(u8, checkpoint=ckpt, checkpoint_every=3)
+    resumed = DiscreteAutoencoder(**kw).fit(u8.astype(np.float32) / 255, resume=ckpt)
+    assert len(resumed.history_) == 1
     model = tmp_path / "m.safetensors"
     DiscreteAutoencoder(**kw).fit(digits).save(model)
     with pytest.raises(DiscretaeError, match="not a discretae checkpoint"):
