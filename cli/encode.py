@@ -97,7 +97,7 @@ def encode(
             ("images", result["n_images"]),
             ("shape", tuple(result["shape"])),
             ("dtype", result["dtype"]),
-            ("seconds", f"{result['load_seconds']:.1f} load + {result['encode_seconds']:.1f}"),
+            ("seconds: load, encode", _seconds(result)),
             ("saved to", result["out"]),
         ]
         if result["names"]:
@@ -107,3 +107,7 @@ def encode(
             rows.append(("shard", f"{sh['index']}/{sh['count']}: rows {sh['start']}-{sh['stop']}"))
             rows.append(("sidecar", result["sidecar"]))
         print_table("encode", rows)
+
+
+def _seconds(result: dict) -> str:
+    return f"{result['load_seconds']:.1f}, {result['encode_seconds']:.1f}"

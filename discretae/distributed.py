@@ -69,8 +69,10 @@ def init_from_env(device: str = "auto") -> torch.device | None:
         dev = torch.device(device if device != "auto" else "cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-        # device_id binds the communicator to this GPU, so barriers use it too
-        dist.init_process_group("nccl", device_id=dev)
+        try:  # device_id (torch >= 2.3) binds the communicator to this GPU, barriers too
+            dist.init_process_group("nccl", device_id=dev)
+        except TypeError:
+            dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
     return dev
