@@ -24,7 +24,7 @@ from discretae import __version__
 from discretae.report import REPORT_KEYS
 
 runner = CliRunner()
-COMMANDS = ["fit", "encode", "decode", "evaluate", "demo"]
+COMMANDS = ["fit", "encode", "decode", "evaluate", "demo", "merge"]
 # The report's top-level keys are a public contract: changing them breaks scripts.
 EXPECTED_REPORT_KEYS = {
     "bits",

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -46,7 +48,9 @@ def free_port() -> int:
 def torchrun(*args, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """Two local processes, rendezvous and gloo on loopback only."""
     cmd = [
-        shutil.which("torchrun"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
         "--nnodes=1",
         "--nproc-per-node=2",
         "--rdzv-backend=c10d",
@@ -55,7 +59,22 @@ def torchrun(*args, env: dict | None = None, timeout: float = 180) -> subprocess
         *map(str, args),
     ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    # own process group, so a timeout takes the workers down too, not only the launcher
+    proc = subprocess.Popen(
+        cmd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_torchrun_fit_ranks_agree_and_match_one_process(tmp_path):
