@@ -33,10 +33,12 @@ Unreadable files in a folder (not an image, zero bytes, truncated): with ``stric
 first one raises ``DiscretaeError`` naming it. Otherwise they are dropped and reported in
 one call to ``warn`` that counts them and names the first few. When the folder holds at
 most 64 MiB of image files the scan decodes every file, so all bad files are found at
-load time. Larger folders are checked by header only; a file that then fails to decode in
-a DataLoader worker comes back as a marker, is left out of the batch, and is reported in
-one warning at the end of that pass, after which it is removed from ``names``, ``labels``
-and ``len``. So after a complete pass the rows yielded always line up with ``names``.
+load time. Larger folders are checked by header only, and when both ``image_size`` and
+``channels`` are given (a fitted model fixes them) files are only listed; a file that
+then fails to decode in a DataLoader worker comes back as a marker, is left out of the
+batch, and is reported in one warning at the end of that pass, after which it is removed
+from ``names``, ``labels`` and ``len``. So after a complete pass the rows yielded always
+line up with ``names``.
 """
 
 from __future__ import annotations
@@ -373,7 +375,9 @@ def _labels_from_csv(path: Path, names: list[str], warn: Warn):
 def _load_folder(root: Path, labels_path, image_size, channels, strict, warn) -> FolderDataset:
     if channels not in (None, 1, 3):
         raise DiscretaeError(f"channels={channels} is not 1 or 3 for a folder of images")
-    scan = scan_folder(root)
+    # with size and channels fixed (a fitted model's), probing every file up front only
+    # repeats what the decoding stream does: it drops bad files with one warning too
+    scan = scan_folder(root, probe=image_size is None or channels is None)
     names = scan.names
     if strict and scan.bad:
         i = min(scan.bad)

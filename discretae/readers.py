@@ -110,8 +110,12 @@ def probe_image(path: Path, full: bool) -> tuple[tuple[int, int], str]:
     return ((w, h) if orient in (5, 6, 7, 8) else (h, w)), mode
 
 
-def scan_folder(root: Path, full_check: bool | None = None) -> FolderScan:
-    """List and probe every image under ``root``. Bad files are recorded, not raised."""
+def scan_folder(root: Path, full_check: bool | None = None, probe: bool = True) -> FolderScan:
+    """List and probe every image under ``root``. Bad files are recorded, not raised.
+
+    ``probe=False`` only lists the files (sizes and modes stay None): for callers that
+    already know the output size and channels, the decoding stream finds bad files.
+    """
     names, others = list_image_files(root)
     if not names:
         if others == 0:
@@ -120,6 +124,8 @@ def scan_folder(root: Path, full_check: bool | None = None) -> FolderScan:
             f"folder {str(root)!r} holds {others} file(s) but no images "
             f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
+    if not probe:
+        return FolderScan(root, names, [None] * len(names), [None] * len(names))
     if full_check is None:
         total = sum(_file_size(root / n) for n in names)
         full_check = total <= FULL_CHECK_BYTES
