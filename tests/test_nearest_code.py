@@ -70,11 +70,23 @@ def check(x, c, precision, backend="torch"):
     assert ((sq.double() - got).abs() <= tol).all(), f"sq_dist off by {(sq - got).abs().max()}"
 
 
+def shrink_plan(mp, tile_floats=128, tile_codes=64, groups=4, batch_floats=3000):
+    """Tiny tiles, groups, chunks and batches, so small shapes cross every boundary."""
+    mp.setattr(torch_backend, "TILE_FLOATS", tile_floats)
+    mp.setattr(torch_backend, "TILE_CODES", tile_codes)
+    mp.setattr(torch_backend, "GROUPS", groups)
+    mp.setattr(torch_backend, "BATCH_FLOATS", batch_floats)
+
+
 @pytest.fixture
 def small_tiles(monkeypatch):
-    monkeypatch.setattr(torch_backend, "TILE_FLOATS", 256)
-    monkeypatch.setattr(torch_backend, "TILE_CODES", 16)
-    monkeypatch.setattr(torch_backend, "MAX_ROWS", 64)
+    shrink_plan(monkeypatch)
+
+
+@pytest.fixture(params=["onednn", "mm"])
+def gemm(request, monkeypatch):
+    """Both CPU GEMMs: oneDNN's packed linear (where torch has it) and torch.mm."""
+    monkeypatch.setattr(torch_backend, "USE_ONEDNN", request.param == "onednn")
 
 
 SHAPES = [(0, 5, 3), (1, 1, 1), (7, 1, 3), (50, 2, 1), (33, 3, 300), (200, 17, 5), (130, 97, 7)]
@@ -83,17 +95,18 @@ SHAPES = [(0, 5, 3), (1, 1, 1), (7, 1, 3), (50, 2, 1), (33, 3, 300), (200, 17, 5
 @pytest.mark.parametrize("precision", ["exact", "fast"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_random_matches_reference(shape, backend, precision):
+def test_random_matches_reference(shape, backend, precision, gemm):
     n, k, d = shape
     g = torch.Generator().manual_seed(n * 1000 + k * 10 + d)
     check(torch.randn(n, d, generator=g), torch.randn(k, d, generator=g), precision, backend)
 
 
 @pytest.mark.parametrize("precision", ["exact", "fast"])
-@pytest.mark.parametrize("shape", [(200, 97, 7), (130, 3, 2), (65, 200, 33)], ids=str)
-def test_many_chunks_and_tiles(shape, precision, small_tiles):
+@pytest.mark.parametrize("shape", [(200, 97, 7), (200, 3, 2), (65, 200, 33)], ids=str)
+def test_many_chunks_and_tiles(shape, precision, small_tiles, gemm):
     n, k, d = shape
-    assert n > torch_backend._plan(k)[4], "shape must span several row chunks"
+    s, _, _, n_tiles, rows = torch_backend._plan(k)
+    assert n > 2 * rows and (k < 10 or (s > 1 and n_tiles > 1)), "shape must cross boundaries"
     g = torch.Generator().manual_seed(1)
     check(torch.randn(n, d, generator=g), torch.randn(k, d, generator=g), precision)
 
@@ -132,13 +145,16 @@ def test_half_inputs(dtype, precision):
 
 @pytest.mark.parametrize("precision", ["exact", "fast"])
 @pytest.mark.parametrize("tiles", ["default", "small"])
-def test_duplicate_codes_go_to_lowest_index(precision, tiles, request):
+def test_duplicate_codes_go_to_lowest_index(precision, tiles, request, gemm):
+    tile = DEFAULT_TILE
     if tiles == "small":
         request.getfixturevalue("small_tiles")
+        tile = torch_backend.TILE_CODES
     g = torch.Generator().manual_seed(5)
-    k, d = 2 * DEFAULT_TILE + 11, 8
+    k, d = 2 * tile + 11, 8
     c = torch.randn(k, d, generator=g)
-    pairs = [(0, 1), (3, k - 1), (17, 18), (40, DEFAULT_TILE + 2)]
+    # pairs within a group, across groups and across tiles
+    pairs = [(0, 1), (3, k - 1), (17, 18), (40, tile + 2), (5, 200), (20, 50)]
     for lo, hi in pairs:
         c[hi] = c[lo]
     # rows near the duplicated codes, and rows exactly on them
@@ -175,7 +191,7 @@ def test_exact_decides_what_float32_cannot():
     assert (got_fast != want).sum() > 0
 
 
-def test_exact_decides_batched_near_ties():
+def test_exact_decides_batched_near_ties(gemm):
     """Many rows, one shared codebook of near-equidistant codes around one centre."""
     g = torch.Generator().manual_seed(7)
     centre = torch.full((16,), 1000.0)
@@ -286,19 +302,15 @@ def problems(draw):
     return x, c
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(problems(), st.booleans())
 def test_exact_property(problem, small):
     x, c = problem
-    if small:
-        sizes = (torch_backend.TILE_FLOATS, torch_backend.TILE_CODES)
-        torch_backend.TILE_FLOATS, torch_backend.TILE_CODES = 64, 8
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        if small:
+            shrink_plan(mp, tile_floats=64, tile_codes=12, groups=3, batch_floats=300)
         idx, _ = nearest_code(x, c)
         assert_same(idx, reference(x, c)[0])
         if x.abs().max() <= 3 and c.abs().max() <= 3 and (x == x.round()).all():
             # small integers: the float32 pass is exact, so fast mode must tie-break too
             assert_same(nearest_code(x, c, precision="fast")[0], reference(x, c)[0])
-    finally:
-        if small:
-            torch_backend.TILE_FLOATS, torch_backend.TILE_CODES = sizes
