@@ -151,7 +151,7 @@ def test_duplicate_codes_go_to_lowest_index(precision, tiles, request, gemm):
         request.getfixturevalue("small_tiles")
         tile = torch_backend.TILE_CODES
     g = torch.Generator().manual_seed(5)
-    k, d = 2 * tile + 11, 8
+    k, d = 2 * tile + 211, 8
     c = torch.randn(k, d, generator=g)
     # pairs within a group, across groups and across tiles
     pairs = [(0, 1), (3, k - 1), (17, 18), (40, tile + 2), (5, 200), (20, 50)]
