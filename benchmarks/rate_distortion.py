@@ -264,7 +264,7 @@ def plot(name: str, result: dict, path: Path) -> None:
         ax.plot([p["bytes_per_image"] for p in pts], [p["psnr"] for p in pts], "o-", lw=2,
                 label=f"discretae {model['name']}")  # fmt: skip
         for p in pts:
-            if len(pts) > 1:
+            if model["params"]["model"] == "rvq":
                 ax.annotate(f"L{p['levels']}", (p["bytes_per_image"], p["psnr"]),
                             textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
     if name == "fashion-mnist":
@@ -305,6 +305,8 @@ def run_dataset(name: str, args, cache: Path, work: Path) -> dict:
                   f"{p['psnr']:.2f} dB", flush=True)  # fmt: skip
     result["baselines"] = baselines(test)
     result["targets"] = check_targets(result["points"], result["baselines"]["webp"])
+    # the issue sets its targets on Fashion-MNIST; elsewhere the same checks are comparisons
+    result["targets"]["issue_targets_apply"] = name == "fashion-mnist"
     result["throughput"] = throughput(result)
     return result
 
@@ -329,10 +331,12 @@ def throughput(result: dict) -> dict:
 def print_table(name: str, result: dict) -> None:
     print(f"\n{name} ({result['n_test']} test images)")
     print(f"{'codec':<28}{'B/image':>9}{'PSNR dB':>9}{'WebP B @PSNR':>14}{'meets':>7}")
+    multi = {m["name"] for m in result["models"] if m["params"]["model"] == "rvq"}
     for r in result["targets"]["points"]:
+        label = r["model"] + (f" L{r['levels']}" if r["model"] in multi else "")
         w = "-" if r["webp_bytes_at_same_psnr"] is None else f"{r['webp_bytes_at_same_psnr']:.1f}"
         m = {None: "-", True: "yes", False: "NO"}[r["meets"]]
-        print(f"{r['model'] + ' L' + str(r['levels']):<28}{r['bytes_per_image']:>9.1f}"
+        print(f"{label:<28}{r['bytes_per_image']:>9.1f}"
               f"{r['psnr']:>9.2f}{w:>14}{m:>7}")  # fmt: skip
     for fmt in ("webp", "jpeg", "png"):
         for r in result["baselines"][fmt]:
@@ -340,12 +344,15 @@ def print_table(name: str, result: dict) -> None:
             ps = "lossless" if r["psnr"] is None else f"{r['psnr']:.2f}"
             print(f"{fmt.upper() + q:<28}{r['bytes_per_image']:>9.1f}{ps:>9}")
     t = result["targets"]
+    if not t["issue_targets_apply"]:
+        print("(the issue's targets are set on Fashion-MNIST; here they are a comparison)")
     print(f"required met: {t['required_met']}; at {AIM['psnr']} dB ours "
           f"{t['ours_bytes_at_aim_psnr']} B vs WebP {t['webp_bytes_at_aim_psnr']} B; "
           f"aim met: {t['aim_met']}")  # fmt: skip
     th = result["throughput"]
     for o in th["ours"]:
-        print(f"  {o['model']} L{o['levels']}: encode {o['encode_images_per_s']:.0f} img/s, "
+        label = o["model"] + (f" L{o['levels']}" if o["model"] in multi else "")
+        print(f"  {label}: encode {o['encode_images_per_s']:.0f} img/s, "
               f"decode {o['decode_images_per_s']:.0f} img/s")  # fmt: skip
     for k in ("webp_q10", "webp_q50", "jpeg_q50", "png"):
         if k in th:
