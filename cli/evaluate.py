@@ -61,7 +61,8 @@ def evaluate(
 
     Reports purity, NMI, ACC (Hungarian matching) and ARI against the labels, the number
     of clusters used, code usage and perplexity, reconstruction MSE and PSNR, and bits per
-    image (raw, and an estimated entropy). Figures: a montage per cluster, the
+    image (raw, and from a real .dae archive when the model holds a code prior;
+    otherwise an estimated entropy, labelled as such). Figures: a montage per cluster, the
     cluster-vs-label heatmap, the code usage histogram, originals next to
     reconstructions. With --codes, evaluates saved codes alone (clustering and usage).
 
@@ -124,6 +125,8 @@ def summary_rows(report: dict) -> list[tuple[str, object]]:
     bits = report.get("bits") or {}
     if "raw_bits_per_image" in bits:
         rows.append(("bits/image, raw codes", bits["raw_bits_per_image"]))
+    if "archive_bits_per_image" in bits:
+        rows.append(("bits/image, real .dae archive", bits["archive_bits_per_image"]))
     if "empirical_entropy_bits_per_image" in bits:
         rows.append(("bits/image, entropy (estimated)", bits["empirical_entropy_bits_per_image"]))
     if report.get("figures"):

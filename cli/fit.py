@@ -26,6 +26,7 @@ class ModelKind(str, Enum):
     vq = "vq"
     gumbel = "gumbel"
     binary = "binary"
+    rvq = "rvq"
 
 
 class Latent(str, Enum):
@@ -43,7 +44,8 @@ def fit(
     ctx: typer.Context,
     data: Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)],
     model: Annotated[
-        ModelKind, typer.Option("--model", "-m", help="vq, gumbel (one-hot) or binary.")
+        ModelKind,
+        typer.Option("--model", "-m", help="vq, gumbel (one-hot), binary, or rvq (residual VQ)."),
     ] = ModelKind.gumbel,
     codes: Annotated[
         int, typer.Option("--codes", "-k", min=1, help="Codebook size (vq, gumbel).")
