@@ -1,9 +1,10 @@
 """Chunked torch path: the CPU backend, and the reference the Triton kernel is checked against.
 
 Rows of ``x`` go through in chunks and codes in tiles of S * G codes (G = 32 groups of S
-consecutive codes). One GEMM per tile, ``[x, 1] @ [-2 c, ||c||^2]^T``, writes
-``||c||^2 - 2 x.c`` (rows x codes) into one reused buffer, so extra memory stays at
-``rows * S * G`` floats however large N and K are. Torch's row-wise min-with-index costs
+consecutive codes). One GEMM per tile, ``[x, 1] @ [-2 c, ||c||^2]^T``, gives
+``||c||^2 - 2 x.c`` (rows x codes); on CPU it is oneDNN's packed linear where torch has
+it (see ``_tile_gemms``). Extra memory stays at one tile, ``rows * S * G`` floats, plus
+O(N) however large N and K are. Torch's row-wise min-with-index costs
 about as much as the GEMM, so each tile is reduced in three cheap steps:
 
 1. group minima: one vertical ``amin`` over the tile (columns are ordered so that a
@@ -16,6 +17,7 @@ to the lowest index. In ``exact`` mode the second-best distance comes from the s
 small tensors, and a row whose best two codes lie within twice the float32 error bound
 of each other is decided again in float64 (``recheck_rows``). ``sq_dist`` is the best
 expansion value plus ``||x||^2`` (float64 for rechecked rows), as in the Triton kernel.
+The float32 error bound assumes full-precision float32 matmuls, torch's default.
 """
 
 from __future__ import annotations
@@ -76,20 +78,30 @@ def _code_tiles(c: torch.Tensor, s: int, g: int, n_tiles: int) -> list[torch.Ten
     return list(tiles.contiguous())
 
 
+def _mm_gemms(tiles: list[torch.Tensor], rows: int) -> list:
+    """torch.mm per tile, into one reused (rows, Kt) buffer."""
+    kt = tiles[0].shape[0]
+    buf = torch.empty(rows * kt, dtype=torch.float32, device=tiles[0].device)
+    return [
+        lambda xb, t=t: torch.mm(xb, t.T, out=buf[: xb.shape[0] * kt].view(-1, kt)) for t in tiles
+    ]
+
+
 def _tile_gemms(tiles: list[torch.Tensor], rows: int) -> list:
-    """One ``f(xa (m, D+1), out (m, Kt)) -> (m, Kt)`` per tile.
+    """One ``f(xa (m, D+1)) -> (m, Kt) float32`` per tile, m <= rows.
 
     On CPU, oneDNN's packed linear runs about twice as fast as torch.mm (MKL sgemm) on an
     AMD EPYC (measured, torch 2.13); it is used when torch's float32 matmuls are at full
-    precision, and torch.mm otherwise or wherever the oneDNN op is missing or fails.
+    precision, and torch.mm otherwise, or wherever the oneDNN op is missing or fails its
+    probe.
     """
-    mm = [lambda xb, out, t=t: torch.mm(xb, t.T, out=out) for t in tiles]
     matmul = getattr(torch.backends.mkldnn, "matmul", None)
     full = getattr(matmul, "fp32_precision", "ieee") in ("ieee", "none")
-    if not USE_ONEDNN or tiles[0].is_cuda or not torch.backends.mkldnn.is_available() or not full:
-        return mm
-    if torch.get_float32_matmul_precision() != "highest":
-        return mm
+    full = full and torch.get_float32_matmul_precision() == "highest"
+    if not (USE_ONEDNN and full and tiles[0].device.type == "cpu"):
+        return _mm_gemms(tiles, rows)
+    if not torch.backends.mkldnn.is_available():
+        return _mm_gemms(tiles, rows)
     try:
         linear = torch.ops.mkldnn._linear_pointwise
         packed = [torch.ops.mkldnn._reorder_linear_weight(t, rows) for t in tiles]
@@ -97,10 +109,10 @@ def _tile_gemms(tiles: list[torch.Tensor], rows: int) -> list:
         probe = torch.zeros(1, tiles[0].shape[1])
         probe[0, -1] = 1.0
         if not torch.equal(linear(probe, packed[0], None, "none", [], ""), tiles[0][:, -1:].T):
-            return mm
+            return _mm_gemms(tiles, rows)
     except (AttributeError, RuntimeError, NotImplementedError):
-        return mm
-    return [lambda xb, out, p=p: linear(xb, p, None, "none", [], "") for p in packed]
+        return _mm_gemms(tiles, rows)
+    return [lambda xb, p=p: linear(xb, p, None, "none", [], "") for p in packed]
 
 
 def nearest_code_torch(
@@ -122,9 +134,8 @@ def nearest_code_torch(
     batch = min(n, max(rows, BATCH_FLOATS // per_row // rows * rows))
     c32 = codebook.to(torch.float32)
     gemms = _tile_gemms(_code_tiles(c32, s, g, n_tiles), rows)
-    # reused buffers: a chunk of rows of [x, 1], one distance tile, and per-batch results
+    # reused buffers: a chunk of rows of [x, 1] and the per-batch reductions
     xa = torch.ones(rows, d + 1, **f32)
-    buf = torch.empty(rows * kt, **f32)
     gmin = torch.empty(batch, n_tiles * g, **f32) if exact else torch.empty(rows, g, **f32)
     tile_min = torch.empty(batch, n_tiles, **f32)
     tile_grp = torch.empty(batch, n_tiles, dtype=torch.int64, device=dev)
@@ -141,7 +152,7 @@ def nearest_code_torch(
             xs.copy_(x[b0 + r0 : b0 + r1])
             torch.linalg.vector_norm(xs, dim=1, out=x_norm[b0 + r0 : b0 + r1])
             for t, gemm in enumerate(gemms):
-                dist = gemm(xa[:m], buf[: m * kt].view(m, kt)).view(m, s, g)
+                dist = gemm(xa[:m]).view(m, s, g)
                 grp = gmin[r0:r1, t * g : (t + 1) * g] if exact else gmin[:m]
                 torch.amin(dist, 1, out=grp)
                 torch.min(grp, 1, out=(tile_min[r0:r1, t], tile_grp[r0:r1, t]))
