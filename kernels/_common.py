@@ -77,7 +77,7 @@ def recheck_rows(
         return
     k, d = codebook.shape
     c64 = codebook.to(torch.float64)
-    finite = torch.isfinite(c64).all(1)
+    finite = c64.abs().amax(1).isfinite()  # NaN propagates through amax
     c64 = torch.where(finite.unsqueeze(1), c64, 0.0)
     cc = (c64 * c64).sum(1).masked_fill_(~finite, math.inf)
     c_norm_max = float(cc.masked_fill(~finite, 0.0).max().sqrt())
