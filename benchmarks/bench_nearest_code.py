@@ -185,6 +185,7 @@ def probe_memory(name: str, shape: tuple[int, int, int]) -> float:
 
 def cpu_peak_extra_mb(name: str, shape: tuple[int, int, int]) -> float | None:
     cmd = [sys.executable, __file__, "--probe-memory", name, "--shapes", "x".join(map(str, shape))]
+    cmd += ["--threads", str(torch.get_num_threads())]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"  memory probe for {name} failed: {res.stderr.strip()[-300:]}", file=sys.stderr)
@@ -315,6 +316,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     ap.add_argument("--shapes", help="NxKxD[,NxKxD...]; default depends on the device")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up")
+    ap.add_argument("--threads", type=int, help="torch (and faiss) CPU threads; default: torch's")
     ap.add_argument("--providers", default=",".join(PROVIDERS), help="comma-separated")
     ap.add_argument("--sample", type=int, default=4096, help="rows checked against float64")
     ap.add_argument("--mem-cap-gb", type=float, default=8.0, help="skip larger N x K matrices")
@@ -322,6 +324,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="JSON folder")
     ap.add_argument("--probe-memory", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     on_gpu = args.device.startswith("cuda")
     shapes = parse_shapes(args.shapes) if args.shapes else (GPU_SHAPES if on_gpu else CPU_SHAPES)
     if args.probe_memory:
@@ -389,7 +393,7 @@ def main(argv=None) -> int:
         "cpu_targets": targets,
     }
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
-    kind = "cuda" if on_gpu else "cpu"
+    kind = "cuda" if on_gpu else f"cpu-{torch.get_num_threads()}t"
     path = Path(args.out) / f"nearest_code-{kind}-{slug}-{now:%Y-%m-%d}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(report, indent=1) + "\n")
