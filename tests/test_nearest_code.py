@@ -4,12 +4,12 @@
   index, including rows float32 cannot decide;
 - fast: the chosen code's float64 distance is within the documented bound of the float64
   minimum, and exact float32 ties still go to the lowest index;
-- sq_dist: the float32 squared distance to the chosen code (relative error ~ D * 2^-24);
+- sq_dist: the squared distance to the chosen code, within the float32 expansion's error;
 - non-finite values: a row of x holding NaN gets an index in [0, K) and a NaN distance;
   a codebook row holding NaN or inf is never the nearest of a finite row.
 
-The ``small_tiles`` fixture shrinks the chunk and tile sizes so that small shapes cross
-row-chunk and code-tile boundaries.
+The ``small_tiles`` fixture shrinks chunks, tiles, groups and batches so that small shapes
+cross every boundary; the ``gemm`` fixture runs both CPU GEMMs (oneDNN and torch.mm).
 """
 
 from __future__ import annotations
