@@ -91,9 +91,16 @@ def nearest_code(
     Never builds the N x K distance matrix: the GPU kernel keeps a running argmin in
     registers, the torch path works in bounded chunks of rows.
 
+    ``sq_dist`` is the best first-pass value plus ``||x||^2``, so it carries float32
+    error up to the fast-mode bound; rows decided again in float64 get the float64 value.
+
     Non-finite values are not checked. A row of ``x`` holding NaN gets a NaN or inf
-    distance and an index that is in range but meaningless; a codebook row holding
-    NaN is never the nearest of a finite row on the torch path.
+    distance and an index that is in range but meaningless. A codebook row holding NaN
+    or inf is never chosen for a finite row; if every code is non-finite the index is 0.
+
+    Exact mode assumes full-precision float32 matrix products, torch's default. Lowering
+    that with ``torch.set_float32_matmul_precision`` on a build whose CPU matmuls then
+    drop precision takes the torch fallback outside the error bound.
 
     Raises:
         ValueError: wrong ndim, D mismatch, K = 0, integer dtype, mixed devices,
