@@ -17,7 +17,6 @@ SIGKILL leaves either the previous checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -25,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ._version import __version__
-from .atomic import atomic_path
 from .errors import DiscretaeError
+from .serialization import read_tagged_file, write_tagged_file
 from .training import TrainState
 
 FORMAT = "discretae-checkpoint"
@@ -105,16 +102,7 @@ def write_checkpoint(path: str | os.PathLike, state: TrainState, config: dict) -
         "optimizer": optim_values,
         "rng": rng_values,
     }
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "config": json.dumps(full, sort_keys=True),
-    }
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(cpu, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:  # on disk before the rename, so a power cut keeps it
-            os.fsync(f.fileno())
+    write_tagged_file(path, tensors, full, fmt=FORMAT, version=FORMAT_VERSION, fsync=True)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -125,30 +113,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             discretae checkpoint (a model file, say), or a newer format version.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DiscretaeError(f"checkpoint {str(p)!r} does not exist or is not a file")
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise DiscretaeError(
-                    f"{str(p)!r} is not a discretae checkpoint (metadata format is "
-                    f"{metadata.get('format')!r}, expected {FORMAT!r}); --resume takes the "
-                    "file written by --checkpoint-every or by Ctrl-C, not a model"
-                )
-            version = int(metadata.get("format_version", "0"))
-            if not 1 <= version <= FORMAT_VERSION:
-                raise DiscretaeError(
-                    f"{str(p)!r} has checkpoint format_version {version}; this discretae "
-                    f"reads 1 to {FORMAT_VERSION}"
-                )
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        config = json.loads(metadata["config"])
-        config["train"]["step"]  # noqa: B018 - a missing key is a corrupt file
-    except DiscretaeError:
-        raise
-    except Exception as e:  # safetensors and json raise their own types for broken files
-        raise DiscretaeError(f"{str(p)!r} is not a readable discretae checkpoint: {e}") from None
+    tensors, config = read_tagged_file(
+        p,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        what="checkpoint",
+        hint="; --resume takes the file written by --checkpoint-every or by Ctrl-C, not a model",
+    )
+    if not isinstance(config.get("train"), dict) or "step" not in config["train"]:
+        raise DiscretaeError(f"{str(p)!r} is not a readable discretae checkpoint: no train step")
     return Checkpoint(p, tensors, config)
 
 
