@@ -31,7 +31,22 @@ def _stage_channels(n_down: int, width: int) -> list[int]:
     return [min(width * 2**i, MAX_CHANNELS) for i in range(n_down)]
 
 
-class ConvEncoder(nn.Module):
+class _ConvGeometry(nn.Module):
+    """The sizes a conv encoder and its mirror decoder share: ``n_down`` stride-2 stages
+    (default from the image size), the feature map ``feat_hw`` after them, and the code
+    ``grid`` (default: the feature map)."""
+
+    def _set_geometry(self, image_hw, latent, grid, n_down) -> None:
+        h, w = image_hw
+        self.n_down = n_down or default_downsampling(h, w)
+        f = 2**self.n_down
+        self.image_hw = (h, w)
+        self.feat_hw = (math.ceil(h / f), math.ceil(w / f))
+        self.latent = latent
+        self.grid = tuple(grid) if grid is not None else self.feat_hw
+
+
+class ConvEncoder(_ConvGeometry):
     """x: (B, C, H, W) in [0, 1] -> latent (B, D) ("global") or (B, h, w, D) ("grid").
 
     The input is zero-padded up to a multiple of 2**n_down. A grid other than the
@@ -51,13 +66,7 @@ class ConvEncoder(nn.Module):
         hidden: int = 256,
     ) -> None:
         super().__init__()
-        h, w = image_hw
-        self.n_down = n_down or default_downsampling(h, w)
-        f = 2**self.n_down
-        self.image_hw = (h, w)
-        self.feat_hw = (math.ceil(h / f), math.ceil(w / f))
-        self.latent = latent
-        self.grid = tuple(grid) if grid is not None else self.feat_hw
+        self._set_geometry(image_hw, latent, grid, n_down)
         layers: list[nn.Module] = []
         c = in_channels
         for co in _stage_channels(self.n_down, width):
@@ -89,7 +98,7 @@ class ConvEncoder(nn.Module):
         return self.head(y)
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(_ConvGeometry):
     """latent (B, D) or (B, h, w, D) -> logits (B, C, H, W); mirrors ``ConvEncoder``."""
 
     def __init__(
@@ -105,13 +114,7 @@ class ConvDecoder(nn.Module):
         hidden: int = 256,
     ) -> None:
         super().__init__()
-        h, w = image_hw
-        self.n_down = n_down or default_downsampling(h, w)
-        f = 2**self.n_down
-        self.image_hw = (h, w)
-        self.feat_hw = (math.ceil(h / f), math.ceil(w / f))
-        self.latent = latent
-        self.grid = tuple(grid) if grid is not None else self.feat_hw
+        self._set_geometry(image_hw, latent, grid, n_down)
         chans = _stage_channels(self.n_down, width)[::-1]
         c = chans[0]
         if latent == "grid":
