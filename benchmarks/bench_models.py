@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
-import re
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import load_digits
 
@@ -140,27 +138,6 @@ def bench_vq_layer(repeats: int, dev: str = "cuda", shape=VQ_LAYER_SHAPE) -> dic
     }
 
 
-def device_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = re.findall(r"model name\s*:\s*(.+)", f.read())
-        if names:
-            return f"{names[0].strip()} ({len(names)} logical CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ["torch", "numpy", "scikit-learn", "vector-quantize-pytorch", "discretae"]:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def print_table(summary: list[dict]) -> None:
     print(
         f"{'model':<16}{'NMI':>14}{'ACC':>14}{'purity':>14}{'ARI':>14}{'fit s':>10}{'x kmeans':>10}"
@@ -205,7 +182,9 @@ def main(argv=None) -> int:
         "device_type": "cpu",
         "date": now.isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
-        "versions": versions(),
+        "versions": versions(
+            "torch", "numpy", "scikit-learn", "vector-quantize-pytorch", "discretae"
+        ),
         "data": {"name": "sklearn digits", "n": int(len(X)), "shape": [8, 8], "classes": 10},
         "settings": "DiscreteAutoencoder defaults (epochs=30, batch_size=256, lr=1e-3, "
         "n_codes=10, n_bits=16, latent='global'); sklearn KMeans(10, n_init=10) on raw pixels",

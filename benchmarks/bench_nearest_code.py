@@ -27,16 +27,15 @@ import argparse
 import datetime as dt
 import gc
 import json
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
+from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
 
 from discretae import nearest_code
 from discretae.atomic import write_text_atomic
@@ -193,34 +192,11 @@ def cpu_peak_extra_mb(name: str, shape: tuple[int, int, int]) -> float | None:
     return float(res.stdout.strip().splitlines()[-1])
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = re.findall(r"model name\s*:\s*(.+)", f.read())
-        if names:
-            return f"{names[0].strip()} ({len(names)} logical CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def gpu_peaks(name: str) -> dict | None:
     for key, peaks in GPU_PEAKS:
         if key.lower() in name.lower():
             return peaks
     return None
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ["torch", "triton", "faiss-cpu", "vector-quantize-pytorch", "numpy", "discretae"]:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 def bench_shape(shape, providers, args, peaks):
@@ -379,7 +355,9 @@ def main(argv=None) -> int:
         "device_type": "cuda" if on_gpu else "cpu",
         "date": now.isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
-        "versions": versions(),
+        "versions": versions(
+            "torch", "triton", "faiss-cpu", "vector-quantize-pytorch", "numpy", "discretae"
+        ),
         "peaks_tflops": peaks,
         "repeats": args.repeats,
         "agreement_sample_rows": args.sample,

@@ -29,7 +29,6 @@ import datetime as dt
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,10 +36,10 @@ import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
 from PIL import Image
 
 TARGET_RATIO, TARGET_MEMORY_GB = 0.60, 1.5
@@ -211,27 +210,6 @@ def fit_tiny_model(folder: Path, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ report
-def device_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "pillow", "discretae"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="images in the folder (>= 100000)")
@@ -291,7 +269,7 @@ def main(argv=None) -> int:
         "device": device_name(),
         "device_type": "cpu",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
+        "versions": versions("torch", "numpy", "pillow", "discretae"),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "data": {k: info[k] for k in ("n", "source", "bytes")} | {"image": [SIDE, SIDE]},

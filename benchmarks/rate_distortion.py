@@ -35,16 +35,14 @@ import datetime as dt
 import hashlib
 import io
 import json
-import platform
-import re
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
@@ -360,26 +358,6 @@ def print_table(name: str, result: dict) -> None:
                   f"decode {th[k]['decode_images_per_s']:.0f} img/s")  # fmt: skip
 
 
-def device_name() -> str:
-    try:
-        names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        if names:
-            return f"{names[0].strip()} ({len(names)} logical CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "numpy", "pillow", "constriction", "discretae"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=["fashion-mnist", "digits", "both"], default="both")
@@ -400,7 +378,7 @@ def main(argv=None) -> int:
         "device_type": "cpu",
         "date": date.isoformat(timespec="seconds"),
         "threads": args.threads,
-        "versions": versions(),
+        "versions": versions("torch", "numpy", "pillow", "constriction", "discretae"),
         "settings": {"common": COMMON, "psnr": "mean over images of 10 log10(255^2/MSE) "
                      f"on uint8, capped at {PSNR_CAP}", "target_range_db": TARGET_RANGE},
         "reference_measured_earlier": REFERENCE,
