@@ -156,7 +156,19 @@ def _load_for_model(data: str, est, *, labels=None, strict=False, warn: Warn = N
             )
         return ds
     c, h, w = shape
-    ds = load_dataset(data, labels=labels, image_size=(h, w), strict=strict, warn=warn)
+    # Channels fixed by the model: a folder is listed, not probed, and each image is made
+    # to fit as it is decoded (gray ones repeated into RGB, alpha dropped); only color
+    # images for a gray model are refused, when the stream reaches the first of them.
+    with _fits_model():
+        ds = load_dataset(
+            data,
+            labels=labels,
+            image_size=(h, w),
+            channels=c if c in (1, 3) else None,
+            gray_from_color=False,
+            strict=strict,
+            warn=warn,
+        )
     if len(ds.shape) != 3 or int(ds.shape[0]) != c:
         got = f"{ds.shape[0]} channel(s)" if len(ds.shape) == 3 else f"flat vectors {ds.shape}"
         raise DiscretaeError(
@@ -164,6 +176,20 @@ def _load_for_model(data: str, est, *, labels=None, strict=False, warn: Warn = N
             "fit a model on data like this one"
         )
     return ds
+
+
+@contextlib.contextmanager
+def _fits_model():
+    """Say in the model's terms that a color image cannot go through a gray model."""
+    from .readers import ColorImageError
+
+    try:
+        yield
+    except ColorImageError as e:
+        raise DiscretaeError(
+            f"the model expects gray images (1 channel) but {e.what} is in color "
+            f"({e.detail}); fit a model on data like this one"
+        ) from None
 
 
 def _n_codes(est) -> int:
@@ -541,7 +567,7 @@ def encode_data(
         torch.set_num_threads(max(1, min(threads, _cpu_count() - busy)))
     with atomic_path(out) as tmp, _restore_threads(threads):
         writer = NpyRowWriter(tmp, dtype, (n, *row_shape))
-        with torch.inference_mode():
+        with torch.inference_mode(), _fits_model():
             for images, _ in part.batches(batch_size, num_workers=workers):
                 codes = est.encode_batch(images.to(est.device_))
                 rows = est.cluster_ids(codes) if clusters else codes.cpu().numpy()

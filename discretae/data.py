@@ -23,7 +23,9 @@ Every item is a float32 tensor in [0, 1], (C, H, W) for images or (F,) for flat 
 Images of mixed sizes are resized (bilinear, antialiased when shrinking) to ``image_size``
 or, when it is None, to the most common size in the folder (read from headers only).
 ``channels`` 1 gives gray, 3 gives RGB; when None, a folder gives 1 if every image is a
-gray mode, else 3, and an array keeps its own channel count. Alpha is dropped.
+gray mode, else 3, and an array keeps its own channel count. Alpha is dropped. With
+``gray_from_color=False`` and ``channels`` 1, a color image raises ``ColorImageError``
+instead of becoming gray: an array when it is loaded, a folder's file when it is decoded.
 
 Array values: uint8 / 255, uint16 / 65535, bool as 0/1, other integers must lie in 0..255,
 floats in [0, 1] are kept and floats in [0, 255] (max above 1) are divided by 255;
@@ -31,14 +33,14 @@ anything else raises. Flat vectors follow the same rule.
 
 Unreadable files in a folder (not an image, zero bytes, truncated): with ``strict`` the
 first one raises ``DiscretaeError`` naming it. Otherwise they are dropped and reported in
-one call to ``warn`` that counts them and names the first few. When the folder holds at
-most 64 MiB of image files the scan decodes every file, so all bad files are found at
-load time. Larger folders are checked by header only, and when both ``image_size`` and
-``channels`` are given (a fitted model fixes them) files are only listed; a file that
-then fails to decode in a DataLoader worker comes back as a marker, is left out of the
-batch, and is reported in one warning at the end of that pass, after which it is removed
-from ``names``, ``labels`` and ``len``. So after a complete pass the rows yielded always
-line up with ``names``.
+one call to ``warn`` that counts them and names the first few. When both ``image_size``
+and ``channels`` are given (a fitted model fixes them) files are only listed. Otherwise
+every file is probed: decoded in full when the folder holds at most 64 MiB of image
+files, so all bad files are found at load time, by header only in larger folders. A
+file that then fails to decode in a DataLoader worker comes back as a marker, is left
+out of the batch, and is reported in one warning at the end of that pass, after which
+it is removed from ``names``, ``labels`` and ``len``. So after a complete pass the rows
+yielded always line up with ``names``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from .errors import DiscretaeError
 from .readers import (
     FASHION_MNIST_LABELS,
     GRAY_MODES,
-    decode_image,
+    ColorImageError,
     encode_label_strings,
     fashion_mnist_folder,
     idx_image_files,
@@ -68,10 +70,12 @@ from .readers import (
     looks_like_idx,
     most_common_size,
     read_idx,
+    read_image,
     read_labels_csv,
     read_labels_npy,
     read_npy,
     scan_folder,
+    unit_float,
     unit_scale,
 )
 
@@ -176,6 +180,7 @@ class ArrayDataset(ImageDataset):
         labels=None,
         label_names=None,
         source=None,
+        gray_from_color=True,
     ):
         layout, item = image_layout(tuple(raw.shape), what)
         self._raw, self._layout, self._scale = raw, layout, unit_scale(raw, what)
@@ -190,6 +195,8 @@ class ArrayDataset(ImageDataset):
             c = channels if channels is not None else item[0]
             if c not in (1, 3) and c != item[0]:
                 raise DiscretaeError(f"channels={c} cannot be made from {item[0]}-channel data")
+            if c == 1 and item[0] != 1 and not gray_from_color:
+                raise ColorImageError(what, f"{item[0]} channels")
             shape = (c, *(image_size or item[1:]))
         super().__init__(
             shape=shape, labels=labels, label_names=label_names, names=None, source=source or what
@@ -233,36 +240,77 @@ class ArrayDataset(ImageDataset):
 
 
 class _Decoder(Dataset):
-    """What DataLoader workers run: decodes one file, or returns a marker when it fails."""
+    """What DataLoader workers run: decodes a batch of files into one array.
 
-    def __init__(self, root, names, labels, size, channels):
-        self.root, self.names, self.labels = root, names, labels
-        self.size, self.channels = size, channels
+    ``__getitems__(indices)`` returns ``(x, labels, failed, refused)``: x (B, C, H, W)
+    uint8, or float32 in [0, 1] when a 16-bit image is among them, None when none
+    decoded; labels (B,) int64; failed, (index, reason) of files that did not decode;
+    refused, ``ColorImageError``'s (what, detail) for a color image where gray ones are
+    required, else None. Arrays, not tensors, cross the process boundary: uint8 is a
+    quarter of float32, and torch would move each tensor through a new shared-memory
+    segment.
+    """
+
+    def __init__(self, root, names, labels, size, channels, gray_from_color):
+        self.root, self.names, self.labels = os.fspath(root), names, labels
+        self.size, self.channels, self.gray_from_color = size, channels, gray_from_color
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, i):
-        label = -1 if self.labels is None else int(self.labels[i])
-        try:
-            x = decode_image(self.root / self.names[i], self.size, self.channels)
-        except Exception as e:  # any decode failure is one bad file, not a crashed run
-            return None, label, i, f"cannot decode: {e}"
-        return torch.from_numpy(x), label, i, ""
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices):
+        arrays, kept, failed = [], [], []
+        size, channels, gray_from_color = self.size, self.channels, self.gray_from_color
+        for i in indices:
+            path = os.path.join(self.root, self.names[i])
+            try:
+                a = read_image(path, size, channels, gray_from_color=gray_from_color)
+            except ColorImageError as e:  # not a bad file: the whole pass must stop
+                return None, np.zeros(0, np.int64), failed, (e.what, e.detail)
+            except Exception as e:  # any decode failure is one bad file, not a crashed run
+                failed.append((i, f"cannot decode: {e}"))
+                continue
+            arrays.append(a)
+            kept.append(i)
+        if not arrays:
+            x = None
+        elif all(a.dtype == np.uint8 for a in arrays):
+            x = np.stack(arrays)
+        else:
+            x = np.stack([unit_float(a) for a in arrays])
+        y = np.full(len(kept), -1, np.int64) if self.labels is None else self.labels[kept]
+        return x, y, failed, None
 
 
-def _collate(items):
-    good = [it for it in items if it[0] is not None]
-    x = torch.stack([it[0] for it in good]) if good else None
-    y = torch.tensor([it[1] for it in good], dtype=torch.int64)
-    return x, y, [(it[2], it[3]) for it in items if it[0] is None]
+def _as_float(x: np.ndarray) -> torch.Tensor:
+    """A decoded batch as float32 in [0, 1]: uint8 divided by 255, as ``unit_float``."""
+    t = torch.from_numpy(x)
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t
+
+
+def _one_batch(batch):
+    return batch  # __getitems__ already made the batch
 
 
 class FolderDataset(ImageDataset):
     """Image files decoded on demand; ``batches`` streams them through DataLoader workers."""
 
     def __init__(
-        self, root: Path, names, *, size, channels, labels, label_names, skipped, strict, warn
+        self,
+        root: Path,
+        names,
+        *,
+        size,
+        channels,
+        labels,
+        label_names,
+        skipped,
+        strict,
+        warn,
+        gray_from_color=True,
     ):
         super().__init__(
             shape=(channels, *size),
@@ -273,18 +321,24 @@ class FolderDataset(ImageDataset):
             skipped=skipped,
         )
         self.root, self._strict, self._warn = root, strict, warn
+        self._gray_from_color = gray_from_color
 
     def __len__(self) -> int:
         return len(self.names)
 
     def _decoder(self) -> _Decoder:
-        return _Decoder(self.root, self.names, self.labels, self.shape[1:], self.shape[0])
+        return _Decoder(
+            self.root, self.names, self.labels, self.shape[1:], self.shape[0], self._gray_from_color
+        )
 
     def __getitem__(self, i) -> tuple[torch.Tensor, int]:
-        x, label, _, reason = self._decoder()[self._index(i)]
-        if x is None:
-            raise DiscretaeError(f"{self.root / self.names[self._index(i)]}: {reason}")
-        return x, label
+        i = self._index(i)
+        x, y, failed, refused = self._decoder()[i]
+        if refused is not None:
+            raise ColorImageError(*refused)
+        if failed:
+            raise DiscretaeError(f"{self.root / self.names[i]}: {failed[0][1]}")
+        return _as_float(x)[0], int(y[0])
 
     def batches(self, batch_size=256, *, num_workers=None, shuffle=False, seed=None):
         """Decode in ``num_workers`` DataLoader workers (None: automatic), ``batch_size`` at
@@ -297,18 +351,20 @@ class FolderDataset(ImageDataset):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=_one_batch,
             generator=gen,
         )
         bad: list[tuple[int, str]] = []
         try:
-            for x, y, failed in loader:
+            for x, y, failed, refused in loader:
+                if refused is not None:
+                    raise ColorImageError(*refused)
                 if failed and self._strict:
                     i, reason = failed[0]
                     raise DiscretaeError(f"{self.root / self.names[i]}: {reason}")
                 bad += failed
                 if x is not None:
-                    yield x, y
+                    yield _as_float(x), torch.from_numpy(y)
         finally:
             if bad:
                 self._drop(sorted(bad))
@@ -372,7 +428,9 @@ def _labels_from_csv(path: Path, names: list[str], warn: Warn):
     return labels, label_names
 
 
-def _load_folder(root: Path, labels_path, image_size, channels, strict, warn) -> FolderDataset:
+def _load_folder(
+    root: Path, labels_path, image_size, channels, strict, warn, gray_from_color=True
+) -> FolderDataset:
     if channels not in (None, 1, 3):
         raise DiscretaeError(f"channels={channels} is not 1 or 3 for a folder of images")
     # with size and channels fixed (a fitted model's), probing every file up front only
@@ -419,6 +477,7 @@ def _load_folder(root: Path, labels_path, image_size, channels, strict, warn) ->
         skipped=[names[i] for i in sorted(scan.bad)],
         strict=strict,
         warn=warn,
+        gray_from_color=gray_from_color,
     )
 
 
@@ -485,6 +544,7 @@ def load_dataset(
     labels: str | os.PathLike | None = None,
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
+    gray_from_color: bool = True,
     strict: bool = False,
     warn: Warn | None = None,
 ) -> ImageDataset:
@@ -493,7 +553,9 @@ def load_dataset(
     labels: a ``.npy`` of N integer labels (folder order: sorted relative names, bad files
     included), or for folders a CSV of ``filename,label`` (relative name or unique
     basename; string labels become ``label_names``). It overrides subfolder labels.
-    image_size: (H, W) to resize to. channels: 1 or 3. strict: raise on the first
+    image_size: (H, W) to resize to. channels: 1 or 3. gray_from_color: False refuses,
+    with ``ColorImageError``, to turn color images gray when ``channels`` is 1 (an array
+    at once, a folder's file when the stream reaches it). strict: raise on the first
     unreadable file instead of skipping it. warn: called with each warning (default:
     ``warnings.warn``).
     """
@@ -503,7 +565,7 @@ def load_dataset(
     lab = None if labels is None else Path(labels).expanduser()
     if lab is not None and not lab.is_file():
         raise DiscretaeError(f"labels file {str(lab)!r} does not exist")
-    kw = {"image_size": size, "channels": channels}
+    kw = {"image_size": size, "channels": channels, "gray_from_color": gray_from_color}
     text = os.fspath(spec)
     path = Path(text).expanduser()
     base, _, split = text.rpartition(":") if ":" in text else (text, "", None)
@@ -511,7 +573,7 @@ def load_dataset(
         if idx_image_files(path, None):
             ds = _load_idx_folder(path, None, str(path), **kw)
         else:
-            return _load_folder(path, lab, size, channels, strict, warn)
+            return _load_folder(path, lab, size, channels, strict, warn, gray_from_color)
     elif path.is_file():
         if path.suffix.lower() == ".npy":
             ds = ArrayDataset(read_npy(path), str(path), **kw)
