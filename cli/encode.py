@@ -56,7 +56,8 @@ def encode(
     """Encode DATA into discrete codes with a fitted model.
 
     Codes are stored in the smallest integer dtype that fits (uint8, uint16, int32,
-    int64). Images are resized to the model's input size.
+    int64). Images are resized to the model's input size; gray images are repeated into
+    RGB for a color model, and a color image stops a gray model with an error.
 
     Images stream through decoding workers and codes go straight into the output file,
     so memory stays flat however large the folder. `--shard i/n` encodes one of n

@@ -528,9 +528,14 @@ def encode_data(
     ``with_names`` writes one line per image: its file name, or its row number when DATA
     has no file names (arrays, IDX files, digits).
 
+    Images are resized to the model's size; for an RGB model gray images are repeated
+    into RGB, and for a gray model a color image raises DiscretaeError naming it.
+
     DATA streams through a DataLoader with ``workers`` decoding processes (None:
     automatic) and the codes go straight into the output .npy through a memory map, so
-    memory does not grow with the collection. ``shard=(i, n)`` or ``"i/n"`` encodes
+    memory does not grow with the collection. A folder is listed, not probed, first:
+    files that fail to decode are found by the stream (skipped with one warning, or
+    raised with ``strict``). ``shard=(i, n)`` or ``"i/n"`` encodes
     only the i-th of n contiguous slices of DATA (sorted file order) and writes a
     sidecar (:func:`shard_sidecar`) with its rows and names, for :func:`merge_shards`.
     """
@@ -591,7 +596,7 @@ def encode_data(
         "skipped": len(getattr(part, "skipped", []) or []),
         "names": str(with_names) if with_names is not None else None,
         "shard": None,
-        "load_seconds": loaded - began,  # the model, and listing and checking DATA
+        "load_seconds": loaded - began,  # the model, and listing DATA
         "encode_seconds": streamed - loaded,  # decoding, encoding and writing
     }
     if ij is not None:
