@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import AugmentConfig, augment
 from .errors import DiscretaeError
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, default_downsampling
+from .objectives import ViewObjectives
 from .quantizers import BinaryQuantizer, GumbelQuantizer, VectorQuantizer
 from .residual import ResidualVectorQuantizer
 
@@ -34,33 +36,82 @@ class Autoencoder(nn.Module):
     without the batch axis). Codes are (B, *code_shape): ``code_shape`` is the latent
     grid (h, w) or () for a global latent, followed by the quantizer's code tail
     (groups for grouped Gumbel, B for binary).
+
+    With a content/style split (``style_dim`` > 0) the encoder also gives a small
+    continuous style latent (a Gaussian posterior, KL to N(0, 1)) that the decoder takes
+    beside the code, so the code need not carry the style; decoding codes alone uses the
+    mean style, 0. With view objectives (``objectives``) every training batch is
+    augmented twice and the terms of :class:`~discretae.objectives.ViewObjectives` are
+    added to the auxiliary loss; the reconstruction is then of the first view.
     """
 
     def __init__(
-        self, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module, config: dict
+        self,
+        encoder: nn.Module,
+        quantizer: nn.Module,
+        decoder: nn.Module,
+        config: dict,
+        objectives: ViewObjectives | None = None,
     ) -> None:
         super().__init__()
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.objectives = objectives
         self.config = config
         self.input_shape = tuple(config["input_shape"])
         grid = config["grid"]
         self.latent_shape = tuple(grid) if config["latent"] == "grid" else ()
         self.code_shape = self.latent_shape + tuple(quantizer.code_tail)
         self.code_dtype = torch.uint8 if config["kind"] == "binary" else torch.int64
+        self.style_dim = int(config.get("style_dim", 0))
+        opts = config.get("objectives") or {}
+        self.embed_dim = int(opts.get("embed_dim", 0)) if objectives is not None else 0
+        self.augment = AugmentConfig(**opts.get("augment", {})) if objectives is not None else None
 
     def set_progress(self, frac: float) -> None:
         """Training progress in [0, 1], for schedules such as the Gumbel temperature."""
         if hasattr(self.quantizer, "set_progress"):
             self.quantizer.set_progress(frac)
 
+    def _split(self, out: torch.Tensor):
+        """Encoder output -> (content latent, style mean, style log-variance, embedding)."""
+        d, s = self.quantizer.dim, self.style_dim
+        return out[..., :d], out[..., d : d + s], out[..., d + s : d + 2 * s], out[..., d + 2 * s :]
+
+    def _decode_logits(self, quantized: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
+        if self.style_dim:
+            if style is None:
+                style = quantized.new_zeros(*quantized.shape[:-1], self.style_dim)
+            quantized = torch.cat([quantized, style.to(quantized.dtype)], -1)
+        return self.decoder(quantized)
+
     def forward(self, x: torch.Tensor) -> dict:
         """x: (B, *input_shape) in [0, 1] -> dict(x_hat, codes, aux_loss, stats, recon_loss)."""
-        quantized, codes, aux_loss, stats = self.quantizer(self.encoder(x))
-        logits = self.decoder(quantized)
+        two_views = self.training and self.objectives is not None
+        target = x
+        if two_views:
+            x = torch.cat([augment(x, self.augment), augment(x, self.augment)])
+            target = x[: x.shape[0] // 2]
+        z, mu, logvar, h = self._split(self.encoder(x))
+        b = target.shape[0]
+        quantized, codes, aux_loss, stats = self.quantizer(z[:b])
+        style = None
+        if self.style_dim:
+            mu, logvar = mu[:b].float(), logvar[:b].float().clamp(-10, 10)
+            style = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1).mean()
+            # per image, over the pixels the reconstruction loss averages
+            kl = kl / math.prod(self.input_shape)
+            aux_loss = aux_loss + kl
+            stats = {**stats, "style_kl": kl.detach()}
+        if two_views:
+            extra, parts = self.objectives(self.quantizer.logits(z)[..., 0, :], z, h)
+            aux_loss = aux_loss + extra
+            stats = {**stats, **parts}
+        logits = self._decode_logits(quantized, style)
         if self.config["loss"] == "bce":
-            recon = F.binary_cross_entropy_with_logits(logits.float(), x.float())
+            recon = F.binary_cross_entropy_with_logits(logits.float(), target.float())
         else:
-            recon = F.mse_loss(torch.sigmoid(logits.float()), x.float())
+            recon = F.mse_loss(torch.sigmoid(logits.float()), target.float())
         return {
             "x_hat": torch.sigmoid(logits),
             "codes": codes,
@@ -72,13 +123,14 @@ class Autoencoder(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, *input_shape) in [0, 1] -> codes (B, *code_shape)."""
-        return self.quantizer.encode(self.encoder(x))
+        return self.quantizer.encode(self._split(self.encoder(x))[0])
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes: (B, *code_shape) -> x_hat (B, *input_shape) float in [0, 1]."""
+        """codes: (B, *code_shape) -> x_hat (B, *input_shape) float in [0, 1]; with a
+        style latent, the mean style."""
         latent = self.quantizer.codes_to_latent(codes)
-        return torch.sigmoid(self.decoder(latent).float())
+        return torch.sigmoid(self._decode_logits(latent, None).float())
 
 
 def _check_int(name: str, value, low: int = 1) -> None:
@@ -99,6 +151,8 @@ def build_autoencoder(
     hidden: int = 256,
     loss: str = "bce",
     quantizer_options: dict | None = None,
+    style_dim: int = 0,
+    objectives: dict | None = None,
 ) -> Autoencoder:
     """Build a discrete autoencoder.
 
@@ -115,6 +169,10 @@ def build_autoencoder(
         hidden: width of the dense layer of a global conv latent.
         loss: reconstruction loss, "bce" or "mse", on [0, 1] inputs.
         quantizer_options: extra keyword arguments of the quantizer class.
+        style_dim: size of a continuous style latent beside the code (0: none); Gumbel
+            or VQ with a global latent on images only.
+        objectives: two-view objectives (Gumbel, global latent, images only), a dict
+            of :data:`OBJECTIVE_DEFAULTS` keys; None or {} for reconstruction alone.
 
     Raises:
         DiscretaeError (a ValueError): an unknown kind, latent or loss, or bad sizes.
@@ -142,13 +200,28 @@ def build_autoencoder(
     elif latent_dim is None:
         latent_dim = groups * math.ceil(32 / groups)
     _check_int("latent_dim", latent_dim)
+    _check_int("style_dim", style_dim, low=0)
+    objectives = _objective_settings(objectives)
+    if (style_dim or objectives) and (kind not in ("gumbel", "vq") or latent != "global"):
+        raise DiscretaeError(
+            f"a style latent and view objectives need a global gumbel or vq code; got "
+            f"kind={kind!r}, latent={latent!r}"
+        )
+    if objectives and (kind != "gumbel" or groups != 1 or len(input_shape) != 3):
+        raise DiscretaeError(
+            "view objectives need image input and a gumbel code with one group; got "
+            f"kind={kind!r}, groups={groups}, input_shape={input_shape}"
+        )
+    embed_dim = objectives.get("embed_dim", 0) if objectives else 0
+    enc_dim = latent_dim + 2 * style_dim + embed_dim
+    dec_dim = latent_dim + style_dim
 
     if len(input_shape) == 1:
         if latent == "grid":
             raise DiscretaeError("latent='grid' needs image input (N, H, W[, C]); got flat vectors")
         grid = None
-        encoder = MLPEncoder(input_shape[0], latent_dim)
-        decoder = MLPDecoder(input_shape[0], latent_dim)
+        encoder = MLPEncoder(input_shape[0], enc_dim)
+        decoder = MLPDecoder(input_shape[0], dec_dim)
     else:
         c, h, w = input_shape
         if latent == "grid":
@@ -163,8 +236,8 @@ def build_autoencoder(
         else:
             grid = None
         net = dict(latent=latent, grid=grid, width=width, hidden=hidden)
-        encoder = ConvEncoder(c, (h, w), latent_dim, **net)
-        decoder = ConvDecoder(c, (h, w), latent_dim, **net)
+        encoder = ConvEncoder(c, (h, w), enc_dim, **net)
+        decoder = ConvDecoder(c, (h, w), dec_dim, **net)
 
     cls = MODEL_KINDS[kind]
     try:
@@ -188,5 +261,56 @@ def build_autoencoder(
         "hidden": hidden,
         "loss": loss,
         "quantizer_options": options,
+        "style_dim": style_dim,
+        "objectives": objectives,
     }
-    return Autoencoder(encoder, quantizer, decoder, config)
+    views = None
+    if objectives:
+        weights = {k: objectives[k] for k in ("mi", "contrastive", "critic")}
+        views = ViewObjectives(
+            n_codes,
+            latent_dim,
+            embed_dim,
+            **weights,
+            entropy_weight=objectives["entropy_weight"],
+            overcluster=objectives["overcluster"],
+            temperature=objectives["temperature"],
+        )
+    return Autoencoder(encoder, quantizer, decoder, config, views)
+
+
+# The settings of the view objectives; weights of 0 turn a term off.
+OBJECTIVE_DEFAULTS = {
+    "mi": 1.0,
+    "contrastive": 1.0,
+    "critic": 0.0,
+    "entropy_weight": 1.5,
+    "overcluster": 50,
+    "temperature": 0.5,
+    "embed_dim": 64,
+    "augment": {},
+}
+
+
+def _objective_settings(given: dict | None) -> dict:
+    """None or {} -> {} (reconstruction alone); else the defaults updated by ``given``."""
+    if not given:
+        return {}
+    unknown = set(given) - set(OBJECTIVE_DEFAULTS)
+    if unknown:
+        raise DiscretaeError(
+            f"unknown objective settings {sorted(unknown)}; valid: {', '.join(OBJECTIVE_DEFAULTS)}"
+        )
+    out = {**OBJECTIVE_DEFAULTS, **given}
+    for key in ("mi", "contrastive", "critic", "entropy_weight", "temperature"):
+        v = out[key]
+        if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+            raise DiscretaeError(f"objective setting {key} must be a number, got {v!r}")
+        if v < 0 or (key == "temperature" and v == 0):
+            raise DiscretaeError(f"objective setting {key} must be > 0, got {v!r}")
+    _check_int("overcluster", out["overcluster"], low=0)
+    _check_int("embed_dim", out["embed_dim"])
+    if not (out["mi"] or out["contrastive"] or out["critic"]):
+        raise DiscretaeError("view objectives need a nonzero weight for mi, contrastive or critic")
+    out["augment"] = AugmentConfig(**dict(out["augment"] or {})).to_dict()
+    return out

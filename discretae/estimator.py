@@ -23,12 +23,19 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from . import distributed
 from ._version import __version__
 from .atomic import check_writable
-from .autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
+from .autoencoder import LATENTS, MODEL_KINDS, OBJECTIVE_DEFAULTS, build_autoencoder
 from .checkpoint import read_checkpoint, restore_rng, restore_train_state, write_checkpoint
 from .errors import DiscretaeError, NotFittedError
 from .kmeans import KMeans
+from .objectives import OBJECTIVES
 from .serialization import read_model_file, write_model_file
-from .training import TrainingDiverged, make_train_state, to_unit_float, train
+from .training import (
+    TrainingDiverged,
+    make_train_state,
+    steps_per_epoch,
+    to_unit_float,
+    train,
+)
 
 # inputs per forward pass at inference
 INFER_BATCH = 1024
@@ -149,6 +156,11 @@ def _positive_int(name: str, value, allow_none: bool = False) -> None:
         raise DiscretaeError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+# Optimisation steps of the clustering recipe when epochs are not given: measured on
+# digits (seed 0), 250 epochs of 8 steps scored NMI 0.93 where 150 scored 0.88.
+RECIPE_STEPS = 2000
+
+
 class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
     """A discrete autoencoder (vq, gumbel or binary) with scikit-learn conventions.
 
@@ -160,7 +172,9 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         grid: (h, w) for a grid latent; None picks it from the image size.
         n_clusters: clusters for ``predict``; None means n_codes for a global vq/gumbel
             latent (the code is the cluster) and 10 otherwise (k-means on codes).
-        epochs, batch_size, lr: Adam training schedule.
+        epochs, batch_size, lr: Adam training schedule. None: 30 epochs at lr 1e-3; with
+            view objectives (the clustering recipe) lr 2e-3 and the epochs that make
+            about ``RECIPE_STEPS`` steps, at least 10 and at most 300.
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: seed (int) or None; a fixed seed gives identical results on CPU.
         callback: called after every step with a dict (see ``discretae.training.train``).
@@ -169,6 +183,17 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         loss: reconstruction loss, "bce" or "mse".
         quantizer_options: extra keyword arguments of the quantizer, e.g.
             ``{"ema": False}`` for vq or ``{"groups": 2}`` for gumbel.
+        objectives: what trains the code besides reconstruction, a comma list of
+            "mi" (IIC mutual information between the codes of two augmented views),
+            "contrastive" (InfoNCE between the views' embeddings), "critic" (the
+            discriminator: image embedding against the other view's code) and "style"
+            (a content/style split: an 8-dim continuous style latent beside the code);
+            "none" for reconstruction alone. "auto": "mi,contrastive,style" for a
+            gumbel model with a global latent on images (the clustering recipe), else
+            "none".
+        objective_options: overrides of ``OBJECTIVE_DEFAULTS`` (weights, entropy_weight,
+            overcluster, temperature, embed_dim, ``augment`` ranges such as
+            ``{"flip": 0.5}``) and ``style_dim``.
 
     Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
     ``n_features_in_``, ``code_shape_``, ``history_``, ``n_clusters_``, ``labels_``,
@@ -183,9 +208,9 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         latent: str = "global",
         grid=None,
         n_clusters: int | None = None,
-        epochs: int = 30,
+        epochs: int | None = None,
         batch_size: int = 256,
-        lr: float = 1e-3,
+        lr: float | None = None,
         device: str = "auto",
         random_state: int | None = 0,
         callback=None,
@@ -193,6 +218,8 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         width: int = 32,
         loss: str = "bce",
         quantizer_options: dict | None = None,
+        objectives: str = "auto",
+        objective_options: dict | None = None,
     ) -> None:
         self.model = model
         self.n_codes = n_codes
@@ -210,6 +237,8 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         self.width = width
         self.loss = loss
         self.quantizer_options = quantizer_options
+        self.objectives = objectives
+        self.objective_options = objective_options
 
     # ---------------------------------------------------------------- fitting
     def _check_params(self) -> None:
@@ -219,11 +248,13 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
             )
         if self.latent not in LATENTS:
             raise DiscretaeError(f"latent={self.latent!r} is not one of {LATENTS}")
-        for name in ("n_codes", "n_bits", "epochs", "batch_size", "width"):
+        for name in ("n_codes", "n_bits", "batch_size", "width"):
             _positive_int(name, getattr(self, name))
+        _positive_int("epochs", self.epochs, allow_none=True)
         _positive_int("n_clusters", self.n_clusters, allow_none=True)
         _positive_int("latent_dim", self.latent_dim, allow_none=True)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        lr = 1.0 if self.lr is None else self.lr
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise DiscretaeError(f"lr must be a positive number, got {self.lr!r}")
         rs = self.random_state
         if rs is not None and (not isinstance(rs, (int, np.integer)) or isinstance(rs, bool)):
@@ -231,10 +262,61 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         if self.callback is not None and not callable(self.callback):
             raise DiscretaeError(f"callback must be callable or None, got {self.callback!r}")
 
+    def _objective_names(self, input_shape) -> list[str]:
+        text = self.objectives
+        if not isinstance(text, str):
+            raise DiscretaeError(f"objectives must be a string, got {text!r}")
+        if text == "auto":
+            recipe = self.model == "gumbel" and self.latent == "global" and len(input_shape) == 3
+            return ["mi", "contrastive", "style"] if recipe else []
+        names = [] if text.strip() == "none" else [t.strip() for t in text.split(",")]
+        bad = [n for n in names if n not in OBJECTIVES]
+        if bad or len(set(names)) != len(names):
+            raise DiscretaeError(
+                f"objectives={text!r}: give 'auto', 'none' or a comma list of distinct "
+                f"names from {', '.join(OBJECTIVES)}"
+            )
+        return names
+
+    def _objective_config(self, input_shape) -> tuple[int, dict]:
+        """-> (style_dim, the objectives dict of ``build_autoencoder``)."""
+        names = self._objective_names(input_shape)
+        options = dict(self.objective_options or {})
+        style_dim = options.pop("style_dim", 8) if "style" in names else 0
+        options.pop("style_dim", None)
+        views = [n for n in names if n != "style"]
+        if not views:
+            if options:
+                raise DiscretaeError(
+                    f"objective_options {sorted(options)} given, but no view objective is on"
+                )
+            return style_dim, {}
+        weights = {
+            k: options.pop(k, OBJECTIVE_DEFAULTS[k]) if k in views else 0.0
+            for k in ("mi", "contrastive", "critic")
+        }
+        if "critic" in views and not weights["critic"]:
+            weights["critic"] = 1.0
+        return style_dim, {**options, **weights}
+
+    def _schedule(self, model: torch.nn.Module, n: int) -> tuple[int, float]:
+        """(epochs, lr) for ``model`` on ``n`` inputs: the given ones, or the defaults."""
+        recipe = model.objectives is not None
+        lr = self.lr if self.lr is not None else (2e-3 if recipe else 1e-3)
+        if self.epochs is not None:
+            return int(self.epochs), float(lr)
+        if not recipe:
+            return 30, float(lr)
+        steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
+        return min(300, max(10, math.ceil(RECIPE_STEPS / max(steps, 1)))), float(lr)
+
     def _build(self, input_shape) -> torch.nn.Module:
+        style_dim, objectives = self._objective_config(input_shape)
         return build_autoencoder(
             self.model,
             input_shape,
+            style_dim=style_dim,
+            objectives=objectives,
             latent=self.latent,
             n_codes=int(self.n_codes),
             n_bits=int(self.n_bits),
@@ -344,7 +426,8 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(int(seed))
             model = self._build(tuple(data.shape[1:])).to(device)
-            state = make_train_state(model, lr=float(self.lr), seed=int(seed))
+            epochs, lr = self._schedule(model, data.shape[0])
+            state = make_train_state(model, lr=lr, seed=int(seed))
             if ck is not None:
                 restore_train_state(ck, state)
                 restore_rng(ck)
@@ -370,7 +453,7 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
                 train(
                     state,
                     data,
-                    epochs=int(self.epochs),
+                    epochs=epochs,
                     batch_size=int(self.batch_size),
                     device=device,
                     callback=self.callback,

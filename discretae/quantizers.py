@@ -316,11 +316,7 @@ class GumbelQuantizer(nn.Module):
         with _fp32(z):
             zg = z.float().reshape(-1, self.groups, self.dim // self.groups)  # (T, G, Dg)
             cb = self.codebook
-            logits = (
-                2.0 * torch.einsum("tgd,gkd->tgk", zg, cb)
-                - (cb * cb).sum(-1).unsqueeze(0)
-                - (zg * zg).sum(-1, keepdim=True)
-            )
+            logits = self._logits(zg)
             if self.training:
                 gumbel = -torch.empty_like(logits).exponential_().log()
                 y_soft = torch.softmax((logits + gumbel) / self.tau, dim=-1)
@@ -344,6 +340,23 @@ class GumbelQuantizer(nn.Module):
             "n_used": n_used,
         }
         return q.reshape(z.shape).to(z.dtype), codes, aux, stats
+
+    def _logits(self, zg: torch.Tensor) -> torch.Tensor:
+        """zg: (T, G, Dg) float32 -> (T, G, K) minus squared distances to each group's codes."""
+        cb = self.codebook
+        return (
+            2.0 * torch.einsum("tgd,gkd->tgk", zg, cb)
+            - (cb * cb).sum(-1).unsqueeze(0)
+            - (zg * zg).sum(-1, keepdim=True)
+        )
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (..., D) -> (..., G, K) float32 logits of the code choice (differentiable);
+        their softmax is the code distribution without Gumbel noise."""
+        self._check(z)
+        with _fp32(z):
+            zg = z.float().reshape(-1, self.groups, self.dim // self.groups)
+            return self._logits(zg).view(*z.shape[:-1], self.groups, self.n_codes)
 
     def _nearest(self, zg: torch.Tensor) -> torch.Tensor:
         """zg: (T, G, Dg) -> (T, G) nearest code per group."""

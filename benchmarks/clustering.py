@@ -1,0 +1,188 @@
+"""Clustering quality of the discrete code against scikit-learn KMeans, with an ablation.
+
+    python benchmarks/clustering.py --dataset digits
+    python benchmarks/clustering.py --dataset fashion-mnist --variants recipe recon
+
+For every seed, each variant fits ``DiscreteAutoencoder("gumbel", n_codes=10)`` on all
+images of the dataset without their labels (digits: 1797; fashion-mnist: train + test,
+70000), then the labels score the code's cluster ids (NMI, ACC, purity, ARI). KMeans(10,
+n_init=10) on the raw pixels runs in the same script with the same seeds. The table
+gives mean and spread over seeds; the JSON (``--out``, default under
+benchmarks/results/) keeps every run. Runs already in ``--out`` with the same settings
+are kept rather than run again, so a long benchmark can be continued.
+
+Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gumbel
+--codes 10``, every other setting at its default):
+    recon        reconstruction only (``objectives="none"``)
+    mi           + IIC mutual information between the codes of two augmented views
+    mi+con       + InfoNCE between the views' embeddings
+    recipe       mi + contrastive + content/style split (the default, "auto")
+    recipe+critic  + the discriminator objective
+    critic       the discriminator objective alone, with the style split
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+VARIANTS = {
+    "recon": "none",
+    "mi": "mi",
+    "mi+con": "mi,contrastive",
+    "recipe": "auto",
+    "recipe+critic": "mi,contrastive,style,critic",
+    "critic": "critic,style",
+}
+SCORES = ("nmi", "acc", "purity", "ari")
+
+
+def load(name: str):
+    from discretae.data import load_dataset
+
+    ds = load_dataset(name)
+    return ds.to_array(), ds.labels
+
+
+def run_ours(x, y, objectives: str, seed: int, device: str) -> dict:
+    from discretae import DiscreteAutoencoder
+    from discretae.metrics import clustering_scores
+
+    start = time.perf_counter()
+    est = DiscreteAutoencoder(
+        "gumbel", n_codes=10, objectives=objectives, random_state=seed, device=device
+    )
+    est.fit(x)  # no labels
+    seconds = time.perf_counter() - start
+    ids = est.predict(x)
+    scores = clustering_scores(y, ids)
+    return {
+        **{k: float(scores[k]) for k in SCORES},
+        "clusters_used": int(scores["n_clusters_used"]),
+        "fit_seconds": seconds,
+        "epochs": len(est.history_),
+    }
+
+
+def run_kmeans(x, y, seed: int) -> dict:
+    from sklearn.cluster import KMeans
+
+    from discretae.metrics import clustering_scores
+
+    flat = x.reshape(len(x), -1)
+    start = time.perf_counter()
+    ids = KMeans(10, n_init=10, random_state=seed).fit_predict(flat)
+    seconds = time.perf_counter() - start
+    scores = clustering_scores(y, ids)
+    return {**{k: float(scores[k]) for k in SCORES}, "fit_seconds": seconds}
+
+
+def summarize(runs: list[dict], method: str) -> dict | None:
+    mine = [r for r in runs if r["method"] == method]
+    if not mine:
+        return None
+    out = {"seeds": sorted(r["seed"] for r in mine)}
+    for k in (*SCORES, "fit_seconds"):
+        values = [r[k] for r in mine]
+        out[k] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+        }
+    return out
+
+
+def main() -> None:
+    import torch
+    from _common import device_name, versions
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="digits", help="digits or fashion-mnist")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--no-kmeans", action="store_true", help="skip the KMeans peer")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    dev = "gpu" if a.device.startswith("cuda") else "cpu"
+    out = a.out or HERE / "results" / f"clustering-{a.dataset}-{dev}.json"
+    x, y = load(a.dataset)
+    done: list[dict] = []
+    if out.exists():
+        old = json.loads(out.read_text())
+        if old.get("dataset") == a.dataset and old.get("device_type") == dev:
+            done = old["runs"]
+
+    def save() -> None:
+        report = {
+            "benchmark": "clustering",
+            "dataset": a.dataset,
+            "n_images": int(len(x)),
+            "device": device_name(a.device),
+            "device_type": dev,
+            "threads": a.threads,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions("torch", "numpy", "scikit-learn", "discretae"),
+            "recipe": "DiscreteAutoencoder('gumbel', n_codes=10, objectives=VARIANT, "
+            "random_state=SEED), every other setting at its default; labels only score",
+            "variants": VARIANTS,
+            "targets": {
+                "fashion-mnist": {"nmi": 0.65, "acc": 0.62, "aim": {"nmi": 0.70, "acc": 0.70}},
+                "digits": {"nmi": 0.85, "acc": 0.90},
+                "fashion-mnist fit_seconds (2-core CPU)": 1800,
+            },
+            "summary": {m: summarize(done, m) for m in ["kmeans", *VARIANTS]},
+            "runs": done,
+        }
+        report["summary"] = {k: v for k, v in report["summary"].items() if v}
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(out)
+
+    def have(method: str, seed: int) -> bool:
+        return any(r["method"] == method and r["seed"] == seed for r in done)
+
+    jobs = [] if a.no_kmeans else [("kmeans", s) for s in a.seeds]
+    jobs += [(v, s) for s in a.seeds for v in a.variants]
+    for method, seed in jobs:
+        if have(method, seed):
+            continue
+        load_before = os.getloadavg()[0]
+        if method == "kmeans":
+            r = run_kmeans(x, y, seed)
+        else:
+            r = run_ours(x, y, VARIANTS[method], seed, a.device)
+        r.update(method=method, seed=seed, load_before=load_before)
+        done.append(r)
+        save()
+        print(
+            f"{method:14s} seed {seed}: NMI {r['nmi']:.3f} ACC {r['acc']:.3f} "
+            f"purity {r['purity']:.3f} ARI {r['ari']:.3f} fit {r['fit_seconds']:.0f} s",
+            flush=True,
+        )
+    save()
+    summary = json.loads(out.read_text())["summary"]
+    print(f"\n{a.dataset}, {len(x)} images, {device_name(a.device)}, {a.threads} threads")
+    print("| method | seeds | NMI | ACC | purity | ARI | fit s |")
+    print("|---|---|---|---|---|---|---|")
+    for m, s in summary.items():
+        cells = " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in SCORES)
+        seeds = ",".join(map(str, s["seeds"]))
+        print(f"| {m} | {seeds} | {cells} | {s['fit_seconds']['mean']:.0f} |")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Objectives that make a discrete code capture what two views of an image share.
+
+All take the outputs for two augmented views of the same batch, row i of one view
+paired with row i of the other; the other rows of the batch are the negatives.
+
+- ``mutual_information_loss`` (IIC): minus the mutual information between the codes of
+  the two views, from the (K, K) joint of their code probabilities. It is high when each
+  view's code is confident and both agree, and the marginal uses all codes.
+- ``contrastive_loss`` (InfoNCE, as in CPC and SimCLR): a continuous embedding of one
+  view must pick out the other view of the same image among the batch.
+- ``CodeCritic``: the discriminator objective. A critic scores (image embedding, code)
+  pairs; an image with the code of its other view is a positive, with another image's
+  code a negative; encoder and critic both minimise the critic's logistic loss, which
+  maximises a Jensen-Shannon bound on the mutual information between image and code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mutual_information_loss(
+    p1: torch.Tensor, p2: torch.Tensor, *, entropy_weight: float = 1.0
+) -> torch.Tensor:
+    """p1, p2: (B, K) code probabilities of two views -> scalar, minus I(c1; c2).
+
+    The joint is the symmetrised mean outer product over the global batch (all ranks
+    under DDP). ``entropy_weight`` > 1 weighs the marginal entropies more, pushing harder
+    against collapse onto few codes (the lambda of IIC).
+    """
+    joint = ((_global_joint(p1, p2) + _global_joint(p2, p1)) / 2).clamp_min(1e-8)
+    joint = joint / joint.sum()
+    pi, pj = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    return -(joint * (joint.log() - entropy_weight * (pi.log() + pj.log()))).sum()
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.5) -> torch.Tensor:
+    """a, b: (B, E) embeddings of two views -> scalar NT-Xent (SimCLR's InfoNCE).
+
+    Each of the 2B rows must find its partner among the other 2B - 1 rows by cosine
+    similarity divided by ``temperature``.
+    """
+    z = F.normalize(torch.cat([a, b]).float(), dim=1)
+    n = a.shape[0]
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class CodeCritic(nn.Module):
+    """Scores how well a code fits an image embedding: a bilinear form, (B, E) x (B, K) -> (B,).
+
+    ``loss(h, y)`` pairs row i of ``h`` with row i of ``y`` (positives) and with a
+    shifted row (negatives), and returns the logistic loss of telling them apart.
+    """
+
+    def __init__(self, embed_dim: int, n_codes: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(embed_dim, n_codes)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.proj(h.float()) * y.float()).sum(-1)
+
+    def loss(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """h: (B, E) embeddings of one view; y: (B, K) codes (one-hot or soft) of the other."""
+        n = h.shape[0]
+        shift = torch.randint(1, max(n, 2), (), device=h.device) if n > 1 else 0
+        pos = self(h, y)
+        neg = self(h, y.roll(int(shift), 0))
+        return F.softplus(-pos).mean() + F.softplus(neg).mean()
+
+
+OBJECTIVES = ("mi", "contrastive", "critic", "style")
+
+
+def _global_joint(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """(B, K) x (B, K) -> (K, K) mean outer product over the global batch (all DDP ranks)."""
+    from . import distributed
+
+    joint = p1.float().t() @ p2.float()
+    if not distributed.is_dist():
+        return joint / p1.shape[0]
+    flat = torch.cat([joint.reshape(-1), joint.new_tensor([p1.shape[0]])])
+    total = distributed.global_sum(flat)
+    return (total[:-1] / total[-1]).view_as(joint)
+
+
+class ViewObjectives(nn.Module):
+    """The two-view objectives of a model, weighed and summed.
+
+    Args:
+        n_codes: K of the code whose probabilities the MI term pairs up.
+        latent_dim: D of the content latent (input of the over-clustering head).
+        embed_dim: E of the continuous embedding the contrastive term and the critic use.
+        mi, contrastive, critic: weights of the three terms (0 turns one off).
+        entropy_weight: IIC's lambda.
+        overcluster: codes of an auxiliary head trained with the same MI term (0: none);
+            it gives the encoder finer structure to learn from and is not used to encode.
+        temperature: of the contrastive term.
+    """
+
+    def __init__(
+        self,
+        n_codes: int,
+        latent_dim: int,
+        embed_dim: int,
+        *,
+        mi: float,
+        contrastive: float,
+        critic: float,
+        entropy_weight: float,
+        overcluster: int,
+        temperature: float,
+    ) -> None:
+        super().__init__()
+        self.weights = {"mi": mi, "contrastive": contrastive, "critic": critic}
+        self.entropy_weight, self.temperature = entropy_weight, temperature
+        self.over = nn.Linear(latent_dim, overcluster) if overcluster and mi else None
+        self.critic = CodeCritic(embed_dim, n_codes) if critic else None
+
+    def _mi(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+        return mutual_information_loss(p1, p2, entropy_weight=self.entropy_weight)
+
+    def forward(
+        self, logits: torch.Tensor, z: torch.Tensor, h: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
+        """logits (2B, K), content latents z (2B, D), embeddings h (2B, E); rows [0, B) are
+        view 1 and [B, 2B) view 2 of the same images -> (weighted sum, {term: value})."""
+        b = logits.shape[0] // 2
+        parts: dict[str, torch.Tensor] = {}
+        if self.weights["mi"]:
+            p = logits.float().softmax(-1)
+            parts["mi"] = self._mi(p[:b], p[b:])
+            if self.over is not None:
+                po = self.over(z.float()).softmax(-1)
+                parts["mi"] = parts["mi"] + self._mi(po[:b], po[b:])
+        if self.weights["contrastive"]:
+            parts["contrastive"] = contrastive_loss(h[:b], h[b:], temperature=self.temperature)
+        if self.critic is not None:
+            p = logits.float().softmax(-1)
+            # each view's embedding against the other view's code probabilities
+            parts["critic"] = (self.critic.loss(h[:b], p[b:]) + self.critic.loss(h[b:], p[:b])) / 2
+        total = sum(self.weights[k] * v for k, v in parts.items())
+        return total, {k: v.detach() for k, v in parts.items()}
