@@ -1,0 +1,199 @@
+"""Augmentations, the two-view objectives, the content/style split and the recipe defaults."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from discretae import DiscreteAutoencoder
+from discretae.augment import AugmentConfig, augment
+from discretae.autoencoder import build_autoencoder
+from discretae.errors import DiscretaeError
+from discretae.metrics import nmi
+from discretae.objectives import CodeCritic, contrastive_loss, mutual_information_loss
+
+OFF = AugmentConfig(rotate=0, scale=0, shear=0, translate=0, flip=0, erase=0, jitter=0, noise=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    return d.images[:, None].astype(np.float32) / 16, d.target
+
+
+# ---------------------------------------------------------------- augmentations
+def test_augment_keeps_shape_and_range_and_differs_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 16).repeat(8, 1, 1, 1)
+    y = augment(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+    # the same image, transformed independently: no two copies alike
+    flat = y.flatten(1)
+    assert torch.cdist(flat, flat)[~torch.eye(8, dtype=torch.bool)].min() > 1e-3
+
+
+def test_augment_with_everything_off_is_identity():
+    x = torch.rand(4, 3, 9, 7)
+    torch.testing.assert_close(augment(x, OFF), x)
+
+
+def test_augment_is_repeatable_from_the_seed():
+    x = torch.rand(4, 1, 12, 12)
+    torch.manual_seed(3)
+    a = augment(x, AugmentConfig(erase=0.5, flip=0.5))
+    torch.manual_seed(3)
+    b = augment(x, AugmentConfig(erase=0.5, flip=0.5))
+    torch.testing.assert_close(a, b)
+
+
+def test_flip_alone_mirrors_the_image():
+    x = torch.rand(64, 1, 6, 6)
+    y = augment(x, AugmentConfig(**{**OFF.to_dict(), "flip": 0.5}))
+    same = (y - x).abs().flatten(1).amax(1) < 1e-5
+    mirrored = (y - x.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+    assert bool((same | mirrored).all()) and 10 < int(mirrored.sum()) < 54
+
+
+def test_erase_zeroes_a_rectangle():
+    x = torch.ones(32, 1, 10, 10)
+    y = augment(x, AugmentConfig(**{**OFF.to_dict(), "erase": 0.99}))
+    zeros = (y == 0).flatten(1).sum(1)
+    assert int((zeros > 0).sum()) >= 25 and int(zeros.max()) <= 25  # at most half of each side
+
+
+@pytest.mark.parametrize("bad", [{"rotate": -1}, {"flip": 1.0}, {"noise": float("nan")}])
+def test_augment_config_rejects_bad_ranges(bad):
+    with pytest.raises(DiscretaeError):
+        AugmentConfig(**bad)
+
+
+def test_augment_needs_an_image_batch():
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        augment(torch.rand(4, 16))
+
+
+# ---------------------------------------------------------------- objectives
+def test_mutual_information_is_log_k_for_agreeing_balanced_codes():
+    k = 5
+    p = torch.eye(k).repeat(20, 1)
+    assert float(mutual_information_loss(p, p)) == pytest.approx(-math.log(k), abs=1e-4)
+    uniform = torch.full((100, k), 1 / k)
+    assert float(mutual_information_loss(uniform, uniform)) == pytest.approx(0, abs=1e-5)
+    collapsed = torch.zeros(100, k)
+    collapsed[:, 0] = 1
+    assert float(mutual_information_loss(collapsed, collapsed)) == pytest.approx(0, abs=1e-4)
+
+
+def test_mutual_information_gradient_raises_agreement():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 4, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    losses = []
+    for _ in range(100):
+        p = logits.softmax(1)
+        loss = mutual_information_loss(p, p)
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # from near 0 (random soft codes) towards -log 4 = -1.386 (confident, balanced)
+    assert losses[0] > -0.2 and losses[-1] < -1.3
+
+
+def test_contrastive_loss_prefers_matching_views():
+    torch.manual_seed(0)
+    a = torch.randn(32, 16)
+    matched = contrastive_loss(a, a + 0.01 * torch.randn_like(a))
+    shuffled = contrastive_loss(a, a[torch.randperm(32)])
+    assert float(matched) < float(shuffled) - 1.0
+
+
+def test_code_critic_learns_which_code_goes_with_which_image():
+    torch.manual_seed(0)
+    codes = torch.randint(0, 4, (256,))
+    h = torch.nn.functional.one_hot(codes, 4).float() + 0.1 * torch.randn(256, 4)
+    y = torch.nn.functional.one_hot(codes, 4).float()
+    critic = CodeCritic(4, 4)
+    opt = torch.optim.Adam(critic.parameters(), lr=0.05)
+    for _ in range(100):
+        loss = critic.loss(h, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(critic.loss(h, y)) < 2 * math.log(2) - 0.5
+
+
+# ---------------------------------------------------------------- model and estimator
+def test_recipe_model_trains_encodes_and_decodes_the_mean_style():
+    torch.manual_seed(0)
+    model = build_autoencoder(
+        "gumbel", (1, 8, 8), n_codes=4, style_dim=3, objectives={"critic": 1.0}
+    )
+    x = torch.rand(16, 1, 8, 8)
+    out = model(x)
+    for key in ("mi", "contrastive", "critic", "style_kl"):
+        assert key in out["stats"]
+    (out["recon_loss"] + out["aux_loss"]).backward()
+    assert model.encoder.head[-1].weight.grad.abs().sum() > 0
+    model.eval()
+    codes = model.encode(x)
+    assert codes.shape == (16,) and model.decode(codes).shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"objectives": "mi,bogus"},
+        {"objectives": "mi,mi"},
+        {"objectives": "mi", "model": "binary"},
+        {"objectives": "mi", "latent": "grid"},
+        {"objectives": "none", "objective_options": {"mi": 2.0}},
+        {"objectives": "mi", "objective_options": {"augment": {"rotate": -3}}},
+        {"objectives": "mi", "objective_options": {"temperature": 0}},
+    ],
+)
+def test_bad_objective_settings_are_refused(kwargs, digits):
+    x, _ = digits
+    est = DiscreteAutoencoder(**{"model": "gumbel", "epochs": 1, **kwargs})
+    with pytest.raises(DiscretaeError):
+        est.fit(x[:64])
+
+
+def test_auto_turns_the_recipe_on_only_for_a_global_gumbel_code_on_images():
+    est = DiscreteAutoencoder("gumbel")
+    assert est._objective_names((1, 8, 8)) == ["mi", "contrastive", "style"]
+    assert est._objective_names((64,)) == []
+    assert DiscreteAutoencoder("vq")._objective_names((1, 8, 8)) == []
+    m = est._build((1, 8, 8))
+    assert est._schedule(m, 1797) == (250, 2e-3)  # 8 steps of 256 per epoch
+    assert est._schedule(m, 70000)[0] == 10
+    plain = DiscreteAutoencoder("gumbel", objectives="none")
+    assert plain._schedule(plain._build((1, 8, 8)), 1797) == (30, 1e-3)
+
+
+def test_recipe_model_saves_and_loads_with_the_same_codes(digits, tmp_path):
+    x, _ = digits
+    est = DiscreteAutoencoder("gumbel", epochs=1, random_state=0, device="cpu").fit(x[:300])
+    path = tmp_path / "m.safetensors"
+    est.save(path)
+    back = DiscreteAutoencoder.load(path, device="cpu")
+    np.testing.assert_array_equal(back.transform(x[:300]), est.transform(x[:300]))
+    assert back.model_.objectives is not None and back.model_.style_dim == 8
+    assert back.inverse_transform(est.transform(x[:5])).shape[0] == 5
+
+
+@pytest.mark.slow
+def test_recipe_clusters_digits_better_than_reconstruction_alone(digits):
+    """The objectives must earn their place: same seed, same epochs, on digits."""
+    x, y = digits
+    common = {"model": "gumbel", "epochs": 40, "random_state": 0, "device": "cpu"}
+    recipe = DiscreteAutoencoder(**common).fit(x)
+    plain = DiscreteAutoencoder(**common, objectives="none", lr=2e-3).fit(x)
+    ours, theirs = nmi(y, recipe.predict(x)), nmi(y, plain.predict(x))
+    assert ours > theirs + 0.05, (ours, theirs)
+    assert ours > 0.74  # k-means on raw pixels scores 0.742
