@@ -62,12 +62,39 @@ def fit(
         typer.Option("--clusters", min=1, help="k-means clusters over binary or grid codes."),
     ] = None,
     epochs: Annotated[
-        int, typer.Option("--epochs", "-e", min=1, help="Passes over the data.")
-    ] = 30,
+        int | None,
+        typer.Option(
+            "--epochs",
+            "-e",
+            min=1,
+            help="Passes over the data [default: 30; with the clustering objectives, "
+            "enough for about 2000 steps, 10 to 300].",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: BatchSize = 256,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            min=0.0,
+            help="Adam learning rate [default: 1e-3; 2e-3 with the clustering objectives].",
+            show_default=False,
+        ),
+    ] = None,
     device: Device = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    objectives: Annotated[
+        str,
+        typer.Option(
+            "--objectives",
+            help="What trains the code besides reconstruction: a comma list of mi (IIC "
+            "mutual information between two augmented views), contrastive (InfoNCE), "
+            "critic (the code discriminator), style (a continuous style latent beside "
+            "the code); 'none'; or 'auto' = mi,contrastive,style for a global gumbel "
+            "code on images, else none.",
+        ),
+    ] = "auto",
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -123,7 +150,9 @@ def fit(
 
     **Examples**
 
-      discretae fit digits --epochs 10 --out digits.safetensors
+      discretae fit digits --out digits.safetensors
+
+      discretae fit fashion-mnist --model gumbel --codes 10 --objectives none
 
       discretae fit images/ --model vq --codes 64 --out vq.safetensors
 
@@ -152,6 +181,7 @@ def fit(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "objectives": objectives,
     }
     settings = {k: v if _typed(ctx, k) else None for k, v in settings.items()}
     try:
@@ -182,6 +212,7 @@ def fit(
             ("model", f"{result['model_type']}, {result['latent']} latent"),
             ("images", result["n_images"]),
             ("epochs", result["epochs"]),
+            ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
             ("final loss", result["final_loss"]),
             ("codes used (last epoch)", _used(result)),
             ("perplexity", result["perplexity"]),
