@@ -54,6 +54,15 @@ def evaluate(
     batch_size: BatchSize = 256,
     device: Device = "auto",
     strict: Strict = False,
+    discriminator: Annotated[
+        bool,
+        typer.Option(
+            "--discriminator",
+            help="Also train a small classifier to tell (image, own code) from (image, "
+            "another image's code) and report its held-out accuracy and AUC: a code "
+            "score that needs no labels (0.5 is chance).",
+        ),
+    ] = False,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
@@ -73,6 +82,8 @@ def evaluate(
       discretae evaluate images/ -m model.safetensors --figures figs/
 
       discretae evaluate --codes clusters.npy --labels labels.npy --json
+
+      discretae evaluate unlabelled/ -m model.safetensors --discriminator
     """
     from discretae.commands import evaluate as run_evaluate
 
@@ -80,6 +91,8 @@ def evaluate(
         raise UsageError("--codes evaluates saved codes alone: drop DATA and --model")
     if codes is None and (data is None or model is None):
         raise UsageError("give DATA and --model, or --codes (with --labels)")
+    if discriminator and codes is not None:
+        raise UsageError("--discriminator needs DATA and --model, not --codes")
     with step_progress(not (quiet or json)) as progress:
         result = run_evaluate(
             data,
@@ -91,6 +104,7 @@ def evaluate(
             batch_size=batch_size,
             device=device,
             strict=strict,
+            discriminator=discriminator,
             callback=progress,
             warn=warner(quiet),
         )
@@ -129,6 +143,9 @@ def summary_rows(report: dict) -> list[tuple[str, object]]:
         rows.append(("bits/image, real .dae archive", bits["archive_bits_per_image"]))
     if "empirical_entropy_bits_per_image" in bits:
         rows.append(("bits/image, entropy (estimated)", bits["empirical_entropy_bits_per_image"]))
+    disc = report.get("discriminator") or {}
+    if "auc" in disc:
+        rows.append(("code discriminator AUC / acc", f"{disc['auc']:.3f} / {disc['accuracy']:.3f}"))
     if report.get("figures"):
         rows.append(("figures", ", ".join(report["figures"])))
     return rows

@@ -938,6 +938,7 @@ def evaluate(
     batch_size: int = 256,
     device: str = "auto",
     strict: bool = False,
+    discriminator: bool = False,
     callback: Callback = None,
     warn: Warn = None,
 ) -> dict:
@@ -948,6 +949,11 @@ def evaluate(
     perplexity, reconstruction MSE and PSNR, and bits per image (raw fixed-width, and an
     estimated empirical entropy). With ``codes`` (no model, no DATA): clustering scores
     (when there is one id per image) and usage only.
+
+    ``discriminator`` adds the label-free code score (:mod:`discretae.discriminator`):
+    a classifier learns to tell (image, own code) from (image, another image's code) on
+    up to ``DISCRIMINATOR_IMAGES`` images drawn at random (seed 0), scored on held-out
+    ones; it needs a model and DATA.
 
     Returns the report (keys ``discretae.report.REPORT_KEYS``), the same dict that is
     written to ``report`` as JSON. ``figures`` is a folder that gets clusters.png,
@@ -962,11 +968,13 @@ def evaluate(
     fig_dir = Path(figures) if figures is not None else None
     if fig_dir is not None:
         _check_figures_folder(fig_dir)
+    if discriminator and model is None:
+        raise DiscretaeError("the discriminator score needs DATA and a model, not saved codes")
     if codes is not None:
         raw = _evaluate_codes(codes, labels, fig_dir)
     else:
         raw = _evaluate_model(
-            data, model, labels, fig_dir, batch_size, device, strict, callback, warn
+            data, model, labels, fig_dir, batch_size, device, strict, callback, warn, discriminator
         )
     result = build_report(raw)
     if report is not None:
@@ -1027,7 +1035,38 @@ def _model_section(model, est) -> dict:
     return {"path": str(model), "kind": est.model, "config": config}
 
 
-def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, callback, warn):
+# The discriminator score trains on at most this many images (a random subset).
+DISCRIMINATOR_IMAGES = 20000
+
+
+class _PairSample:
+    """Keeps the (image, code) pairs of a fixed random subset of rows while streaming."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        keep = min(n, DISCRIMINATOR_IMAGES)
+        self.rows = np.sort(np.random.default_rng(seed).choice(n, keep, replace=False))
+        self.start, self.images, self.codes = 0, [], []
+
+    def add(self, images: np.ndarray, codes: np.ndarray) -> None:
+        lo, hi = np.searchsorted(self.rows, [self.start, self.start + len(images)])
+        picked = self.rows[lo:hi] - self.start
+        self.images.append(images[picked])
+        self.codes.append(codes[picked])
+        self.start += len(images)
+
+    def score(self, n_values: int, device) -> dict:
+        from .discriminator import discriminator_score
+
+        images, codes = np.concatenate(self.images), np.concatenate(self.codes)
+        return {
+            **discriminator_score(images, codes, n_values, device=device),
+            "n_images": len(images),
+        }
+
+
+def _evaluate_model(
+    data, model, labels, fig_dir, batch_size, device, strict, callback, warn, discriminator=False
+):
     from .metrics import psnr_from_mse
 
     est = load_model(model, device)
@@ -1037,6 +1076,7 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
     sq_err, n_values, done = 0.0, 0, 0
     pictures = fig_dir is not None and len(est.input_shape_) == 3  # flat vectors: no images
     samples = _ClusterSamples(n, tuple(ds.shape))
+    pairs = _PairSample(n) if discriminator else None
     originals, recons = [], []
     with torch.inference_mode():
         for images, y in ds.batches(batch_size):
@@ -1051,6 +1091,8 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
             ys.append(y.numpy())
             if pictures:
                 samples.add(images.numpy(), batch_ids)
+            if pairs is not None:
+                pairs.add(images.numpy(), codes[-1])
             if pictures and sum(map(len, originals)) < _RECON_SHOWN:
                 originals.append(images.numpy())
                 recons.append(x_hat.cpu().numpy())
@@ -1063,6 +1105,9 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
     y_arr = np.concatenate(ys) if ds.labels is not None else None
     mse_value = sq_err / n_values
     usage = _usage(code_arr, n_codes, est.model == "binary")
+    if pairs is not None and callback is not None:
+        callback({"stage": "discriminator", "done": 0, "total": 1})
+    scored = pairs.score(n_codes, est.device_) if pairs is not None else None
     clustering = _scores(y_arr, id_arr)
     figs = []
     if fig_dir is not None:
@@ -1102,6 +1147,7 @@ def _evaluate_model(data, model, labels, fig_dir, batch_size, device, strict, ca
         "codes": usage,
         "reconstruction": {"mse": mse_value, "psnr": psnr_from_mse(mse_value), "data_range": 1.0},
         "bits": _bits(code_arr, n_codes, _archive_size(model, est, code_arr)),
+        "discriminator": scored,
         "figures": figs,
     }
 

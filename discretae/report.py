@@ -18,6 +18,9 @@ Top-level keys (``REPORT_KEYS``); a section that does not apply is ``null``:
 - ``bits``: ``raw_bits_per_image`` (fixed-width codes), and where measured
   ``empirical_entropy_bits_per_image`` (an estimate, see ``metrics``) and the real size
   of an entropy-coded container, e.g. ``container_bits_per_image``.
+- ``discriminator``: the label-free code score of :mod:`discretae.discriminator`
+  (``accuracy``, ``auc``, ``n_train``, ``n_test``, ``epochs``, ``chance_auc``, and
+  ``n_images`` it drew from); ``null`` unless asked for (``evaluate --discriminator``).
 - ``figures``: list of PNG paths written with the report.
 
 Inside a section keys are free; the writer only converts values: numpy and torch
@@ -47,6 +50,7 @@ REPORT_KEYS = (
     "created",
     "data",
     "discretae_version",
+    "discriminator",
     "figures",
     "model",
     "reconstruction",

@@ -33,6 +33,7 @@ EXPECTED_REPORT_KEYS = {
     "created",
     "data",
     "discretae_version",
+    "discriminator",
     "figures",
     "model",
     "reconstruction",
@@ -375,6 +376,19 @@ def test_evaluate_codes_without_model(work):
     r = cli("evaluate", "--codes", work / "random.npy", "--labels", work / "truth.npy", "--json")
     ok(r)
     assert json.loads(r.stdout)["clustering"]["acc"] < 0.5
+
+
+def test_evaluate_discriminator_scores_codes_without_labels(work, pngs, model):
+    r = cli("evaluate", pngs, "-m", model, "--discriminator", "--json")
+    ok(r)
+    d = json.loads(r.stdout)["discriminator"]
+    assert set(d) >= {"accuracy", "auc", "n_train", "n_test", "chance_auc", "n_images"}
+    assert d["n_images"] == 16 and d["n_train"] + d["n_test"] == 16
+    assert 0 <= d["auc"] <= 1 and 0 <= d["accuracy"] <= 1
+    r = cli("evaluate", pngs, "-m", model)
+    assert "discriminator" not in r.stdout  # only when asked for
+    r = cli("evaluate", "--codes", work / "truth.npy", "--discriminator")
+    assert r.exit_code == 2 and r.stderr.startswith("error: ")
 
 
 def test_evaluate_needs_model_or_codes(pngs):
