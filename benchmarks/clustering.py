@@ -102,6 +102,32 @@ def summarize(runs: list[dict], method: str) -> dict | None:
     return out
 
 
+def plot(summary: dict, title: str, path: Path) -> None:
+    """Bars of mean NMI and ACC per method, with the spread over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.6))
+    for i, key in enumerate(("nmi", "acc")):
+        means = [summary[m][key]["mean"] for m in names]
+        stds = [summary[m][key]["std"] for m in names]
+        xs = [j + (i - 0.5) * 0.38 for j in range(len(names))]
+        ax.bar(xs, means, 0.38, yerr=stds, capsize=3, label=key.upper())
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (mean over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main() -> None:
     import torch
     from _common import device_name, versions
@@ -164,7 +190,7 @@ def main() -> None:
             r = run_kmeans(x, y, seed)
         else:
             r = run_ours(x, y, VARIANTS[method], seed, a.device)
-        r.update(method=method, seed=seed, load_before=load_before)
+        r.update(method=method, seed=seed, load_before=load_before, threads=a.threads)
         done.append(r)
         save()
         print(
@@ -181,7 +207,9 @@ def main() -> None:
         cells = " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in SCORES)
         seeds = ",".join(map(str, s["seeds"]))
         print(f"| {m} | {seeds} | {cells} | {s['fit_seconds']['mean']:.0f} |")
-    print(f"\nwrote {out}")
+    figure = out.with_suffix(".png")
+    plot(summary, f"{a.dataset}: discretae variants and KMeans (pixels)", figure)
+    print(f"\nwrote {out} and {figure}")
 
 
 if __name__ == "__main__":
