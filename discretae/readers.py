@@ -209,11 +209,6 @@ def unit_float(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == np.float32 else a.astype(np.float32) / np.float32(255.0)
 
 
-def decode_image(path: str | os.PathLike, size: tuple[int, int], channels: int) -> np.ndarray:
-    """:func:`read_image` as float32 in [0, 1], (channels, H, W)."""
-    return unit_float(read_image(path, size, channels))
-
-
 # ---------------------------------------------------------------- arrays (.npy and IDX)
 def read_npy(path: Path) -> np.ndarray:
     """Memory-map a ``.npy`` file without unpickling anything."""
