@@ -174,7 +174,8 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
             latent (the code is the cluster) and 10 otherwise (k-means on codes).
         epochs, batch_size, lr: Adam training schedule. None: 30 epochs at lr 1e-3; with
             view objectives (the clustering recipe) lr 2e-3 and the epochs that make
-            about ``RECIPE_STEPS`` steps, at least 10 and at most 300.
+            about ``RECIPE_STEPS`` steps, at least 10 and at most 300. The recipe's
+            learning rate decays to 0 along a cosine.
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: seed (int) or None; a fixed seed gives identical results on CPU.
         callback: called after every step with a dict (see ``discretae.training.train``).
@@ -459,6 +460,7 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
                     callback=self.callback,
                     checkpoint=save,
                     checkpoint_every=int(checkpoint_every),
+                    lr_schedule="cosine" if model.objectives is not None else "constant",
                 )
             except TrainingDiverged as e:
                 if saved["step"] is None:

@@ -197,3 +197,17 @@ def test_recipe_clusters_digits_better_than_reconstruction_alone(digits):
     ours, theirs = nmi(y, recipe.predict(x)), nmi(y, plain.predict(x))
     assert ours > theirs + 0.05, (ours, theirs)
     assert ours > 0.74  # k-means on raw pixels scores 0.742
+
+
+def test_cosine_schedule_falls_from_the_initial_rate_to_zero():
+    from discretae.training import _set_cosine_lr, make_train_state, train
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    seen = []
+    for frac in (0.0, 0.5, 1.0):
+        _set_cosine_lr(opt, frac)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.4, 0.2, 0.0])
+    state = make_train_state(build_autoencoder("gumbel", (1, 8, 8), n_codes=2))
+    with pytest.raises(DiscretaeError, match="lr_schedule"):
+        train(state, torch.rand(8, 1, 8, 8), epochs=1, batch_size=4, lr_schedule="step")
