@@ -211,3 +211,15 @@ def test_cosine_schedule_falls_from_the_initial_rate_to_zero():
     state = make_train_state(build_autoencoder("gumbel", (1, 8, 8), n_codes=2))
     with pytest.raises(DiscretaeError, match="lr_schedule"):
         train(state, torch.rand(8, 1, 8, 8), epochs=1, batch_size=4, lr_schedule="step")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_augment_and_recipe_step_on_the_gpu():
+    x = torch.rand(32, 1, 28, 28, device="cuda")
+    y = augment(x, AugmentConfig(flip=0.5, erase=0.5))
+    assert y.device == x.device and y.shape == x.shape
+    model = build_autoencoder("gumbel", (1, 28, 28), objectives={"critic": 1.0}, style_dim=4)
+    out = model.cuda()(x)
+    (out["recon_loss"] + out["aux_loss"]).backward()
+    assert torch.isfinite(out["aux_loss"])
