@@ -140,6 +140,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--include",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="add the runs of these JSON files (same dataset and device type), e.g. from "
+        "processes that ran other seeds at the same time",
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     dev = "gpu" if a.device.startswith("cuda") else "cpu"
@@ -150,6 +158,12 @@ def main() -> None:
         old = json.loads(out.read_text())
         if old.get("dataset") == a.dataset and old.get("device_type") == dev:
             done = old["runs"]
+    for extra in a.include:
+        more = json.loads(extra.read_text())
+        if more.get("dataset") != a.dataset or more.get("device_type") != dev:
+            raise SystemExit(f"{extra} holds {more.get('dataset')} on {more.get('device_type')}")
+        seen = {(r["method"], r["seed"]) for r in done}
+        done += [r for r in more["runs"] if (r["method"], r["seed"]) not in seen]
 
     def save() -> None:
         report = {

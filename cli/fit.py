@@ -68,7 +68,7 @@ def fit(
             "-e",
             min=1,
             help="Passes over the data [default: 30; with the clustering objectives, "
-            "enough for about 2000 steps, 10 to 300].",
+            "enough for about 2000 steps, 12 to 300].",
             show_default=False,
         ),
     ] = None,

@@ -174,7 +174,7 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
             latent (the code is the cluster) and 10 otherwise (k-means on codes).
         epochs, batch_size, lr: Adam training schedule. None: 30 epochs at lr 1e-3; with
             view objectives (the clustering recipe) lr 2e-3 and the epochs that make
-            about ``RECIPE_STEPS`` steps, at least 10 and at most 300. The recipe's
+            about ``RECIPE_STEPS`` steps, at least 12 and at most 300. The recipe's
             learning rate decays to 0 along a cosine.
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: seed (int) or None; a fixed seed gives identical results on CPU.
@@ -309,7 +309,7 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         if not recipe:
             return 30, float(lr)
         steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
-        return min(300, max(10, math.ceil(RECIPE_STEPS / max(steps, 1)))), float(lr)
+        return min(300, max(12, math.ceil(RECIPE_STEPS / max(steps, 1)))), float(lr)
 
     def _build(self, input_shape) -> torch.nn.Module:
         style_dim, objectives = self._objective_config(input_shape)

@@ -171,7 +171,7 @@ def test_auto_turns_the_recipe_on_only_for_a_global_gumbel_code_on_images():
     assert DiscreteAutoencoder("vq")._objective_names((1, 8, 8)) == []
     m = est._build((1, 8, 8))
     assert est._schedule(m, 1797) == (250, 2e-3)  # 8 steps of 256 per epoch
-    assert est._schedule(m, 70000)[0] == 10
+    assert est._schedule(m, 70000)[0] == 12
     plain = DiscreteAutoencoder("gumbel", objectives="none")
     assert plain._schedule(plain._build((1, 8, 8)), 1797) == (30, 1e-3)
 
