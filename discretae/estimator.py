@@ -190,8 +190,8 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
             discriminator: image embedding against the other view's code) and "style"
             (a content/style split: an 8-dim continuous style latent beside the code);
             "none" for reconstruction alone. "auto": "mi,contrastive,style" for a
-            gumbel model with a global latent on images (the clustering recipe), else
-            "none".
+            gumbel model with one group and a global latent on images (the clustering
+            recipe), else "none".
         objective_options: overrides of ``OBJECTIVE_DEFAULTS`` (weights, entropy_weight,
             overcluster, temperature, embed_dim, ``augment`` ranges such as
             ``{"flip": 0.5}``) and ``style_dim``.
@@ -268,7 +268,13 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         if not isinstance(text, str):
             raise DiscretaeError(f"objectives must be a string, got {text!r}")
         if text == "auto":
-            recipe = self.model == "gumbel" and self.latent == "global" and len(input_shape) == 3
+            groups = (self.quantizer_options or {}).get("groups", 1)
+            recipe = (
+                self.model == "gumbel"
+                and self.latent == "global"
+                and groups == 1
+                and len(input_shape) == 3
+            )
             return ["mi", "contrastive", "style"] if recipe else []
         names = [] if text.strip() == "none" else [t.strip() for t in text.split(",")]
         bad = [n for n in names if n not in OBJECTIVES]

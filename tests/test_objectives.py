@@ -169,6 +169,8 @@ def test_auto_turns_the_recipe_on_only_for_a_global_gumbel_code_on_images():
     assert est._objective_names((1, 8, 8)) == ["mi", "contrastive", "style"]
     assert est._objective_names((64,)) == []
     assert DiscreteAutoencoder("vq")._objective_names((1, 8, 8)) == []
+    grouped = DiscreteAutoencoder("gumbel", quantizer_options={"groups": 2})
+    assert grouped._objective_names((1, 8, 8)) == []
     m = est._build((1, 8, 8))
     assert est._schedule(m, 1797) == (250, 2e-3)  # 8 steps of 256 per epoch
     assert est._schedule(m, 70000)[0] == 12
