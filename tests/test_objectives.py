@@ -125,7 +125,7 @@ def test_code_critic_learns_which_code_goes_with_which_image():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(critic.loss(h, y)) < 2 * math.log(2) - 0.5
+    assert float(critic.loss(h, y).detach()) < 2 * math.log(2) - 0.5
 
 
 # ---------------------------------------------------------------- model and estimator
