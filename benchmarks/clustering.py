@@ -116,9 +116,10 @@ def plot(summary: dict, title: str, path: Path) -> None:
         stds = [summary[m][key]["std"] for m in names]
         xs = [j + (i - 0.5) * 0.38 for j in range(len(names))]
         ax.bar(xs, means, 0.38, yerr=stds, capsize=3, label=key.upper())
-    ax.set_xticks(range(len(names)), names, rotation=20)
+    ticks = [f"{m}\n{len(summary[m]['seeds'])} seed(s)" for m in names]
+    ax.set_xticks(range(len(names)), ticks, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("score (mean over seeds)")
+    ax.set_ylabel("score: mean, bar = std over seeds")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right")
     fig.tight_layout()
