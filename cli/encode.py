@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Annotated
 
@@ -75,6 +76,7 @@ def encode(
     """
     from discretae.commands import encode_data
 
+    _keep_freed_memory()
     with step_progress(not (quiet or json)) as progress:
         result = encode_data(
             data,
@@ -108,6 +110,19 @@ def encode(
             rows.append(("shard", f"{sh['index']}/{sh['count']}: rows {sh['start']}-{sh['stop']}"))
             rows.append(("sidecar", result["sidecar"]))
         print_table("encode", rows)
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 64 MiB for reuse in this process (and the
+    decoding workers it forks), instead of unmapping each batch's buffers and faulting
+    fresh zeroed pages in for the next: on 100k 28x28 PNGs that was 0.6M page faults,
+    0.9 s of system time and 15% of the streaming time. A no-op outside glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: larger blocks still get their own mapping
+    mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: free heap kept before it is given back
 
 
 def _seconds(result: dict) -> str:
