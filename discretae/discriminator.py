@@ -4,7 +4,9 @@ A small classifier learns to tell (image, its own code) from (image, another ima
 code). Held-out images score it: accuracy and ROC AUC. A code that carries nothing about
 the image leaves the classifier at chance (AUC 0.5); a code that singles out its image's
 kind of content lets it tell the pairs apart. No labels are needed, so models can be
-compared on unlabelled data.
+compared on unlabelled data. It rewards any code a small classifier can predict from
+the image, not only codes that follow the classes (a 2-epoch recipe model on digits
+scored AUC 0.90 at NMI 0.44): it compares models, it does not replace labels.
 
 The negative of image i takes the code of a random other image j, as in the lecture's
 definition; when codes coincide (often, with few codes) that pair cannot be told apart,

@@ -7,7 +7,8 @@ paired with row i of the other; the other rows of the batch are the negatives.
   the two views, from the (K, K) joint of their code probabilities. It is high when each
   view's code is confident and both agree, and the marginal uses all codes.
 - ``contrastive_loss`` (InfoNCE, as in CPC and SimCLR): a continuous embedding of one
-  view must pick out the other view of the same image among the batch.
+  view must pick out the other view of the same image among the batch (under DDP,
+  among this rank's share of it).
 - ``CodeCritic``: the discriminator objective. A critic scores (image embedding, code)
   pairs; an image with the code of its other view is a positive, with another image's
   code a negative; encoder and critic both minimise the critic's logistic loss, which
