@@ -164,26 +164,14 @@ def fit(
 
       discretae fit fashion-mnist --resume model.ckpt.safetensors --out model.safetensors
     """
-    from discretae.commands import fit_model
+    from discretae.commands import FIT_DEFAULTS, fit_model
     from discretae.distributed import env_rank
     from discretae.training import TrainingInterrupted
 
     quiet = quiet or env_rank() != 0  # under torchrun only rank 0 speaks
     # settings not typed on the command line are None: defaults, or the checkpoint's
-    settings = {
-        "model": model.value,
-        "codes": codes,
-        "bits": bits,
-        "latent": latent.value,
-        "grid": grid,
-        "clusters": clusters,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "objectives": objectives,
-    }
-    settings = {k: v if _typed(ctx, k) else None for k, v in settings.items()}
+    given = {**ctx.params, "model": model.value, "latent": latent.value}
+    settings = {k: given[k] if _typed(ctx, k) else None for k in FIT_DEFAULTS}
     try:
         with fit_progress(not (quiet or json)) as progress:
             result = fit_model(

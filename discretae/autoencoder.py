@@ -64,7 +64,6 @@ class Autoencoder(nn.Module):
         self.code_dtype = torch.uint8 if config["kind"] == "binary" else torch.int64
         self.style_dim = int(config.get("style_dim", 0))
         opts = config.get("objectives") or {}
-        self.embed_dim = int(opts.get("embed_dim", 0)) if objectives is not None else 0
         self.augment = AugmentConfig(**opts.get("augment", {})) if objectives is not None else None
 
     def set_progress(self, frac: float) -> None:

@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from . import distributed
 from ._version import __version__
 from .atomic import check_writable
-from .autoencoder import LATENTS, MODEL_KINDS, OBJECTIVE_DEFAULTS, build_autoencoder
+from .autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
 from .checkpoint import read_checkpoint, restore_rng, restore_train_state, write_checkpoint
 from .errors import DiscretaeError, NotFittedError
 from .kmeans import KMeans
@@ -289,8 +289,9 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
         """-> (style_dim, the objectives dict of ``build_autoencoder``)."""
         names = self._objective_names(input_shape)
         options = dict(self.objective_options or {})
-        style_dim = options.pop("style_dim", 8) if "style" in names else 0
-        options.pop("style_dim", None)
+        style_dim = options.pop("style_dim", 8)
+        if "style" not in names:
+            style_dim = 0
         views = [n for n in names if n != "style"]
         if not views:
             if options:
@@ -298,12 +299,10 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
                     f"objective_options {sorted(options)} given, but no view objective is on"
                 )
             return style_dim, {}
+        # a named objective weighs 1 unless told; the others are off
         weights = {
-            k: options.pop(k, OBJECTIVE_DEFAULTS[k]) if k in views else 0.0
-            for k in ("mi", "contrastive", "critic")
+            k: options.pop(k, 1.0) if k in views else 0.0 for k in ("mi", "contrastive", "critic")
         }
-        if "critic" in views and not weights["critic"]:
-            weights["critic"] = 1.0
         return style_dim, {**options, **weights}
 
     def _schedule(self, model: torch.nn.Module, n: int) -> tuple[int, float]:

@@ -68,9 +68,10 @@ class CodeCritic(nn.Module):
     def loss(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """h: (B, E) embeddings of one view; y: (B, K) codes (one-hot or soft) of the other."""
         n = h.shape[0]
-        shift = torch.randint(1, max(n, 2), (), device=h.device) if n > 1 else 0
+        # drawn on the CPU: a shift drawn on the GPU would cost a sync every step
+        shift = int(torch.randint(1, n, ())) if n > 1 else 0
         pos = self(h, y)
-        neg = self(h, y.roll(int(shift), 0))
+        neg = self(h, y.roll(shift, 0))
         return F.softplus(-pos).mean() + F.softplus(neg).mean()
 
 
