@@ -130,9 +130,14 @@ def load_labels(path: str | os.PathLike, n: int) -> np.ndarray:
     return labels
 
 
-def load_model(path: str | os.PathLike, device: str = "auto"):
-    """A fitted :class:`DiscreteAutoencoder` from a model file."""
-    from .estimator import DiscreteAutoencoder
+def load_model(path: str | os.PathLike, device: str = "auto", *, inference_only: bool = False):
+    """A fitted :class:`DiscreteAutoencoder` from a model file; with ``inference_only`` a
+    :class:`~discretae.fitted.FittedModel`, which encodes and decodes alike without
+    importing scikit-learn (for the streaming commands' start-up)."""
+    if inference_only:
+        from .fitted import FittedModel as DiscreteAutoencoder
+    else:
+        from .estimator import DiscreteAutoencoder
 
     p = Path(path)
     if not p.exists():
@@ -565,7 +570,7 @@ def encode_data(
     if workers is not None and workers < 0:
         raise DiscretaeError(f"workers must be >= 0, got {workers}")
     began = time.perf_counter()
-    est = load_model(model, device)
+    est = load_model(model, device, inference_only=True)
     ds = _load_for_model(data, est, strict=strict, warn=warn)
     total = len(ds)
     loaded = time.perf_counter()
@@ -795,7 +800,7 @@ def decode_codes(
         )
     if array.ndim == 0 or len(array) == 0:
         raise DiscretaeError(f"codes in {str(codes)!r} hold no rows (shape {array.shape})")
-    est = load_model(model, device)
+    est = load_model(model, device, inference_only=True)
     if len(est.input_shape_) != 3:
         raise DiscretaeError(
             f"model {str(model)!r} was fitted on flat vectors {tuple(est.input_shape_)}, "

@@ -25,7 +25,8 @@ from ._version import __version__
 from .atomic import check_writable
 from .autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
 from .checkpoint import read_checkpoint, restore_rng, restore_train_state, write_checkpoint
-from .errors import DiscretaeError, NotFittedError
+from .errors import DiscretaeError
+from .fitted import FittedCodes, _as_images, _resolve_device, attach_fitted
 from .kmeans import KMeans
 from .objectives import OBJECTIVES
 from .serialization import read_model_file, write_model_file
@@ -33,91 +34,8 @@ from .training import (
     TrainingDiverged,
     make_train_state,
     steps_per_epoch,
-    to_unit_float,
     train,
 )
-
-# inputs per forward pass at inference
-INFER_BATCH = 1024
-CHANNELS = (1, 3, 4)
-
-
-def _to_tensor(X, what: str) -> torch.Tensor:
-    if isinstance(X, torch.Tensor):
-        return X.detach().cpu()
-    try:
-        arr = np.asarray(X)
-    except Exception as e:
-        raise DiscretaeError(f"{what} must be an array, got {type(X).__name__}: {e}") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise DiscretaeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # torch warns on read-only memory (e.g. np.frombuffer)
-        arr = arr.copy()
-    return torch.from_numpy(arr)
-
-
-def _as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
-    """X: (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F) -> (N, C, H, W) or (N, F).
-
-    Keeps uint8 as uint8 (scaled by 1/255 batch by batch); floats become float32 and
-    must lie in [0, 1]. A 4-D array is read channels-last when its last axis is 1, 3 or
-    4, else channels-first; with ``expected`` (C, H, W) the layout that matches wins.
-    """
-    t = _to_tensor(X, "X")
-    if t.ndim not in (2, 3, 4):
-        raise DiscretaeError(
-            f"X must be (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F); got shape "
-            f"{tuple(t.shape)} ({t.ndim} dims)"
-        )
-    if t.shape[0] == 0:
-        raise DiscretaeError(f"X has no samples: shape {tuple(t.shape)}")
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4:
-        last, first = t.shape[3] in CHANNELS, t.shape[1] in CHANNELS
-        if expected is not None and len(expected) == 3:
-            if tuple(t.shape[1:]) == tuple(expected):
-                last = False
-            elif tuple(t.permute(0, 3, 1, 2).shape[1:]) == tuple(expected):
-                last = True
-        if last:
-            t = t.permute(0, 3, 1, 2)
-        elif not first:
-            raise DiscretaeError(
-                f"cannot find the channel axis of X with shape {tuple(t.shape)}: expected "
-                f"1, 3 or 4 channels in the last axis (N, H, W, C) or the second (N, C, H, W)"
-            )
-    if t.dtype == torch.uint8:
-        return t.contiguous()
-    if t.dtype == torch.bool or not t.is_floating_point():
-        raise DiscretaeError(
-            f"X must be uint8 (0-255) or float in [0, 1], got {t.dtype}; divide by the "
-            f"maximum value to get floats in [0, 1]"
-        )
-    t = t.to(torch.float32).contiguous()
-    if not torch.isfinite(t).all():
-        raise DiscretaeError("X contains NaN or infinite values")
-    lo, hi = float(t.min()), float(t.max())
-    if lo < 0.0 or hi > 1.0:
-        raise DiscretaeError(
-            f"float X must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; scale it first"
-        )
-    return t
-
-
-def _resolve_device(device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DiscretaeError(
-            f"device={device!r} is not a torch device (try 'auto', 'cpu' or 'cuda')"
-        ) from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise DiscretaeError(f"device={device!r} but CUDA is not available here")
-    return d
 
 
 def _fingerprint(data: torch.Tensor) -> dict:
@@ -161,7 +79,7 @@ def _positive_int(name: str, value, allow_none: bool = False) -> None:
 RECIPE_STEPS = 2000
 
 
-class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
+class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator):
     """A discrete autoencoder (vq, gumbel or binary) with scikit-learn conventions.
 
     Args:
@@ -492,109 +410,9 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
             self.labels_ = km.labels_.cpu().numpy()
         return self
 
-    # -------------------------------------------------------------- inference
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit first.")
-
-    def _check_input(self, X) -> torch.Tensor:
-        self._check_fitted()
-        data = _as_images(X, expected=self.input_shape_)
-        if tuple(data.shape[1:]) != self.input_shape_:
-            raise DiscretaeError(
-                f"X has per-sample shape {tuple(data.shape[1:])} (as (C, H, W) or (F,)), "
-                f"but this model was fitted on {self.input_shape_}"
-            )
-        return data
-
-    def _encode(self, data: torch.Tensor) -> torch.Tensor:
-        """data: (N, *input_shape_) uint8/float32 on CPU -> codes on CPU."""
-        out = [
-            self.model_.encode(to_unit_float(data[i : i + INFER_BATCH].to(self.device_))).cpu()
-            for i in range(0, data.shape[0], INFER_BATCH)
-        ]
-        return torch.cat(out)
-
-    def _code_features(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (N, *code_shape_) -> (N, features) float32 on the model's device."""
-        with torch.no_grad():
-            lat = self.model_.quantizer.codes_to_latent(codes.to(self.device_))
-        return lat.reshape(codes.shape[0], -1).float()
-
-    def _cluster(self, codes: torch.Tensor) -> np.ndarray:
-        if self.kmeans_ is None:
-            return codes.numpy().astype(np.int64)
-        ids = [
-            self.kmeans_.predict(self._code_features(codes[i : i + INFER_BATCH])).cpu()
-            for i in range(0, codes.shape[0], INFER_BATCH)
-        ]
-        return torch.cat(ids).numpy()
-
-    def transform(self, X) -> np.ndarray:
-        """X -> codes: (N,) int64 for global vq/gumbel, (N, B) uint8 for global binary,
-        (N, h, w) or (N, h, w, B) for grids, with a trailing groups axis for grouped
-        Gumbel."""
-        return self._encode(self._check_input(X)).numpy()
-
-    def predict(self, X) -> np.ndarray:
-        """X -> cluster ids (N,) int64 in [0, n_clusters_)."""
-        return self._cluster(self._encode(self._check_input(X)))
-
-    def cluster_ids(self, codes) -> np.ndarray:
-        """codes (N, *code_shape_), from ``transform`` or ``encode_batch`` -> cluster ids
-        (N,) int64: what ``predict`` gives for the inputs those codes came from, without
-        encoding them again."""
-        self._check_fitted()
-        return self._cluster(self._check_codes(codes))
-
     def fit_predict(self, X, y=None) -> np.ndarray:
         """Fit on X and return its cluster ids (N,) int64."""
         return self.fit(X).labels_
-
-    def inverse_transform(self, codes) -> np.ndarray:
-        """codes (N, *code_shape_) -> float32 images in [0, 1]: (N, H, W) for one channel,
-        (N, H, W, C) otherwise, (N, F) for flat inputs."""
-        self._check_fitted()
-        c = self._check_codes(codes)
-        out = torch.cat(
-            [
-                self.model_.decode(c[i : i + INFER_BATCH].to(self.device_)).cpu()
-                for i in range(0, c.shape[0], INFER_BATCH)
-            ]
-        )
-        if out.ndim == 4:
-            out = out[:, 0] if out.shape[1] == 1 else out.permute(0, 2, 3, 1)
-        return out.contiguous().numpy()
-
-    def _check_codes(self, codes) -> torch.Tensor:
-        c = _to_tensor(codes, "codes")
-        expected = self.code_shape_
-        if c.ndim < 1 or tuple(c.shape[1:]) != tuple(expected):
-            raise DiscretaeError(
-                f"codes must have shape (N, {', '.join(map(str, expected))}) for this model, "
-                f"got {tuple(c.shape)}".replace(", )", ")")
-            )
-        if c.is_floating_point() or c.dtype == torch.bool:
-            raise DiscretaeError(f"codes must be integers, got dtype {c.dtype}")
-        high = 2 if self.model_.config["kind"] == "binary" else self.model_.config["n_codes"]
-        if c.numel() and (int(c.min()) < 0 or int(c.max()) >= high):
-            raise DiscretaeError(
-                f"codes must lie in [0, {high - 1}], got values in [{int(c.min())}, {int(c.max())}]"
-            )
-        return c.to(self.model_.code_dtype)
-
-    # --------------------------------------------------------------- streaming
-    def encode_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) or (B, F) float in [0, 1], any device -> codes (B, *code_shape_)
-        on x's device. No validation: for streaming large collections."""
-        self._check_fitted()
-        return self.model_.encode(x.to(self.device_, torch.float32)).to(x.device)
-
-    def decode_batch(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes: (B, *code_shape_) -> (B, C, H, W) or (B, F) float in [0, 1] on codes'
-        device. No validation."""
-        self._check_fitted()
-        return self.model_.decode(codes.to(self.device_)).to(codes.device)
 
     # ------------------------------------------------------------------- files
     def save(self, path) -> None:
@@ -622,24 +440,6 @@ class DiscreteAutoencoder(TransformerMixin, ClusterMixin, BaseEstimator):
             params = dict(config["params"])
             params["device"] = device
             est = cls(**params)
-            model = build_autoencoder(**config["model"])
-            state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-            model.load_state_dict(state, strict=True)
-            input_shape = tuple(int(s) for s in config["input_shape"])
-            n_clusters = int(config["n_clusters"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise DiscretaeError(f"{str(path)!r} holds an inconsistent model: {e}") from None
-        est.device_ = _resolve_device(device)
-        est.model_ = model.to(est.device_).eval()
-        est.input_shape_ = input_shape
-        est.n_features_in_ = int(np.prod(input_shape))
-        est.code_shape_ = model.code_shape
-        est.history_ = list(config.get("history", []))
-        est.n_clusters_ = n_clusters
-        centers = tensors.get("kmeans.cluster_centers")
-        if centers is None:
-            est.kmeans_ = est.cluster_centers_ = None
-        else:
-            est.kmeans_ = KMeans.from_centers(centers.to(est.device_))
-            est.cluster_centers_ = centers.numpy()
-        return est
+        return attach_fitted(est, tensors, config, path, device)
