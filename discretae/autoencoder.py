@@ -201,15 +201,16 @@ def build_autoencoder(
     _check_int("latent_dim", latent_dim)
     _check_int("style_dim", style_dim, low=0)
     objectives = _objective_settings(objectives)
-    if (style_dim or objectives) and (kind not in ("gumbel", "vq") or latent != "global"):
+    if objectives and (
+        kind != "gumbel" or latent != "global" or groups != 1 or len(input_shape) != 3
+    ):
         raise DiscretaeError(
-            f"a style latent and view objectives need a global gumbel or vq code; got "
-            f"kind={kind!r}, latent={latent!r}"
+            "view objectives need image input and a global gumbel code with one group; got "
+            f"kind={kind!r}, latent={latent!r}, groups={groups}, input_shape={input_shape}"
         )
-    if objectives and (kind != "gumbel" or groups != 1 or len(input_shape) != 3):
+    if style_dim and (kind not in ("gumbel", "vq") or latent != "global"):
         raise DiscretaeError(
-            "view objectives need image input and a gumbel code with one group; got "
-            f"kind={kind!r}, groups={groups}, input_shape={input_shape}"
+            f"a style latent needs a global gumbel or vq code; got kind={kind!r}, latent={latent!r}"
         )
     embed_dim = objectives.get("embed_dim", 0) if objectives else 0
     enc_dim = latent_dim + 2 * style_dim + embed_dim

@@ -164,6 +164,20 @@ def test_bad_objective_settings_are_refused(kwargs, digits):
         est.fit(x[:64])
 
 
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        ({"objectives": "mi", "model": "binary"}, "view objectives need .* global gumbel code"),
+        ({"objectives": "mi", "model": "vq"}, "view objectives need .* global gumbel code"),
+        ({"objectives": "style", "latent": "grid"}, "a style latent needs a global gumbel or vq"),
+    ],
+)
+def test_refusals_name_what_the_objective_needs(kwargs, says, digits):
+    x, _ = digits
+    with pytest.raises(DiscretaeError, match=says):
+        DiscreteAutoencoder(**{"model": "gumbel", "epochs": 1, **kwargs}).fit(x[:64])
+
+
 def test_auto_turns_the_recipe_on_only_for_a_global_gumbel_code_on_images():
     est = DiscreteAutoencoder("gumbel")
     assert est._objective_names((1, 8, 8)) == ["mi", "contrastive", "style"]
