@@ -204,10 +204,16 @@ def _save(state: TrainState, checkpoint: Callable[[TrainState], None]) -> None:
         raise DiscretaeError("rank 0 could not write the checkpoint; see its error")
 
 
-def _set_cosine_lr(optimizer: torch.optim.Optimizer, frac: float) -> None:
+# learning-rate curves: the fraction of the run held at the initial rate before half a
+# cosine takes it to 0
+LR_SCHEDULES = {"cosine": 0.0, "hold-cosine": 0.8}
+
+
+def _set_cosine_lr(optimizer: torch.optim.Optimizer, frac: float, hold: float = 0.0) -> None:
+    t = min(max((frac - hold) / (1.0 - hold), 0.0), 1.0)
     for group in optimizer.param_groups:
         base = group.setdefault("initial_lr", group["lr"])
-        group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
+        group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def _dump_rank_state(model: torch.nn.Module) -> None:
@@ -246,9 +252,11 @@ def train(
             of distinct codes in rank 0's share of the batch).
         checkpoint: called on rank 0 with the state every ``checkpoint_every`` steps
             (0: never) and when SIGINT or SIGTERM arrives.
-        lr_schedule: "constant", or "cosine": the learning rate falls from the
-            optimizer's initial one to 0 along half a cosine over all steps. It is a
-            function of the step, so a resumed run follows the same curve.
+        lr_schedule: "constant"; "cosine": the learning rate falls from the
+            optimizer's initial one to 0 along half a cosine over all steps;
+            "hold-cosine": it stays at the initial rate for 80% of the steps, then falls
+            along half a cosine. A function of the step, so a resumed run follows the
+            same curve.
 
     Each finished epoch appends ``{"epoch", "loss", "recon", "aux", "usage",
     "perplexity", "seconds"}`` to ``state.history``: mean losses over the epoch's steps,
@@ -259,8 +267,11 @@ def train(
         TrainingInterrupted: SIGINT or SIGTERM; the step in flight is finished and a
             checkpoint written first.
     """
-    if lr_schedule not in ("constant", "cosine"):
-        raise DiscretaeError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if lr_schedule != "constant" and lr_schedule not in LR_SCHEDULES:
+        raise DiscretaeError(
+            f"lr_schedule must be one of 'constant', {', '.join(map(repr, LR_SCHEDULES))}; "
+            f"got {lr_schedule!r}"
+        )
     model, world, rank = state.model, distributed.world_size(), distributed.rank()
     n = data.shape[0]
     steps = steps_per_epoch(n, batch_size, world)
@@ -278,8 +289,9 @@ def train(
                 mine = rows.tensor_split(world)[rank] if world > 1 else rows
                 share = len(mine) / len(rows)
                 model.set_progress(state.step / total_steps)
-                if lr_schedule == "cosine":
-                    _set_cosine_lr(state.optimizer, state.step / total_steps)
+                if lr_schedule != "constant":
+                    hold = LR_SCHEDULES[lr_schedule]
+                    _set_cosine_lr(state.optimizer, state.step / total_steps, hold)
                 out = net(to_unit_float(data[mine].to(device)))
                 loss = out["recon_loss"] + out["aux_loss"]
                 # one all-reduce: the global batch's losses, and whether a rank was signalled

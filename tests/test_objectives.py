@@ -224,6 +224,11 @@ def test_cosine_schedule_falls_from_the_initial_rate_to_zero():
         _set_cosine_lr(opt, frac)
         seen.append(opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.4, 0.2, 0.0])
+    held = []
+    for frac in (0.0, 0.5, 0.8, 0.9, 1.0):  # hold-cosine: flat for 80% of the run
+        _set_cosine_lr(opt, frac, hold=0.8)
+        held.append(opt.param_groups[0]["lr"])
+    assert held == pytest.approx([0.4, 0.4, 0.4, 0.2, 0.0])
     state = make_train_state(build_autoencoder("gumbel", (1, 8, 8), n_codes=2))
     with pytest.raises(DiscretaeError, match="lr_schedule"):
         train(state, torch.rand(8, 1, 8, 8), epochs=1, batch_size=4, lr_schedule="step")
@@ -239,3 +244,15 @@ def test_augment_and_recipe_step_on_the_gpu():
     out = model.cuda()(x)
     (out["recon_loss"] + out["aux_loss"]).backward()
     assert torch.isfinite(out["aux_loss"])
+
+
+def test_the_estimator_takes_a_learning_rate_curve(digits):
+    x, _ = digits
+    est = DiscreteAutoencoder("gumbel", epochs=1)
+    recipe = est._build((1, 8, 8))
+    assert est._lr_schedule(recipe) == "cosine"
+    assert est._lr_schedule(DiscreteAutoencoder("vq")._build((1, 8, 8))) == "constant"
+    est.set_params(lr_schedule="hold-cosine")
+    assert est._lr_schedule(recipe) == "hold-cosine"
+    with pytest.raises(DiscretaeError, match="lr_schedule='step'"):
+        DiscreteAutoencoder("gumbel", epochs=1, lr_schedule="step").fit(x[:64])
