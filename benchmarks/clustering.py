@@ -7,9 +7,11 @@ For every seed, each variant fits ``DiscreteAutoencoder("gumbel", n_codes=10)`` 
 images of the dataset without their labels (digits: 1797; fashion-mnist: train + test,
 70000), then the labels score the code's cluster ids (NMI, ACC, purity, ARI). KMeans(10,
 n_init=10) on the raw pixels runs in the same script with the same seeds. The table
-gives mean and spread over seeds; the JSON (``--out``, default under
-benchmarks/results/) keeps every run. Runs already in ``--out`` with the same settings
-are kept rather than run again, so a long benchmark can be continued.
+gives mean and spread over seeds, and the seed agreement: the NMI between the cluster
+ids of every pair of seeds, a label-free measure of how stable a method is. The JSON
+(``--out``, default under benchmarks/results/) keeps every run, and a ``.ids.npz``
+beside it their cluster ids. Runs already in ``--out`` with the same schedule are kept
+rather than run again, so a long benchmark can be continued.
 
 Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gumbel
 --codes 10``, every other setting at its default):
@@ -19,6 +21,9 @@ Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gum
     recipe       mi + contrastive + content/style split (the default, "auto")
     recipe+critic  + the discriminator objective
     critic       the discriminator objective alone, with the style split
+    recipe-constant, recipe-hold  the recipe with a constant learning rate, or one held
+                 for 80% of the steps before its cosine decay (the default decays along
+                 a cosine over the whole run)
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -42,6 +49,13 @@ VARIANTS = {
     "recipe": "auto",
     "recipe+critic": "mi,contrastive,style,critic",
     "critic": "critic,style",
+    "recipe-constant": "auto",
+    "recipe-hold": "auto",
+}
+# variants that change more than the objectives
+OPTIONS = {
+    "recipe-constant": {"lr_schedule": "constant"},
+    "recipe-hold": {"lr_schedule": "hold-cosine"},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 
@@ -53,13 +67,18 @@ def load(name: str):
     return ds.to_array(), ds.labels
 
 
-def run_ours(x, y, objectives: str, seed: int, device: str) -> dict:
+def run_ours(x, y, variant: str, seed: int, device: str) -> dict:
     from discretae import DiscreteAutoencoder
     from discretae.metrics import clustering_scores
 
     start = time.perf_counter()
     est = DiscreteAutoencoder(
-        "gumbel", n_codes=10, objectives=objectives, random_state=seed, device=device
+        "gumbel",
+        n_codes=10,
+        objectives=VARIANTS[variant],
+        random_state=seed,
+        device=device,
+        **OPTIONS.get(variant, {}),
     )
     est.fit(x)  # no labels
     seconds = time.perf_counter() - start
@@ -70,7 +89,22 @@ def run_ours(x, y, objectives: str, seed: int, device: str) -> dict:
         "clusters_used": int(scores["n_clusters_used"]),
         "fit_seconds": seconds,
         "epochs": len(est.history_),
+        "schedule": schedule_of(variant, x),
+        "ids": ids,
     }
+
+
+def schedule_of(variant: str, x) -> str:
+    """The training schedule of a variant's fit on x: epochs, learning rate and its
+    curve. Cached runs with another schedule (an older default) are run again."""
+    from discretae import DiscreteAutoencoder
+
+    est = DiscreteAutoencoder(
+        "gumbel", n_codes=10, objectives=VARIANTS[variant], **OPTIONS.get(variant, {})
+    )
+    model = est._build(tuple(x.shape[1:]) if x.ndim == 4 else (1, *x.shape[1:]))
+    epochs, lr = est._schedule(model, len(x))
+    return f"{epochs} epochs, lr {lr:g}, {est._lr_schedule(model)}"
 
 
 def run_kmeans(x, y, seed: int) -> dict:
@@ -83,14 +117,30 @@ def run_kmeans(x, y, seed: int) -> dict:
     ids = KMeans(10, n_init=10, random_state=seed).fit_predict(flat)
     seconds = time.perf_counter() - start
     scores = clustering_scores(y, ids)
-    return {**{k: float(scores[k]) for k in SCORES}, "fit_seconds": seconds}
+    return {**{k: float(scores[k]) for k in SCORES}, "fit_seconds": seconds, "ids": ids}
 
 
-def summarize(runs: list[dict], method: str) -> dict | None:
+def agreement(ids: dict) -> dict | None:
+    """Label-free stability of a method: NMI between the partitions of every pair of
+    seeds (1: the same clusters whatever the seed)."""
+    from itertools import combinations
+
+    from discretae.metrics import nmi
+
+    pairs = [nmi(ids[a], ids[b]) for a, b in combinations(sorted(ids), 2)]
+    if not pairs:
+        return None
+    return {"mean": statistics.fmean(pairs), "min": min(pairs), "pairs": len(pairs)}
+
+
+def summarize(runs: list[dict], method: str, ids: dict) -> dict | None:
     mine = [r for r in runs if r["method"] == method]
     if not mine:
         return None
     out = {"seeds": sorted(r["seed"] for r in mine)}
+    out["seed_agreement_nmi"] = agreement(
+        {r["seed"]: ids[(method, r["seed"])] for r in mine if (method, r["seed"]) in ids}
+    )
     for k in (*SCORES, "fit_seconds"):
         values = [r[k] for r in mine]
         out[k] = {
@@ -154,17 +204,34 @@ def main() -> None:
     dev = "gpu" if a.device.startswith("cuda") else "cpu"
     out = a.out or HERE / "results" / f"clustering-{a.dataset}-{dev}.json"
     x, y = load(a.dataset)
+    schedules = {v: schedule_of(v, x) for v in VARIANTS}
     done: list[dict] = []
+    ids: dict[tuple[str, int], np.ndarray] = {}  # (method, seed) -> cluster ids
+
+    def current(r: dict) -> bool:  # KMeans, or a fit with today's schedule
+        return r["method"] == "kmeans" or r.get("schedule") == schedules.get(r["method"])
+
+    def take(path: Path, runs: list[dict]) -> None:
+        seen = {(r["method"], r["seed"]) for r in done}
+        new = [r for r in runs if current(r) and (r["method"], r["seed"]) not in seen]
+        done.extend(new)
+        side = path.with_suffix(".ids.npz")
+        if side.exists():
+            with np.load(side) as z:
+                for r in new:
+                    key = f"{r['method']}/{r['seed']}"
+                    if key in z.files:
+                        ids[(r["method"], r["seed"])] = z[key]
+
     if out.exists():
         old = json.loads(out.read_text())
         if old.get("dataset") == a.dataset and old.get("device_type") == dev:
-            done = old["runs"]
+            take(out, old["runs"])
     for extra in a.include:
         more = json.loads(extra.read_text())
         if more.get("dataset") != a.dataset or more.get("device_type") != dev:
             raise SystemExit(f"{extra} holds {more.get('dataset')} on {more.get('device_type')}")
-        seen = {(r["method"], r["seed"]) for r in done}
-        done += [r for r in more["runs"] if (r["method"], r["seed"]) not in seen]
+        take(extra, more["runs"])
 
     def save() -> None:
         report = {
@@ -179,15 +246,21 @@ def main() -> None:
             "recipe": "DiscreteAutoencoder('gumbel', n_codes=10, objectives=VARIANT, "
             "random_state=SEED), every other setting at its default; labels only score",
             "variants": VARIANTS,
+            "options": OPTIONS,
             "targets": {
                 "fashion-mnist": {"nmi": 0.65, "acc": 0.62, "aim": {"nmi": 0.70, "acc": 0.70}},
                 "digits": {"nmi": 0.85, "acc": 0.90},
                 "fashion-mnist fit_seconds (2-core CPU)": 1800,
             },
-            "summary": {m: summarize(done, m) for m in ["kmeans", *VARIANTS]},
+            "schedules": schedules,
+            "summary": {m: summarize(done, m, ids) for m in ["kmeans", *VARIANTS]},
             "runs": done,
         }
         report["summary"] = {k: v for k, v in report["summary"].items() if v}
+        side = out.with_suffix(".ids.npz")
+        with open(side.with_suffix(".tmp"), "wb") as f:
+            np.savez_compressed(f, **{f"{m}/{s}": v.astype(np.int8) for (m, s), v in ids.items()})
+        side.with_suffix(".tmp").replace(side)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=1))
         tmp.replace(out)
@@ -204,7 +277,8 @@ def main() -> None:
         if method == "kmeans":
             r = run_kmeans(x, y, seed)
         else:
-            r = run_ours(x, y, VARIANTS[method], seed, a.device)
+            r = run_ours(x, y, method, seed, a.device)
+        ids[(method, seed)] = np.asarray(r.pop("ids"))
         r.update(method=method, seed=seed, load_before=load_before, threads=a.threads)
         done.append(r)
         save()
@@ -216,12 +290,14 @@ def main() -> None:
     save()
     summary = json.loads(out.read_text())["summary"]
     print(f"\n{a.dataset}, {len(x)} images, {device_name(a.device)}, {a.threads} threads")
-    print("| method | seeds | NMI | ACC | purity | ARI | fit s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | seeds | NMI | ACC | purity | ARI | seed agreement | fit s |")
+    print("|---|---|---|---|---|---|---|---|")
     for m, s in summary.items():
         cells = " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in SCORES)
         seeds = ",".join(map(str, s["seeds"]))
-        print(f"| {m} | {seeds} | {cells} | {s['fit_seconds']['mean']:.0f} |")
+        agree = s["seed_agreement_nmi"]
+        agree = f"{agree['mean']:.3f}" if agree else "-"
+        print(f"| {m} | {seeds} | {cells} | {agree} | {s['fit_seconds']['mean']:.0f} |")
     figure = out.with_suffix(".png")
     plot(summary, f"{a.dataset}: discretae variants and KMeans (pixels)", figure)
     print(f"\nwrote {out} and {figure}")
