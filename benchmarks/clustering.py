@@ -68,18 +68,10 @@ def load(name: str):
 
 
 def run_ours(x, y, variant: str, seed: int, device: str) -> dict:
-    from discretae import DiscreteAutoencoder
     from discretae.metrics import clustering_scores
 
     start = time.perf_counter()
-    est = DiscreteAutoencoder(
-        "gumbel",
-        n_codes=10,
-        objectives=VARIANTS[variant],
-        random_state=seed,
-        device=device,
-        **OPTIONS.get(variant, {}),
-    )
+    est = estimator(variant, seed=seed, device=device)
     est.fit(x)  # no labels
     seconds = time.perf_counter() - start
     ids = est.predict(x)
@@ -89,20 +81,24 @@ def run_ours(x, y, variant: str, seed: int, device: str) -> dict:
         "clusters_used": int(scores["n_clusters_used"]),
         "fit_seconds": seconds,
         "epochs": len(est.history_),
-        "schedule": schedule_of(variant, x),
         "ids": ids,
     }
+
+
+def estimator(variant: str, seed: int = 0, device: str = "cpu"):
+    from discretae import DiscreteAutoencoder
+
+    options = {"objectives": VARIANTS[variant], **OPTIONS.get(variant, {})}
+    return DiscreteAutoencoder("gumbel", n_codes=10, random_state=seed, device=device, **options)
 
 
 def schedule_of(variant: str, x) -> str:
     """The training schedule of a variant's fit on x: epochs, learning rate and its
     curve. Cached runs with another schedule (an older default) are run again."""
-    from discretae import DiscreteAutoencoder
+    from discretae.fitted import _as_images
 
-    est = DiscreteAutoencoder(
-        "gumbel", n_codes=10, objectives=VARIANTS[variant], **OPTIONS.get(variant, {})
-    )
-    model = est._build(tuple(x.shape[1:]) if x.ndim == 4 else (1, *x.shape[1:]))
+    est = estimator(variant)
+    model = est._build(tuple(_as_images(x[:1]).shape[1:]))
     epochs, lr = est._schedule(model, len(x))
     return f"{epochs} epochs, lr {lr:g}, {est._lr_schedule(model)}"
 
@@ -277,7 +273,7 @@ def main() -> None:
         if method == "kmeans":
             r = run_kmeans(x, y, seed)
         else:
-            r = run_ours(x, y, method, seed, a.device)
+            r = {**run_ours(x, y, method, seed, a.device), "schedule": schedules[method]}
         ids[(method, seed)] = np.asarray(r.pop("ids"))
         r.update(method=method, seed=seed, load_before=load_before, threads=a.threads)
         done.append(r)

@@ -7,9 +7,8 @@ command line start without loading scikit-learn, which only the estimator needs.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
-from discretae._version import __version__
+from discretae._version import __version__ as __version__  # re-exported
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -47,41 +46,7 @@ _EXPORTS = {
     "TrainingInterrupted": "training",
 }
 
-__all__ = [
-    "BinaryQuantizer",
-    "Codec",
-    "DiscretaeError",
-    "DiscreteAutoencoder",
-    "GumbelQuantizer",
-    "ImageDataset",
-    "KMeans",
-    "MODEL_KINDS",
-    "NotFittedError",
-    "REPORT_KEYS",
-    "ResidualVectorQuantizer",
-    "TrainingDiverged",
-    "TrainingInterrupted",
-    "VectorQuantizer",
-    "__version__",
-    "acc",
-    "ari",
-    "build_autoencoder",
-    "clustering_scores",
-    "code_usage",
-    "compress",
-    "decompress",
-    "fit_prior",
-    "load_dataset",
-    "load_prior",
-    "mse",
-    "nearest_code",
-    "nearest_code_with_sums",
-    "nmi",
-    "psnr",
-    "purity",
-    "save_prior",
-    "write_report",
-]
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
@@ -95,18 +60,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
-
-
-if TYPE_CHECKING:  # for type checkers and IDEs: the eager form of the imports above
-    from discretae.autoencoder import MODEL_KINDS, build_autoencoder
-    from discretae.codec import Codec, compress, decompress, fit_prior, load_prior, save_prior
-    from discretae.data import ImageDataset, load_dataset
-    from discretae.errors import DiscretaeError, NotFittedError
-    from discretae.estimator import DiscreteAutoencoder
-    from discretae.kernels import nearest_code, nearest_code_with_sums
-    from discretae.kmeans import KMeans
-    from discretae.metrics import acc, ari, clustering_scores, code_usage, mse, nmi, psnr, purity
-    from discretae.quantizers import BinaryQuantizer, GumbelQuantizer, VectorQuantizer
-    from discretae.report import REPORT_KEYS, write_report
-    from discretae.residual import ResidualVectorQuantizer
-    from discretae.training import TrainingDiverged, TrainingInterrupted

@@ -135,16 +135,16 @@ def load_model(path: str | os.PathLike, device: str = "auto", *, inference_only:
     :class:`~discretae.fitted.FittedModel`, which encodes and decodes alike without
     importing scikit-learn (for the streaming commands' start-up)."""
     if inference_only:
-        from .fitted import FittedModel as DiscreteAutoencoder
+        from .fitted import FittedModel as kind
     else:
-        from .estimator import DiscreteAutoencoder
+        from .estimator import DiscreteAutoencoder as kind
 
     p = Path(path)
     if not p.exists():
         raise DiscretaeError(f"model file {str(p)!r} does not exist")
     if p.is_dir():
         raise DiscretaeError(f"model path {str(p)!r} is a folder, expected a .safetensors file")
-    return DiscreteAutoencoder.load(p, device=check_device(device))
+    return kind.load(p, device=check_device(device))
 
 
 def _load_for_model(data: str, est, *, labels=None, strict=False, warn: Warn = None):

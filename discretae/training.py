@@ -205,8 +205,17 @@ def _save(state: TrainState, checkpoint: Callable[[TrainState], None]) -> None:
 
 
 # learning-rate curves: the fraction of the run held at the initial rate before half a
-# cosine takes it to 0
-LR_SCHEDULES = {"cosine": 0.0, "hold-cosine": 0.8}
+# cosine takes it to 0 (None: held all along)
+LR_SCHEDULES = {"constant": None, "cosine": 0.0, "hold-cosine": 0.8}
+
+
+def check_lr_schedule(name) -> float | None:
+    """The curve's held fraction (see ``LR_SCHEDULES``); DiscretaeError for an unknown one."""
+    if name not in LR_SCHEDULES:
+        raise DiscretaeError(
+            f"lr_schedule={name!r} is not one of {', '.join(map(repr, LR_SCHEDULES))}"
+        )
+    return LR_SCHEDULES[name]
 
 
 def _set_cosine_lr(optimizer: torch.optim.Optimizer, frac: float, hold: float = 0.0) -> None:
@@ -267,11 +276,7 @@ def train(
         TrainingInterrupted: SIGINT or SIGTERM; the step in flight is finished and a
             checkpoint written first.
     """
-    if lr_schedule != "constant" and lr_schedule not in LR_SCHEDULES:
-        raise DiscretaeError(
-            f"lr_schedule must be one of 'constant', {', '.join(map(repr, LR_SCHEDULES))}; "
-            f"got {lr_schedule!r}"
-        )
+    hold = check_lr_schedule(lr_schedule)
     model, world, rank = state.model, distributed.world_size(), distributed.rank()
     n = data.shape[0]
     steps = steps_per_epoch(n, batch_size, world)
@@ -289,8 +294,7 @@ def train(
                 mine = rows.tensor_split(world)[rank] if world > 1 else rows
                 share = len(mine) / len(rows)
                 model.set_progress(state.step / total_steps)
-                if lr_schedule != "constant":
-                    hold = LR_SCHEDULES[lr_schedule]
+                if hold is not None:
                     _set_cosine_lr(state.optimizer, state.step / total_steps, hold)
                 out = net(to_unit_float(data[mine].to(device)))
                 loss = out["recon_loss"] + out["aux_loss"]
