@@ -90,9 +90,10 @@ def fit(
             "--objectives",
             help="What trains the code besides reconstruction: a comma list of mi (IIC "
             "mutual information between two augmented views), contrastive (InfoNCE), "
-            "critic (the code discriminator), style (a continuous style latent beside "
-            "the code); 'none'; or 'auto' = mi,contrastive,style for a global gumbel "
-            "code on images, else none.",
+            "critic (the code discriminator), selflabel (a view's confident code is "
+            "the other view's target), style (a continuous style latent beside the "
+            "code); 'none'; or 'auto' = mi,contrastive,selflabel,style for a global "
+            "gumbel code on images, else none.",
         ),
     ] = "auto",
     labels: Annotated[

@@ -15,7 +15,7 @@ from torch import nn
 from .augment import AugmentConfig, augment
 from .errors import DiscretaeError
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, default_downsampling
-from .objectives import ViewObjectives
+from .objectives import VIEW_TERMS, ViewObjectives
 from .quantizers import BinaryQuantizer, GumbelQuantizer, VectorQuantizer
 from .residual import ResidualVectorQuantizer
 
@@ -266,7 +266,7 @@ def build_autoencoder(
     }
     views = None
     if objectives:
-        weights = {k: objectives[k] for k in ("mi", "contrastive", "critic")}
+        weights = {k: objectives[k] for k in VIEW_TERMS}
         views = ViewObjectives(
             n_codes,
             latent_dim,
@@ -275,6 +275,7 @@ def build_autoencoder(
             entropy_weight=objectives["entropy_weight"],
             overcluster=objectives["overcluster"],
             temperature=objectives["temperature"],
+            confidence=objectives["confidence"],
         )
     return Autoencoder(encoder, quantizer, decoder, config, views)
 
@@ -284,9 +285,11 @@ OBJECTIVE_DEFAULTS = {
     "mi": 1.0,
     "contrastive": 1.0,
     "critic": 0.0,
+    "selflabel": 0.0,
     "entropy_weight": 1.5,
     "overcluster": 50,
     "temperature": 0.5,
+    "confidence": 0.99,
     "embed_dim": 64,
     "augment": {},
 }
@@ -302,15 +305,19 @@ def _objective_settings(given: dict | None) -> dict:
             f"unknown objective settings {sorted(unknown)}; valid: {', '.join(OBJECTIVE_DEFAULTS)}"
         )
     out = {**OBJECTIVE_DEFAULTS, **given}
-    for key in ("mi", "contrastive", "critic", "entropy_weight", "temperature"):
+    for key in (*VIEW_TERMS, "entropy_weight", "temperature", "confidence"):
         v = out[key]
         if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
             raise DiscretaeError(f"objective setting {key} must be a number, got {v!r}")
         if v < 0 or (key == "temperature" and v == 0):
             raise DiscretaeError(f"objective setting {key} must be > 0, got {v!r}")
+        if key == "confidence" and not 0 < v < 1:
+            raise DiscretaeError(f"objective setting confidence must be in (0, 1), got {v!r}")
     _check_int("overcluster", out["overcluster"], low=0)
     _check_int("embed_dim", out["embed_dim"])
-    if not (out["mi"] or out["contrastive"] or out["critic"]):
-        raise DiscretaeError("view objectives need a nonzero weight for mi, contrastive or critic")
+    if not any(out[k] for k in VIEW_TERMS):
+        raise DiscretaeError(
+            f"view objectives need a nonzero weight for one of {', '.join(VIEW_TERMS)}"
+        )
     out["augment"] = AugmentConfig(**dict(out["augment"] or {})).to_dict()
     return out

@@ -402,7 +402,9 @@ def fit_model(
 def _objectives_in(model) -> list[str]:
     """The objectives a fitted model trained with, besides reconstruction."""
     views = model.config.get("objectives") or {}
-    names = [k for k in ("mi", "contrastive", "critic") if views.get(k)]
+    from .objectives import VIEW_TERMS
+
+    names = [k for k in VIEW_TERMS if views.get(k)]
     return names + (["style"] if model.config.get("style_dim") else [])
 
 

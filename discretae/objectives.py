@@ -9,6 +9,9 @@ paired with row i of the other; the other rows of the batch are the negatives.
 - ``contrastive_loss`` (InfoNCE, as in CPC and SimCLR): a continuous embedding of one
   view must pick out the other view of the same image among the batch (under DDP,
   among this rank's share of it).
+- ``self_label_loss`` (the self-labelling step of SCAN): where one view's code is
+  confident, that code is the class target of the other view (cross-entropy, each
+  class weighed by the inverse of its share of the confident rows).
 - ``CodeCritic``: the discriminator objective. A critic scores (image embedding, code)
   pairs; an image with the code of its other view is a positive, with another image's
   code a negative; encoder and critic both minimise the critic's logistic loss, which
@@ -51,6 +54,26 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0
     return F.cross_entropy(sim, target)
 
 
+def self_label_loss(l1: torch.Tensor, l2: torch.Tensor, *, confidence: float) -> torch.Tensor:
+    """l1, l2: (B, K) code logits of two views -> scalar cross-entropy of each view
+    against the other view's code, over the rows where that code's probability exceeds
+    ``confidence`` (0 when there are none). A class's rows weigh the inverse of its share
+    of the confident rows, so that large clusters do not swallow small ones.
+    """
+    total = l1.new_zeros((), dtype=torch.float32)
+    for src, dst in ((l1, l2), (l2, l1)):
+        conf, target = src.detach().float().softmax(-1).max(-1)
+        keep = conf > confidence
+        if not bool(keep.any()):
+            total = total + 0.0 * dst.float().sum()  # keeps the graph whole under DDP
+            continue
+        target = target[keep]
+        counts = torch.bincount(target, minlength=src.shape[-1]).float()
+        weight = torch.where(counts > 0, target.numel() / counts.clamp_min(1), 0.0)
+        total = total + F.cross_entropy(dst[keep].float(), target, weight=weight)
+    return total / 2
+
+
 class CodeCritic(nn.Module):
     """Scores how well a code fits an image embedding: a bilinear form, (B, E) x (B, K) -> (B,).
 
@@ -75,7 +98,9 @@ class CodeCritic(nn.Module):
         return F.softplus(-pos).mean() + F.softplus(neg).mean()
 
 
-OBJECTIVES = ("mi", "contrastive", "critic", "style")
+# the weighed two-view terms, and every name ``objectives=`` takes
+VIEW_TERMS = ("mi", "contrastive", "critic", "selflabel")
+OBJECTIVES = (*VIEW_TERMS, "style")
 
 
 def _global_joint(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -97,11 +122,13 @@ class ViewObjectives(nn.Module):
         n_codes: K of the code whose probabilities the MI term pairs up.
         latent_dim: D of the content latent (input of the over-clustering head).
         embed_dim: E of the continuous embedding the contrastive term and the critic use.
-        mi, contrastive, critic: weights of the three terms (0 turns one off).
+        mi, contrastive, critic, selflabel: weights of the terms (0 turns one off).
         entropy_weight: IIC's lambda.
         overcluster: codes of an auxiliary head trained with the same MI term (0: none);
             it gives the encoder finer structure to learn from and is not used to encode.
         temperature: of the contrastive term.
+        confidence: code probability above which self-labelling takes a view's code as
+            the other view's target.
     """
 
     def __init__(
@@ -113,13 +140,17 @@ class ViewObjectives(nn.Module):
         mi: float,
         contrastive: float,
         critic: float,
+        selflabel: float,
         entropy_weight: float,
         overcluster: int,
         temperature: float,
+        confidence: float,
     ) -> None:
         super().__init__()
         self.weights = {"mi": mi, "contrastive": contrastive, "critic": critic}
+        self.weights["selflabel"] = selflabel
         self.entropy_weight, self.temperature = entropy_weight, temperature
+        self.confidence = confidence
         self.over = nn.Linear(latent_dim, overcluster) if overcluster and mi else None
         self.critic = CodeCritic(embed_dim, n_codes) if critic else None
 
@@ -145,5 +176,7 @@ class ViewObjectives(nn.Module):
             p = logits.float().softmax(-1)
             # each view's embedding against the other view's code probabilities
             parts["critic"] = (self.critic.loss(h[:b], p[b:]) + self.critic.loss(h[b:], p[:b])) / 2
+        if self.weights["selflabel"]:
+            parts["selflabel"] = self_label_loss(logits[:b], logits[b:], confidence=self.confidence)
         total = sum(self.weights[k] * v for k, v in parts.items())
         return total, {k: v.detach() for k, v in parts.items()}

@@ -14,7 +14,12 @@ from discretae.augment import AugmentConfig, augment
 from discretae.autoencoder import build_autoencoder
 from discretae.errors import DiscretaeError
 from discretae.metrics import nmi
-from discretae.objectives import CodeCritic, contrastive_loss, mutual_information_loss
+from discretae.objectives import (
+    CodeCritic,
+    contrastive_loss,
+    mutual_information_loss,
+    self_label_loss,
+)
 
 OFF = AugmentConfig(rotate=0, scale=0, shear=0, translate=0, flip=0, erase=0, jitter=0, noise=0)
 
@@ -128,6 +133,44 @@ def test_code_critic_learns_which_code_goes_with_which_image():
     assert float(critic.loss(h, y).detach()) < 2 * math.log(2) - 0.5
 
 
+def test_self_label_loss_is_zero_without_confident_codes_and_has_a_gradient():
+    l1 = torch.zeros(8, 4, requires_grad=True)  # uniform: probability 0.25 < confidence
+    l2 = torch.randn(8, 4, requires_grad=True)
+    loss = self_label_loss(l1, l2, confidence=0.9)
+    assert float(loss.detach()) == 0.0
+    loss.backward()  # the graph stays whole
+    assert l2.grad is not None and float(l2.grad.abs().sum()) == 0.0
+
+
+def test_self_label_loss_pulls_each_view_towards_the_other_views_confident_code():
+    confident = torch.full((6, 3), -10.0)
+    confident[torch.arange(6), torch.tensor([0, 0, 0, 0, 1, 2])] = 10.0
+    other = torch.zeros(6, 3, requires_grad=True)
+    opt = torch.optim.SGD([other], lr=1.0)
+    for _ in range(50):
+        loss = self_label_loss(confident, other, confidence=0.99)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # the other view now gives the confident view's codes; the confident view (a
+    # constant here) only learns where the other view is itself confident
+    assert other.argmax(1).tolist() == [0, 0, 0, 0, 1, 2]
+
+
+def test_self_label_loss_weighs_each_confident_class_alike():
+    """Four rows of code 0 and one each of codes 1 and 2: balanced, a wrong row of a
+    rare code costs more than a wrong row of the common one."""
+    src = torch.full((6, 3), -10.0)
+    src[torch.arange(6), torch.tensor([0, 0, 0, 0, 1, 2])] = 10.0
+    wrong_common = src.clone()
+    wrong_common[0] = src[5]  # a code-0 row answered with code 2
+    wrong_rare = src.clone()
+    wrong_rare[4] = src[5]  # the code-1 row answered with code 2
+    a = self_label_loss(src, wrong_common, confidence=0.99)
+    b = self_label_loss(src, wrong_rare, confidence=0.99)
+    assert float(b) > 2 * float(a) > 0
+
+
 # ---------------------------------------------------------------- model and estimator
 def test_recipe_model_trains_encodes_and_decodes_the_mean_style():
     torch.manual_seed(0)
@@ -155,6 +198,7 @@ def test_recipe_model_trains_encodes_and_decodes_the_mean_style():
         {"objectives": "none", "objective_options": {"mi": 2.0}},
         {"objectives": "mi", "objective_options": {"augment": {"rotate": -3}}},
         {"objectives": "mi", "objective_options": {"temperature": 0}},
+        {"objectives": "mi,selflabel", "objective_options": {"confidence": 1.0}},
     ],
 )
 def test_bad_objective_settings_are_refused(kwargs, digits):
@@ -180,7 +224,7 @@ def test_refusals_name_what_the_objective_needs(kwargs, says, digits):
 
 def test_auto_turns_the_recipe_on_only_for_a_global_gumbel_code_on_images():
     est = DiscreteAutoencoder("gumbel")
-    assert est._objective_names((1, 8, 8)) == ["mi", "contrastive", "style"]
+    assert est._objective_names((1, 8, 8)) == ["mi", "contrastive", "selflabel", "style"]
     assert est._objective_names((64,)) == []
     assert DiscreteAutoencoder("vq")._objective_names((1, 8, 8)) == []
     grouped = DiscreteAutoencoder("gumbel", quantizer_options={"groups": 2})
