@@ -18,12 +18,14 @@ Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gum
     recon        reconstruction only (``objectives="none"``)
     mi           + IIC mutual information between the codes of two augmented views
     mi+con       + InfoNCE between the views' embeddings
-    recipe       mi + contrastive + content/style split (the default, "auto")
-    recipe+critic  + the discriminator objective
+    mi+con+style + content/style split (the recipe until self-labelling joined it)
+    recipe       + self-labelling (SCAN): a view's confident code is the other's target
+                 (the default, "auto")
+    mi+con+style+critic  mi+con+style and the discriminator objective
     critic       the discriminator objective alone, with the style split
-    recipe-constant, recipe-hold  the recipe with a constant learning rate, or one held
-                 for 80% of the steps before its cosine decay (the default decays along
-                 a cosine over the whole run)
+    constant-lr, hold-lr  mi+con+style with a constant learning rate, or one held for
+                 80% of the steps before its cosine decay (the default decays along a
+                 cosine over the whole run)
 """
 
 from __future__ import annotations
@@ -46,16 +48,17 @@ VARIANTS = {
     "recon": "none",
     "mi": "mi",
     "mi+con": "mi,contrastive",
+    "mi+con+style": "mi,contrastive,style",
     "recipe": "auto",
-    "recipe+critic": "mi,contrastive,style,critic",
+    "mi+con+style+critic": "mi,contrastive,style,critic",
     "critic": "critic,style",
-    "recipe-constant": "auto",
-    "recipe-hold": "auto",
+    "constant-lr": "mi,contrastive,style",
+    "hold-lr": "mi,contrastive,style",
 }
 # variants that change more than the objectives
 OPTIONS = {
-    "recipe-constant": {"lr_schedule": "constant"},
-    "recipe-hold": {"lr_schedule": "hold-cosine"},
+    "constant-lr": {"lr_schedule": "constant"},
+    "hold-lr": {"lr_schedule": "hold-cosine"},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 
@@ -93,14 +96,16 @@ def estimator(variant: str, seed: int = 0, device: str = "cpu"):
 
 
 def schedule_of(variant: str, x) -> str:
-    """The training schedule of a variant's fit on x: epochs, learning rate and its
-    curve. Cached runs with another schedule (an older default) are run again."""
+    """What a variant's fit on x trains with: its objectives, epochs, learning rate and
+    its curve. Cached runs of another schedule (an older default) are run again."""
     from discretae.fitted import _as_images
 
     est = estimator(variant)
-    model = est._build(tuple(_as_images(x[:1]).shape[1:]))
+    shape = tuple(_as_images(x[:1]).shape[1:])
+    model = est._build(shape)
     epochs, lr = est._schedule(model, len(x))
-    return f"{epochs} epochs, lr {lr:g}, {est._lr_schedule(model)}"
+    names = ",".join(sorted(est._objective_names(shape))) or "none"
+    return f"objectives {names}; {epochs} epochs, lr {lr:g}, {est._lr_schedule(model)}"
 
 
 def run_kmeans(x, y, seed: int) -> dict:
