@@ -64,8 +64,9 @@ class TrainState:
     that shuffles the data; epoch: epochs completed; step: optimisation steps completed;
     history: one dict per completed epoch. The current epoch: ``batch`` steps done,
     ``epoch_rng`` the generator state its shuffle was drawn from, ``epoch_sums`` running
-    loss sums, ``epoch_keys`` the code keys seen so far, ``epoch_seconds`` time spent
-    before a resume.
+    loss sums, ``epoch_keys`` the code keys seen so far, ``epoch_seen`` the distinct
+    ones (kept for the progress callback; None: not gathered yet), ``epoch_seconds``
+    time spent before a resume.
     """
 
     model: torch.nn.Module
@@ -78,6 +79,7 @@ class TrainState:
     epoch_rng: torch.Tensor | None = None
     epoch_sums: dict = field(default_factory=lambda: dict.fromkeys(_SUMS, 0.0))
     epoch_keys: list[torch.Tensor] = field(default_factory=list)
+    epoch_seen: torch.Tensor | None = None
     epoch_seconds: float = 0.0
 
 
@@ -144,6 +146,7 @@ def _epoch_order(state: TrainState, n: int) -> torch.Tensor:
         state.epoch_rng = state.generator.get_state()
         state.epoch_sums = dict.fromkeys(_SUMS, 0.0)
         state.epoch_keys = []
+        state.epoch_seen = None
         state.epoch_seconds = 0.0
     else:
         state.generator.set_state(state.epoch_rng)
@@ -171,7 +174,16 @@ def _close_epoch(state: TrainState, steps: int, seconds: float) -> None:
             "seconds": seconds,
         }
     )
-    state.epoch_rng, state.epoch_keys = None, []
+    state.epoch_rng, state.epoch_keys, state.epoch_seen = None, [], None
+
+
+def _distinct_so_far(state: TrainState) -> int:
+    """Distinct code keys of this epoch so far on this rank, the last step's included;
+    the set seen before is kept, so each step costs one ``unique`` of it and a batch."""
+    before = [state.epoch_seen] if state.epoch_seen is not None else state.epoch_keys[:-1]
+    last = state.epoch_keys[-1]
+    state.epoch_seen = torch.unique(torch.cat([k.to(last.device) for k in before] + [last]))
+    return int(state.epoch_seen.numel())
 
 
 def _check_finite(state: TrainState, where: str) -> None:
@@ -258,7 +270,8 @@ def train(
         callback: called on rank 0 after every step with ``{"epoch", "epochs", "step",
             "steps_per_epoch", "loss", "usage", "perplexity"}`` (epoch and step count
             from 1, step within the epoch; loss is the global batch's, usage the number
-            of distinct codes in rank 0's share of the batch).
+            of distinct codes rank 0 has seen so far in this epoch, perplexity that of
+            rank 0's share of the batch).
         checkpoint: called on rank 0 with the state every ``checkpoint_every`` steps
             (0: never) and when SIGINT or SIGTERM arrives.
         lr_schedule: "constant"; "cosine": the learning rate falls from the
@@ -327,7 +340,7 @@ def train(
                             "step": i + 1,
                             "steps_per_epoch": steps,
                             "loss": values[0],
-                            "usage": int(out["stats"]["n_used"]),
+                            "usage": _distinct_so_far(state),
                             "perplexity": float(out["stats"]["perplexity"]),
                         }
                     )

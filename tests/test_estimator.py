@@ -131,6 +131,22 @@ def test_callback_gets_every_step(small):
     assert all(np.isfinite(e["loss"]) and e["usage"] >= 1 for e in events)
 
 
+def test_callback_usage_counts_the_epoch_so_far(small):
+    """The progress bar's "codes used" grows through an epoch and ends at the epoch's
+    count in the history, not at the last (smaller) batch's."""
+    events = []
+    est = DiscreteAutoencoder(
+        model="vq", n_codes=64, epochs=2, batch_size=16, callback=events.append
+    )
+    est.fit(small)
+    for epoch, hist in enumerate(est.history_, 1):
+        used = [e["usage"] for e in events if e["epoch"] == epoch]
+        assert used == sorted(used)
+        assert used[-1] == hist["usage"]
+    # the last batch holds 40 - 2 * 16 = 8 images: more codes than that came from all
+    assert events[-1]["usage"] > 8
+
+
 def test_not_fitted_errors(small):
     est = DiscreteAutoencoder()
     for call in (est.transform, est.predict, est.inverse_transform):
