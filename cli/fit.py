@@ -29,6 +29,12 @@ class ModelKind(str, Enum):
     rvq = "rvq"
 
 
+class LrSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    hold_cosine = "hold-cosine"
+
+
 class Latent(str, Enum):
     global_ = "global"
     grid = "grid"
@@ -79,6 +85,16 @@ def fit(
             "--lr",
             min=0.0,
             help="Adam learning rate [default: 1e-3; 2e-3 with the clustering objectives].",
+            show_default=False,
+        ),
+    ] = None,
+    lr_schedule: Annotated[
+        LrSchedule | None,
+        typer.Option(
+            "--lr-schedule",
+            help="Learning-rate curve: constant, cosine (decays to 0 over the run), or "
+            "hold-cosine (flat for 80% of the steps, then a cosine) [default: cosine "
+            "with the clustering objectives, else constant].",
             show_default=False,
         ),
     ] = None,
@@ -172,6 +188,7 @@ def fit(
     quiet = quiet or env_rank() != 0  # under torchrun only rank 0 speaks
     # settings not typed on the command line are None: defaults, or the checkpoint's
     given = {**ctx.params, "model": model.value, "latent": latent.value}
+    given["lr_schedule"] = lr_schedule.value if lr_schedule is not None else None
     settings = {k: given[k] if _typed(ctx, k) else None for k in FIT_DEFAULTS}
     try:
         with fit_progress(not (quiet or json)) as progress:
@@ -200,7 +217,7 @@ def fit(
         rows = [
             ("model", f"{result['model_type']}, {result['latent']} latent"),
             ("images", result["n_images"]),
-            ("epochs", result["epochs"]),
+            ("epochs", f"{result['epochs']}, learning rate {result['lr_schedule']}"),
             ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
             ("final loss", result["final_loss"]),
             ("codes used (last epoch)", _used(result)),

@@ -214,6 +214,7 @@ FIT_DEFAULTS = {
     "epochs": None,  # the estimator's: 30, or what the clustering recipe needs
     "batch_size": 256,
     "lr": None,  # the estimator's: 1e-3, or 2e-3 for the clustering recipe
+    "lr_schedule": None,  # the estimator's: cosine for the clustering recipe, else constant
     "seed": 0,
     "objectives": "auto",
 }
@@ -228,6 +229,7 @@ _FIT_PARAMS = {
     "epochs": "epochs",
     "batch_size": "batch_size",
     "lr": "lr",
+    "lr_schedule": "lr_schedule",
     "seed": "random_state",
     "objectives": "objectives",
 }
@@ -247,7 +249,8 @@ def _fit_settings(given: dict, resume) -> dict:
     from .checkpoint import read_checkpoint
 
     params = read_checkpoint(resume).config["params"]
-    settings = {k: params[p] for k, p in _FIT_PARAMS.items()}
+    # a checkpoint from before a setting existed had its default
+    settings = {k: params.get(p, FIT_DEFAULTS[k]) for k, p in _FIT_PARAMS.items()}
     settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
     clash = [
         f"--{k.replace('_', '-')} {v} (checkpoint: {settings[k]})"
@@ -275,6 +278,7 @@ def fit_model(
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
+    lr_schedule: str | None = None,
     device: str = "auto",
     seed: int | None = None,
     objectives: str | None = None,
@@ -326,6 +330,7 @@ def fit_model(
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
+        "lr_schedule": lr_schedule,
         "seed": seed,
         "objectives": objectives,
     }
@@ -350,6 +355,7 @@ def fit_model(
             epochs=s["epochs"],
             batch_size=s["batch_size"],
             lr=s["lr"],
+            lr_schedule=s["lr_schedule"],
             device=str(started) if started is not None else device,
             random_state=s["seed"],
             objectives=s["objectives"],
@@ -387,6 +393,7 @@ def fit_model(
         "world_size": world,
         "epochs": len(est.history_),
         "objectives": _objectives_in(est.model_),
+        "lr_schedule": est._lr_schedule(est.model_),
         "final_loss": last.get("loss"),
         "codes_used": last.get("usage"),  # distinct codes in the last epoch
         "perplexity": last.get("perplexity"),

@@ -143,7 +143,21 @@ def test_fit_json_summary(work, pngs):
     assert summary["epochs"] == 2 and len(summary["history"]) == 2
     assert 1 <= summary["codes_used"] <= 3
     assert summary["clustering"] is not None  # subfolders are labels
+    assert summary["lr_schedule"] == "cosine"  # the clustering recipe's
     assert "━" not in r.stderr  # no progress bar with --json
+
+
+def test_fit_takes_a_learning_rate_curve(work, pngs):
+    out = work / "fit-hold.safetensors"
+    r = cli("fit", pngs, "--epochs", 1, "--codes", 3, "--lr-schedule", "hold-cosine", "--out", out)
+    ok(r)
+    assert "learning rate hold-cosine" in r.stdout
+    from discretae import DiscreteAutoencoder
+
+    assert DiscreteAutoencoder.load(out).lr_schedule == "hold-cosine"
+    bad = run("fit", pngs, "--lr-schedule", "linear", "--out", work / "never.safetensors")
+    assert bad.returncode == 2 and "linear" in bad.stderr
+    assert not (work / "never.safetensors").exists()
 
 
 def test_fit_progress_bar_and_table(work):
