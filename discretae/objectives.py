@@ -63,14 +63,13 @@ def self_label_loss(l1: torch.Tensor, l2: torch.Tensor, *, confidence: float) ->
     total = l1.new_zeros((), dtype=torch.float32)
     for src, dst in ((l1, l2), (l2, l1)):
         conf, target = src.detach().float().softmax(-1).max(-1)
-        keep = conf > confidence
-        if not bool(keep.any()):
-            total = total + 0.0 * dst.float().sum()  # keeps the graph whole under DDP
-            continue
-        target = target[keep]
-        counts = torch.bincount(target, minlength=src.shape[-1]).float()
-        weight = torch.where(counts > 0, target.numel() / counts.clamp_min(1), 0.0)
-        total = total + F.cross_entropy(dst[keep].float(), target, weight=weight)
+        keep = (conf > confidence).float()
+        counts = keep.new_zeros(src.shape[-1]).scatter_add_(0, target, keep)
+        # the weighted mean of cross_entropy(weight=): rows of a class weigh 1 / its count;
+        # masked rather than indexed, so there is no sync with the GPU and no empty case
+        weight = keep / counts.clamp_min(1)[target]
+        ce = F.cross_entropy(dst.float(), target, reduction="none")
+        total = total + (weight * ce).sum() / weight.sum().clamp_min(1e-12)
     return total / 2
 
 
@@ -147,8 +146,12 @@ class ViewObjectives(nn.Module):
         confidence: float,
     ) -> None:
         super().__init__()
-        self.weights = {"mi": mi, "contrastive": contrastive, "critic": critic}
-        self.weights["selflabel"] = selflabel
+        self.weights = {
+            "mi": mi,
+            "contrastive": contrastive,
+            "critic": critic,
+            "selflabel": selflabel,
+        }
         self.entropy_weight, self.temperature = entropy_weight, temperature
         self.confidence = confidence
         self.over = nn.Linear(latent_dim, overcluster) if overcluster and mi else None
