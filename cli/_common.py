@@ -254,7 +254,9 @@ def step_progress(enabled: bool, what: str = "images") -> Iterator[Callable[[dic
 
 @contextmanager
 def fit_progress(enabled: bool) -> Iterator[Callable[[dict], None]]:
-    """A progress bar driven by the estimator's per-step callback events."""
+    """A progress bar driven by the estimator's per-step callback events: the epoch's
+    mean loss so far (the last batch of an epoch can be a handful of images, whose own
+    loss says little) and the distinct codes the epoch has used so far."""
     if not enabled:
         yield lambda event: None
         return
@@ -264,21 +266,24 @@ def fit_progress(enabled: bool) -> Iterator[Callable[[dict], None]]:
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("codes used {task.fields[usage]}"),
-        TextColumn("ppl {task.fields[ppl]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    bar = _LazyProgress(*columns, transient=False, epoch="-", loss="-", usage="-", ppl="-")
+    bar = _LazyProgress(*columns, transient=False, epoch="-", loss="-", usage="-")
+    running = {"epoch": None, "sum": 0.0, "n": 0}  # this epoch's losses seen so far
 
     def update(event: dict) -> None:
         epochs, steps = int(event["epochs"]), int(event["steps_per_epoch"])
+        if running["epoch"] != event["epoch"]:
+            running.update(epoch=event["epoch"], sum=0.0, n=0)
+        running["sum"] += float(event["loss"])
+        running["n"] += 1
         bar.update(
             total=epochs * steps,
             completed=_fit_steps_done(event),
             epoch=f"{event['epoch']}/{epochs}",
-            loss=fmt(event.get("loss")),
+            loss=fmt(running["sum"] / running["n"]),
             usage=_usage_text(event.get("usage")),
-            ppl=fmt(event.get("perplexity"), 1),
         )
 
     try:
@@ -293,5 +298,5 @@ def _fit_steps_done(event: dict) -> int:
 
 
 def _usage_text(usage: Any) -> str:
-    """Distinct codes in the last batch (an int), as the estimator reports it."""
+    """Distinct codes of the epoch so far (an int), as the estimator reports it."""
     return "-" if usage is None else str(usage)

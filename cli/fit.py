@@ -155,7 +155,8 @@ def fit(
 ) -> None:
     """Fit a discrete autoencoder on DATA and save it as one .safetensors file.
 
-    Shows a progress bar (loss, code usage, perplexity), then a short summary.
+    Shows a progress bar (the epoch's mean loss and codes used so far), then a short
+    summary.
 
     Ctrl-C finishes the step in flight, saves a checkpoint and exits with code 130;
     `--resume` continues from it. A NaN or infinite loss stops with an error naming the

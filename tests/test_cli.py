@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -170,6 +171,9 @@ def test_fit_progress_bar_and_table(work):
     assert "epoch 2/2" in r.stderr and "loss" in r.stderr and "6/6" in r.stderr
     for row in ("final loss", "perplexity", "fit seconds", "saved to"):
         assert row in r.stdout
+    # the bar ends on the epoch's mean loss, the one the summary reports
+    bar_loss = re.findall(r"loss (-?[0-9.]+)", r.stderr)[-1]
+    assert re.search(rf"final loss\s*\S\s*{re.escape(bar_loss)}\s", r.stdout)
     assert out.is_file()
 
 
