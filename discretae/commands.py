@@ -296,7 +296,8 @@ def fit_model(
     seed 0, objectives "auto", the estimator's epochs and lr, ...), or the checkpoint's
     when resuming. ``objectives`` is :class:`DiscreteAutoencoder`'s: "auto" makes a
     global gumbel code on images the clustering recipe (two augmented views, IIC mutual
-    information, InfoNCE, a content/style split), "none" reconstruction alone.
+    information, InfoNCE, self-labelling, a content/style split), "none"
+    reconstruction alone; ``lr_schedule`` its learning-rate curve.
 
     Checkpoints: the training state is written to ``checkpoint`` (default
     :func:`default_checkpoint` of ``out``) every ``checkpoint_every`` optimisation steps
