@@ -188,8 +188,7 @@ def fit(
 
     quiet = quiet or env_rank() != 0  # under torchrun only rank 0 speaks
     # settings not typed on the command line are None: defaults, or the checkpoint's
-    given = {**ctx.params, "model": model.value, "latent": latent.value}
-    given["lr_schedule"] = lr_schedule.value if lr_schedule is not None else None
+    given = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
     settings = {k: given[k] if _typed(ctx, k) else None for k in FIT_DEFAULTS}
     try:
         with fit_progress(not (quiet or json)) as progress:

@@ -347,19 +347,8 @@ def fit_model(
         ds = load_dataset(data, labels=labels, strict=strict, warn=warn)
         x = ds.to_array()
         est = DiscreteAutoencoder(
-            model=s["model"],
-            n_codes=s["codes"],
-            n_bits=s["bits"],
-            latent=s["latent"],
-            grid=s["grid"],
-            n_clusters=s["clusters"],
-            epochs=s["epochs"],
-            batch_size=s["batch_size"],
-            lr=s["lr"],
-            lr_schedule=s["lr_schedule"],
+            **{param: s[k] for k, param in _FIT_PARAMS.items()},
             device=str(started) if started is not None else device,
-            random_state=s["seed"],
-            objectives=s["objectives"],
             callback=callback,
         )
         start = time.perf_counter()

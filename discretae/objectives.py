@@ -167,8 +167,8 @@ class ViewObjectives(nn.Module):
         view 1 and [B, 2B) view 2 of the same images -> (weighted sum, {term: value})."""
         b = logits.shape[0] // 2
         parts: dict[str, torch.Tensor] = {}
+        p = logits.float().softmax(-1)  # code probabilities, for mi and the critic
         if self.weights["mi"]:
-            p = logits.float().softmax(-1)
             parts["mi"] = self._mi(p[:b], p[b:])
             if self.over is not None:
                 po = self.over(z.float()).softmax(-1)
@@ -176,7 +176,6 @@ class ViewObjectives(nn.Module):
         if self.weights["contrastive"]:
             parts["contrastive"] = contrastive_loss(h[:b], h[b:], temperature=self.temperature)
         if self.critic is not None:
-            p = logits.float().softmax(-1)
             # each view's embedding against the other view's code probabilities
             parts["critic"] = (self.critic.loss(h[:b], p[b:]) + self.critic.loss(h[b:], p[:b])) / 2
         if self.weights["selflabel"]:
