@@ -32,9 +32,9 @@ from _common import device_name, versions  # sibling: scripts run as benchmarks/
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import load_digits
 
-from discretae.atomic import write_text_atomic
-from discretae.estimator import DiscreteAutoencoder
-from discretae.metrics import acc, ari, nmi, purity
+from discretae.core.files import write_text_atomic
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+from discretae.evaluation.metrics import acc, ari, nmi, purity
 
 KINDS = ["vq", "gumbel", "binary"]
 # measured earlier on these machines (DESIGN.md); shown for context only

@@ -38,7 +38,7 @@ import torch
 from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
 
 from discretae import nearest_code
-from discretae.atomic import write_text_atomic
+from discretae.core.files import write_text_atomic
 
 GPU_SHAPES = [
     (65536, 512, 64),

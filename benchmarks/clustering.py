@@ -64,14 +64,14 @@ SCORES = ("nmi", "acc", "purity", "ari")
 
 
 def load(name: str):
-    from discretae.data import load_dataset
+    from discretae.data.datasets import load_dataset
 
     ds = load_dataset(name)
     return ds.to_array(), ds.labels
 
 
 def run_ours(x, y, variant: str, seed: int, device: str) -> dict:
-    from discretae.metrics import clustering_scores
+    from discretae.evaluation.metrics import clustering_scores
 
     start = time.perf_counter()
     est = estimator(variant, seed=seed, device=device)
@@ -98,7 +98,7 @@ def estimator(variant: str, seed: int = 0, device: str = "cpu"):
 def schedule_of(variant: str, x) -> str:
     """What a variant's fit on x trains with: its objectives, epochs, learning rate and
     its curve. Cached runs of another schedule (an older default) are run again."""
-    from discretae.fitted import _as_images
+    from discretae.estimator.fitted import _as_images
 
     est = estimator(variant)
     shape = tuple(_as_images(x[:1]).shape[1:])
@@ -111,7 +111,7 @@ def schedule_of(variant: str, x) -> str:
 def run_kmeans(x, y, seed: int) -> dict:
     from sklearn.cluster import KMeans
 
-    from discretae.metrics import clustering_scores
+    from discretae.evaluation.metrics import clustering_scores
 
     flat = x.reshape(len(x), -1)
     start = time.perf_counter()
@@ -126,7 +126,7 @@ def agreement(ids: dict) -> dict | None:
     seeds (1: the same clusters whatever the seed)."""
     from itertools import combinations
 
-    from discretae.metrics import nmi
+    from discretae.evaluation.metrics import nmi
 
     pairs = [nmi(ids[a], ids[b]) for a, b in combinations(sorted(ids), 2)]
     if not pairs:

@@ -62,7 +62,7 @@ print(json.dumps(out))
 def source_images(n: int) -> tuple[np.ndarray, str]:
     """n distinct 28x28 uint8 images and a description of where they come from."""
     try:
-        from discretae.readers import fashion_mnist_folder, idx_image_files, read_idx
+        from discretae.data.readers import fashion_mnist_folder, idx_image_files, read_idx
 
         files = idx_image_files(fashion_mnist_folder(), None)
         base = np.concatenate([read_idx(f) for f in files])
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     name = f"encode_throughput-cpu-{n // 1000}k-{day}.json"
     out = args.out or Path(__file__).parent / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    from discretae.atomic import write_text_atomic
+    from discretae.core.files import write_text_atomic
 
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)

@@ -47,10 +47,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from discretae.atomic import atomic_path, write_text_atomic
-from discretae.codec import Codec, fit_prior, load_prior, save_prior
-from discretae.data import load_dataset
-from discretae.estimator import DiscreteAutoencoder
+from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
+from discretae.core.files import atomic_path, write_text_atomic
+from discretae.data.datasets import load_dataset
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
 RESULTS = Path(__file__).parent / "results"
 JPEG_QUALITIES = (5, 10, 20, 30, 50, 70, 90)

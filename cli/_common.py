@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
-from discretae.errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 try:  # Typer >= 0.2x vendors its own copy of Click
     from typer._click import exceptions as _cx

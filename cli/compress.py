@@ -57,7 +57,7 @@ def compress(
 
       discretae compress fashion-mnist:test -m rvq.safetensors --levels 2 -o test.dae
     """
-    from discretae.codec import compress as run
+    from discretae.compression.codec import compress as run
 
     with step_progress(not (quiet or json)) as progress:
         result = run(

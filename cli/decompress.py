@@ -56,7 +56,7 @@ def decompress(
 
       discretae decompress test.dae -m rvq.safetensors --out grid.png
     """
-    from discretae.codec import decompress as run
+    from discretae.compression.codec import decompress as run
 
     with step_progress(not (quiet or json)) as progress:
         result = run(

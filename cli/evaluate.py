@@ -118,7 +118,7 @@ def evaluate(
 
 
 def summary_rows(report: dict) -> list[tuple[str, object]]:
-    """The table rows of a report (see ``discretae.report``); absent sections are left out."""
+    """The table rows of a report (see ``evaluation.report``); absent sections are left out."""
     rows: list[tuple[str, object]] = [("images", (report.get("data") or {}).get("n_images"))]
     clustering = report.get("clustering") or {}
     for key, name in (("purity", "purity"), ("nmi", "NMI"), ("acc", "ACC"), ("ari", "ARI")):

@@ -183,8 +183,8 @@ def fit(
       discretae fit fashion-mnist --resume model.ckpt.safetensors --out model.safetensors
     """
     from discretae.commands import FIT_DEFAULTS, fit_model
-    from discretae.distributed import env_rank
-    from discretae.training import TrainingInterrupted
+    from discretae.core.distributed import env_rank
+    from discretae.models.training import TrainingInterrupted
 
     quiet = quiet or env_rank() != 0  # under torchrun only rank 0 speaks
     # settings not typed on the command line are None: defaults, or the checkpoint's

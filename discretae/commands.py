@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path, check_writable
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
+from discretae.core.files import atomic_path, check_writable
 
 Callback = Callable[[dict], None] | None
 Warn = Callable[[str], None] | None
@@ -108,7 +108,7 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
     """Read a .npy array (never unpickles); a missing or foreign file is a user error."""
-    from .readers import read_npy
+    from discretae.data.readers import read_npy
 
     p = Path(path)
     if not p.is_file():
@@ -119,7 +119,7 @@ def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
 
 def load_labels(path: str | os.PathLike, n: int) -> np.ndarray:
     """Integer labels (n,) from a .npy file, checked against the number of images."""
-    from .readers import read_labels_npy
+    from discretae.data.readers import read_labels_npy
 
     p = Path(path)
     if not p.is_file():
@@ -132,12 +132,14 @@ def load_labels(path: str | os.PathLike, n: int) -> np.ndarray:
 
 def load_model(path: str | os.PathLike, device: str = "auto", *, inference_only: bool = False):
     """A fitted :class:`DiscreteAutoencoder` from a model file; with ``inference_only`` a
-    :class:`~discretae.fitted.FittedModel`, which encodes and decodes alike without
+    :class:`~discretae.estimator.fitted.FittedModel`, which encodes and decodes alike without
     importing scikit-learn (for the streaming commands' start-up)."""
     if inference_only:
-        from .fitted import FittedModel as kind
+        from discretae.estimator.fitted import FittedModel as kind
     else:
-        from .estimator import DiscreteAutoencoder as kind
+        from discretae.estimator.discrete_autoencoder import (
+            DiscreteAutoencoder as kind,
+        )
 
     p = Path(path)
     if not p.exists():
@@ -149,7 +151,7 @@ def load_model(path: str | os.PathLike, device: str = "auto", *, inference_only:
 
 def _load_for_model(data: str, est, *, labels=None, strict=False, warn: Warn = None):
     """Load DATA resized to the model's image size; refuse data the model cannot take."""
-    from .data import load_dataset
+    from discretae.data.datasets import load_dataset
 
     shape = tuple(int(v) for v in est.input_shape_)
     if len(shape) == 1:  # a model of flat vectors: no resizing possible
@@ -186,7 +188,7 @@ def _load_for_model(data: str, est, *, labels=None, strict=False, warn: Warn = N
 @contextlib.contextmanager
 def _fits_model():
     """Say in the model's terms that a color image cannot go through a gray model."""
-    from .readers import ColorImageError
+    from discretae.data.readers import ColorImageError
 
     try:
         yield
@@ -246,7 +248,7 @@ def _fit_settings(given: dict, resume) -> dict:
     """Settings from the arguments (None: not given), the defaults, or the checkpoint."""
     if resume is None:
         return {k: FIT_DEFAULTS[k] if v is None else v for k, v in given.items()}
-    from .checkpoint import read_checkpoint
+    from discretae.models.checkpoint import read_checkpoint
 
     params = read_checkpoint(resume).config["params"]
     # a checkpoint from before a setting existed had its default
@@ -314,9 +316,9 @@ def fit_model(
     Returns a summary: the model path, its settings, the number of images, the final
     epoch's loss, code usage and perplexity, the fit time and the per-epoch history.
     """
-    from . import distributed
-    from .data import load_dataset
-    from .estimator import DiscreteAutoencoder
+    from discretae.core import distributed
+    from discretae.data.datasets import load_dataset
+    from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
     check_output(out)
     check_device(device)
@@ -359,7 +361,7 @@ def fit_model(
             return {"rank": distributed.rank(), "model": None}
         est.save(out)
         if len(est.input_shape_) == 3:  # image models: learn the archive's code prior now
-            from .codec import fit_prior, save_prior
+            from discretae.compression.codec import fit_prior, save_prior
 
             save_prior(out, fit_prior(est, x))
     finally:
@@ -399,7 +401,7 @@ def fit_model(
 def _objectives_in(model) -> list[str]:
     """The objectives a fitted model trained with, besides reconstruction."""
     views = model.config.get("objectives") or {}
-    from .objectives import VIEW_TERMS
+    from discretae.models.objectives import VIEW_TERMS
 
     names = [k for k in VIEW_TERMS if views.get(k)]
     return names + (["style"] if model.config.get("style_dim") else [])
@@ -485,7 +487,7 @@ def _slice_dataset(ds, start: int, stop: int):
     """Items [start, stop) of a dataset, as a dataset of the same kind."""
     import copy
 
-    from .data import ArrayDataset, FolderDataset
+    from discretae.data.datasets import ArrayDataset, FolderDataset
 
     part = copy.copy(ds)
     if isinstance(ds, FolderDataset):
@@ -584,7 +586,10 @@ def encode_data(
     if est.device_.type == "cpu":
         # Decoding workers and the model share the cores; oversubscribed, torch's threads
         # spin-wait: 20k PNGs took 24 s with 2 threads beside 1 worker, 5 s with 1 thread.
-        from .data import FolderDataset, _auto_workers  # what batches() picks given None
+        from discretae.data.datasets import (  # what batches() picks given None
+            FolderDataset,
+            _auto_workers,
+        )
 
         busy = 0  # arrays are sliced in this process
         if isinstance(part, FolderDataset):
@@ -644,7 +649,7 @@ def encode_data(
 
 def _read_shard(path: str | os.PathLike) -> dict:
     """A shard's sidecar, checked against its .npy."""
-    from .readers import read_npy
+    from discretae.data.readers import read_npy
 
     p, side = Path(path), shard_sidecar(path)
     if not p.is_file():
@@ -816,7 +821,7 @@ def decode_codes(
                 callback({"stage": "decode", "done": min(start + batch_size, n), "total": n})
     stacked = np.concatenate(images)  # (N, H, W) or (N, H, W, C) uint8
     if as_montage:
-        from .figures import montage
+        from discretae.evaluation.figures import montage
 
         montage(stacked if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2), out, max_images=n)
     else:
@@ -885,7 +890,7 @@ class _ClusterSamples:
 
 def _usage(codes: np.ndarray, n_codes: int, binary: bool) -> dict:
     """``metrics.code_usage`` plus the per-image code shape (the report's ``codes``)."""
-    from .metrics import code_usage
+    from discretae.evaluation.metrics import code_usage
 
     if binary:  # one bit pattern per code position: (N, ..., B) -> (N * positions, B)
         usage = code_usage(codes.reshape(-1, codes.shape[-1]), binary=True)
@@ -896,7 +901,7 @@ def _usage(codes: np.ndarray, n_codes: int, binary: bool) -> dict:
 
 def _bits(codes: np.ndarray, n_codes: int, archive: dict | None = None) -> dict:
     """Raw and real bits per image; the plug-in entropy only where no archive is made."""
-    from .metrics import empirical_entropy_bits_per_image, raw_bits_per_image
+    from discretae.evaluation.metrics import empirical_entropy_bits_per_image, raw_bits_per_image
 
     bits = {"raw_bits_per_image": raw_bits_per_image(tuple(codes.shape[1:]), n_codes)}
     if archive is not None:  # the size of a real .dae archive of these codes
@@ -917,14 +922,14 @@ def _archive_size(model, est, codes: np.ndarray) -> dict | None:
     """Real archive size of ``codes`` with the model's stored prior, or None without one."""
     if len(est.input_shape_) != 3:
         return None
-    from .codec import Codec, load_prior
+    from discretae.compression.codec import Codec, load_prior
 
     prior = load_prior(model)
     return None if prior is None else Codec(est, prior).measure(codes)
 
 
 def _scores(labels: np.ndarray | None, ids: np.ndarray | None) -> dict | None:
-    from .metrics import clustering_scores
+    from discretae.evaluation.metrics import clustering_scores
 
     if labels is None or ids is None or not (labels >= 0).any():
         return None
@@ -954,16 +959,16 @@ def evaluate(
     estimated empirical entropy). With ``codes`` (no model, no DATA): clustering scores
     (when there is one id per image) and usage only.
 
-    ``discriminator`` adds the label-free code score (:mod:`discretae.discriminator`):
+    ``discriminator`` adds the label-free code score (:mod:`discretae.evaluation.discriminator`):
     a classifier learns to tell (image, own code) from (image, another image's code) on
     up to ``DISCRIMINATOR_IMAGES`` images drawn at random (seed 0), scored on held-out
     ones; it needs a model and DATA.
 
-    Returns the report (keys ``discretae.report.REPORT_KEYS``), the same dict that is
+    Returns the report (keys ``discretae.evaluation.report.REPORT_KEYS``), the same dict that is
     written to ``report`` as JSON. ``figures`` is a folder that gets clusters.png,
     contingency.png (with labels), usage.png and reconstructions.png where they apply.
     """
-    from .report import build_report, write_report
+    from discretae.evaluation.report import build_report, write_report
 
     if (codes is None) == (model is None) or (model is not None and data is None):
         raise DiscretaeError("evaluate needs DATA and a model, or saved codes (not both)")
@@ -1005,7 +1010,7 @@ def _evaluate_codes(codes, labels, fig_dir: Path | None) -> dict:
     clustering = _scores(y, ids)
     figs = []
     if fig_dir is not None:
-        from .figures import contingency_heatmap, usage_histogram
+        from discretae.evaluation.figures import contingency_heatmap, usage_histogram
 
         fig_dir.mkdir(parents=True, exist_ok=True)
         if "counts" in usage:
@@ -1059,7 +1064,7 @@ class _PairSample:
         self.start += len(images)
 
     def score(self, n_values: int, device) -> dict:
-        from .discriminator import discriminator_score
+        from discretae.evaluation.discriminator import discriminator_score
 
         images, codes = np.concatenate(self.images), np.concatenate(self.codes)
         return {
@@ -1071,7 +1076,7 @@ class _PairSample:
 def _evaluate_model(
     data, model, labels, fig_dir, batch_size, device, strict, callback, warn, discriminator=False
 ):
-    from .metrics import psnr_from_mse
+    from discretae.evaluation.metrics import psnr_from_mse
 
     est = load_model(model, device)
     ds = _load_for_model(data, est, labels=labels, strict=strict, warn=warn)
@@ -1115,7 +1120,7 @@ def _evaluate_model(
     clustering = _scores(y_arr, id_arr)
     figs = []
     if fig_dir is not None:
-        from . import figures as F
+        from discretae.evaluation import figures as F
 
         fig_dir.mkdir(parents=True, exist_ok=True)
         if pictures:
@@ -1181,9 +1186,9 @@ def demo(
     """
     from sklearn.cluster import KMeans
 
-    from .data import load_dataset
-    from .estimator import DiscreteAutoencoder
-    from .metrics import clustering_scores
+    from discretae.data.datasets import load_dataset
+    from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+    from discretae.evaluation.metrics import clustering_scores
 
     check_device(device)
     out = Path(out_dir) if out_dir is not None else None

@@ -22,7 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from discretae import __version__
-from discretae.report import REPORT_KEYS
+from discretae.evaluation.report import REPORT_KEYS
 
 runner = CliRunner()
 COMMANDS = ["fit", "encode", "decode", "evaluate", "demo", "merge"]

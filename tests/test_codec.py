@@ -19,12 +19,19 @@ from discretae.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from discretae.archive import FORMAT_VERSION, MAGIC, parse_archive
-from discretae.codec import Codec, compress, decompress, fit_prior, load_prior, save_prior
-from discretae.data import load_dataset
-from discretae.errors import DiscretaeError
-from discretae.estimator import DiscreteAutoencoder
-from discretae.prior import MIN_BITS_PER_SYMBOL, P_MAX
+from discretae.compression.archive import FORMAT_VERSION, MAGIC, parse_archive
+from discretae.compression.codec import (
+    Codec,
+    compress,
+    decompress,
+    fit_prior,
+    load_prior,
+    save_prior,
+)
+from discretae.compression.prior import MIN_BITS_PER_SYMBOL, P_MAX
+from discretae.core.errors import DiscretaeError
+from discretae.data.datasets import load_dataset
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
 runner = CliRunner()
 N_TRAIN = 300
@@ -100,7 +107,7 @@ def test_round_trip_every_level_prefix(codec, digits):
 
 
 def test_blocks_and_names_round_trip(codec, digits, monkeypatch):
-    monkeypatch.setattr("discretae.codec.BLOCK", 64)
+    monkeypatch.setattr("discretae.compression.codec.BLOCK", 64)
     codes = codec.est.transform(digits[:200])
     names = [f"img{i}.png" for i in range(200)]
     data = codec.encode_codes(codes, names=names)

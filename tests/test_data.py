@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from discretae import readers
-from discretae.data import load_dataset
-from discretae.errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
+from discretae.data import readers
+from discretae.data.datasets import load_dataset
 
 
 def gray(value: int, size=(6, 5)) -> Image.Image:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from discretae.discriminator import discriminator_score
-from discretae.errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
+from discretae.evaluation.discriminator import discriminator_score
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from discretae.checkpoint import read_checkpoint
 from discretae.commands import fit_model
-from discretae.data import load_dataset
-from discretae.serialization import read_model_file
-from discretae.training import RANK_STATE_ENV
+from discretae.core.serialization import read_model_file
+from discretae.data.datasets import load_dataset
+from discretae.models.checkpoint import read_checkpoint
+from discretae.models.training import RANK_STATE_ENV
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or shutil.which("torchrun") is None,

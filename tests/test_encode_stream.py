@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from discretae import DiscretaeError, DiscreteAutoencoder, readers
+from discretae import DiscretaeError, DiscreteAutoencoder
 from discretae.commands import encode_data
-from discretae.data import load_dataset
-from discretae.readers import ColorImageError, read_image
+from discretae.data import readers
+from discretae.data.datasets import load_dataset
+from discretae.data.readers import ColorImageError, read_image
 
 
 def write_gray(root: Path, n: int, seed: int = 0) -> np.ndarray:

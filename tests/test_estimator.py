@@ -9,9 +9,9 @@ from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score
 
-from discretae.autoencoder import build_autoencoder
-from discretae.errors import DiscretaeError, NotFittedError
-from discretae.estimator import DiscreteAutoencoder
+from discretae.core.errors import DiscretaeError, NotFittedError
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+from discretae.models.autoencoder import build_autoencoder
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,11 @@ from discretae.cli.app import app
 from typer.testing import CliRunner
 
 from discretae import DiscretaeError, DiscreteAutoencoder
-from discretae.checkpoint import read_checkpoint, write_checkpoint
 from discretae.commands import default_checkpoint, fit_model
-from discretae.data import load_dataset
-from discretae.serialization import read_model_file
-from discretae.training import TrainingDiverged, TrainingInterrupted, make_train_state
+from discretae.core.serialization import read_model_file
+from discretae.data.datasets import load_dataset
+from discretae.models.checkpoint import read_checkpoint, write_checkpoint
+from discretae.models.training import TrainingDiverged, TrainingInterrupted, make_train_state
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -120,7 +120,7 @@ def test_checkpoint_restores_optimizer_and_rng(tmp_path, digits):
     adam = ck.config["optimizer"]["param_groups"][0]
     assert adam["lr"] == 0.01
     assert any(k.startswith("optim.") and k.endswith(".exp_avg_sq") for k in ck.tensors)
-    from discretae.checkpoint import restore_rng
+    from discretae.models.checkpoint import restore_rng
 
     torch.manual_seed(0)
     restore_rng(ck)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from discretae import figures
-from discretae.errors import DiscretaeError
-from discretae.report import REPORT_KEYS, write_report
+from discretae.core.errors import DiscretaeError
+from discretae.evaluation import figures
+from discretae.evaluation.report import REPORT_KEYS, write_report
 
 
 def no_temp_files(folder) -> bool:

@@ -8,9 +8,9 @@ import pytest
 from sklearn.datasets import load_digits
 
 from discretae.commands import load_model
-from discretae.errors import DiscretaeError, NotFittedError
-from discretae.estimator import DiscreteAutoencoder
-from discretae.fitted import FittedModel
+from discretae.core.errors import DiscretaeError, NotFittedError
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+from discretae.estimator.fitted import FittedModel
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_checks_inputs_like_the_estimator(digits_model):
 
 
 def test_a_file_without_parameters_is_refused(tmp_path):
-    from discretae.serialization import write_model_file
+    from discretae.core.serialization import write_model_file
 
     path = tmp_path / "odd.safetensors"
     write_model_file(path, {}, {"model": {}})

@@ -8,8 +8,8 @@ import torch
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import load_digits, make_blobs
 
-from discretae.errors import DiscretaeError, NotFittedError
-from discretae.kmeans import KMeans, _lloyd
+from discretae.core.errors import DiscretaeError, NotFittedError
+from discretae.quantizers.kmeans import KMeans, _lloyd
 
 
 @pytest.mark.parametrize(

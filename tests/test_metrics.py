@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from discretae.errors import DiscretaeError
-from discretae.metrics import (
+from discretae.core.errors import DiscretaeError
+from discretae.evaluation.metrics import (
     acc,
     ari,
     clustering_scores,

@@ -10,11 +10,11 @@ import torch
 from sklearn.datasets import load_digits
 
 from discretae import DiscreteAutoencoder
-from discretae.augment import AugmentConfig, augment
-from discretae.autoencoder import build_autoencoder
-from discretae.errors import DiscretaeError
-from discretae.metrics import nmi
-from discretae.objectives import (
+from discretae.core.errors import DiscretaeError
+from discretae.evaluation.metrics import nmi
+from discretae.models.augment import AugmentConfig, augment
+from discretae.models.autoencoder import build_autoencoder
+from discretae.models.objectives import (
     CodeCritic,
     contrastive_loss,
     mutual_information_loss,
@@ -260,7 +260,7 @@ def test_recipe_clusters_digits_better_than_reconstruction_alone(digits):
 
 
 def test_cosine_schedule_falls_from_the_initial_rate_to_zero():
-    from discretae.training import _set_cosine_lr, make_train_state, train
+    from discretae.models.training import _set_cosine_lr, make_train_state, train
 
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
     seen = []

@@ -6,8 +6,8 @@ import pytest
 import torch
 from discretae.kernels import nearest_code
 
-from discretae.autoencoder import MODEL_KINDS, build_autoencoder
-from discretae.residual import ResidualVectorQuantizer
+from discretae.models.autoencoder import MODEL_KINDS, build_autoencoder
+from discretae.quantizers.residual import ResidualVectorQuantizer
 
 
 def test_encode_is_greedy_nearest_code_on_residuals():

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from discretae.errors import DiscretaeError
-from discretae.estimator import DiscreteAutoencoder
-from discretae.serialization import FORMAT_VERSION, read_model_file, write_model_file
+from discretae.core.errors import DiscretaeError
+from discretae.core.serialization import FORMAT_VERSION, read_model_file, write_model_file
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
 
 @pytest.fixture(scope="module")

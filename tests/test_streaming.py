@@ -12,7 +12,7 @@ from discretae.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from discretae import DiscretaeError, DiscreteAutoencoder, readers
+from discretae import DiscretaeError, DiscreteAutoencoder
 from discretae.commands import (
     NpyRowWriter,
     encode_data,
@@ -21,6 +21,7 @@ from discretae.commands import (
     shard_range,
     shard_sidecar,
 )
+from discretae.data import readers
 
 
 def write_pngs(root: Path, n: int) -> np.ndarray:

@@ -4,7 +4,7 @@
 (B, C, H, W) in [0, 1]: a small affine change (rotation, scale, shear, translation) by
 one ``grid_sample``, an optional horizontal flip, a random erased rectangle, brightness
 and contrast jitter, and Gaussian noise. Two calls on the same batch give the two views
-that the contrastive and mutual-information objectives (:mod:`discretae.objectives`)
+that the contrastive and mutual-information objectives (:mod:`discretae.models.objectives`)
 pair up. Randomness comes from torch's global generator of the batch's device, so a
 seeded run (and a resumed one, whose checkpoint holds the RNG states) repeats itself.
 """
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 
 def _np(x, name: str) -> np.ndarray:

@@ -11,7 +11,7 @@ version    1        format version, 1
 flags      1        bit 0: file names follow; bit 1: codes coded with the uniform prior
                     (the model had none); other bits are 0
 model      16       the first 16 bytes of the sha256 of the model that made the codes
-                    (``discretae.codec.model_digest``: network config, every tensor,
+                    (``discretae.compression.codec.model_digest``: network config, every tensor,
                     and the code prior); decoding with another model is refused
 n_images   varint   number of images, >= 1
 shape      3 varint channels, height, width of the decoded images
@@ -24,7 +24,7 @@ names_len  varint   only with flag bit 0: byte length of the names field
 words      varint   one per block: its payload length in 32-bit words
 names      names_   only with flag bit 0: zlib-compressed UTF-8 file names, one per
            len      image, joined by ``"\\n"``
-payload    4/word   each block's ANS words (``discretae.prior``), uint32, block by block
+payload    4/word   each block's ANS words (``discretae.compression.prior``), uint32, block by block
 crc32      4        CRC-32 (zlib) of every byte before it
 =========  =======  ===================================================================
 
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 MAGIC = b"\x89DAE"
 FORMAT_VERSION = 1

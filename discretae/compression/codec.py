@@ -1,7 +1,7 @@
 """Compression: images -> an entropy-coded ``.dae`` archive of codes -> images.
 
-A :class:`Codec` is a fitted :class:`~discretae.estimator.DiscreteAutoencoder` plus its
-:class:`~discretae.prior.CodePrior`. The prior is fitted on training codes
+A :class:`Codec` is a fitted :class:`~discretae.DiscreteAutoencoder` plus its
+:class:`~discretae.compression.prior.CodePrior`. The prior is fitted on training codes
 (:func:`fit_prior`) and stored in the model file beside the network
 (:func:`save_prior`: tensors ``prior.*`` and the config key ``code_prior``, which
 ``DiscreteAutoencoder.load`` ignores). A model without one codes every symbol with the
@@ -13,7 +13,7 @@ without writing a file (what ``discretae evaluate`` reports as archive bits).
 
 Rate control: a model's codebook size and grid fix its rate; a residual (``rvq``) model
 can also keep only its first ``levels`` levels per cell, fewer bits for a coarser image.
-The binary format is documented in :mod:`discretae.archive`.
+The binary format is documented in :mod:`discretae.compression.archive`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from .archive import HASH_BYTES, ArchiveHeader, pack_archive, parse_archive
-from .atomic import atomic_path, check_writable
-from .errors import DiscretaeError
-from .prior import CodePrior
-from .serialization import read_model_file, write_model_file
+from discretae.compression.archive import HASH_BYTES, ArchiveHeader, pack_archive, parse_archive
+from discretae.compression.prior import CodePrior
+from discretae.core.errors import DiscretaeError
+from discretae.core.files import atomic_path, check_writable
+from discretae.core.serialization import read_model_file, write_model_file
 
 BLOCK = 4096  # images per archive block
 PRIOR_KEY = "code_prior"
@@ -142,7 +142,7 @@ class Codec:
     @classmethod
     def load(cls, model: str | os.PathLike, device: str = "auto") -> Codec:
         """The model file's estimator and prior (uniform when it has none)."""
-        from .commands import load_model
+        from discretae.commands import load_model
 
         est = load_model(model, device)
         return cls(est, load_prior(model))
@@ -340,8 +340,8 @@ def compress(
     image. ``names`` stores the images' file names when DATA has them (folders).
     Returns the archive's size, bytes and bits per image (header amortised), and more.
     """
-    from .commands import check_device, check_output
-    from .data import load_dataset
+    from discretae.commands import check_device, check_output
+    from discretae.data.datasets import load_dataset
 
     check_output(out)
     check_device(device)
@@ -413,7 +413,7 @@ def decompress(
     a ``.png`` file that gets one montage of the first 400 images. ``codes_out`` also
     writes the decoded codes (.npy), exactly those that were encoded.
     """
-    from .commands import check_device
+    from discretae.commands import check_device
 
     src, out = Path(archive), Path(out)
     if not src.is_file():
@@ -446,14 +446,14 @@ def decompress(
                 if callback is not None:
                     callback({"stage": "decode", "done": done, "total": n})
         if codes_out is not None:
-            from .commands import save_npy, smallest_int_dtype
+            from discretae.commands import save_npy, smallest_int_dtype
 
             sym = np.concatenate(all_sym)
             full = header.levels == codec.n_levels
             arr = codec.to_codes(sym) if full else sym
             save_npy(codes_out, arr.astype(smallest_int_dtype(codec.n_codes - 1)))
         if as_montage:
-            from .figures import montage
+            from discretae.evaluation.figures import montage
 
             montage(np.concatenate(kept), out)
         else:

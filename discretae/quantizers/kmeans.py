@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from .errors import DiscretaeError, NotFittedError
-from .kernels import nearest_code, nearest_code_with_sums
+from discretae.core.errors import DiscretaeError, NotFittedError
+from discretae.kernels import nearest_code, nearest_code_with_sums
 
 
 def _as_matrix(X, what: str = "X") -> tuple[torch.Tensor, bool]:

@@ -1,6 +1,6 @@
 """One reader per input format: image folders, ``.npy`` arrays, IDX files, label files.
 
-These functions parse and validate; :mod:`discretae.data` turns what they return into an
+These functions parse and validate; :mod:`discretae.data.datasets` turns what they return into an
 ``ImageDataset``. Every user-facing failure raises :class:`DiscretaeError` with one line
 that names the file and what was expected.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Pillow modes that hold one gray channel (bit depth aside)

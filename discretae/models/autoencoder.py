@@ -12,12 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import AugmentConfig, augment
-from .errors import DiscretaeError
-from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, default_downsampling
-from .objectives import VIEW_TERMS, ViewObjectives
-from .quantizers import BinaryQuantizer, GumbelQuantizer, VectorQuantizer
-from .residual import ResidualVectorQuantizer
+from discretae.core.errors import DiscretaeError
+from discretae.models.augment import AugmentConfig, augment
+from discretae.models.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+    default_downsampling,
+)
+from discretae.models.objectives import VIEW_TERMS, ViewObjectives
+from discretae.quantizers import BinaryQuantizer, GumbelQuantizer, VectorQuantizer
+from discretae.quantizers.residual import ResidualVectorQuantizer
 
 MODEL_KINDS = {
     "vq": VectorQuantizer,
@@ -41,7 +47,7 @@ class Autoencoder(nn.Module):
     continuous style latent (a Gaussian posterior, KL to N(0, 1)) that the decoder takes
     beside the code, so the code need not carry the style; decoding codes alone uses the
     mean style, 0. With view objectives (``objectives``) every training batch is
-    augmented twice and the terms of :class:`~discretae.objectives.ViewObjectives` are
+    augmented twice and the terms of :class:`~discretae.models.objectives.ViewObjectives` are
     added to the auxiliary loss; the reconstruction is then of the first view.
     """
 

@@ -17,9 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path
-from .errors import DiscretaeError
-from .metrics import contingency, hungarian_match
+from discretae.core.errors import DiscretaeError
+from discretae.core.files import atomic_path
+from discretae.evaluation.metrics import contingency, hungarian_match
 
 _PAD = 2
 _MIN_TILE = 32  # px: small images are enlarged to at least this

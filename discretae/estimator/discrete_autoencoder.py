@@ -20,23 +20,33 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from . import distributed
-from ._version import __version__
-from .atomic import check_writable
-from .autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
-from .checkpoint import read_checkpoint, restore_rng, restore_train_state, write_checkpoint
-from .errors import DiscretaeError
-from .fitted import FittedCodes, _as_images, _resolve_device, attach_fitted
-from .kmeans import KMeans
-from .objectives import OBJECTIVES, VIEW_TERMS
-from .serialization import read_model_file, write_model_file
-from .training import (
+from discretae._version import __version__
+from discretae.core import distributed
+from discretae.core.errors import DiscretaeError
+from discretae.core.files import check_writable
+from discretae.core.serialization import read_model_file, write_model_file
+from discretae.estimator.fitted import (
+    FittedCodes,
+    _as_images,
+    _resolve_device,
+    attach_fitted,
+)
+from discretae.models.autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
+from discretae.models.checkpoint import (
+    read_checkpoint,
+    restore_rng,
+    restore_train_state,
+    write_checkpoint,
+)
+from discretae.models.objectives import OBJECTIVES, VIEW_TERMS
+from discretae.models.training import (
     TrainingDiverged,
     check_lr_schedule,
     make_train_state,
     steps_per_epoch,
     train,
 )
+from discretae.quantizers.kmeans import KMeans
 
 
 def _fingerprint(data: torch.Tensor) -> dict:
@@ -108,7 +118,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             constant otherwise.
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
         random_state: seed (int) or None; a fixed seed gives identical results on CPU.
-        callback: called after every step with a dict (see ``discretae.training.train``).
+        callback: called after every step with a dict (see ``discretae.models.training.train``).
         latent_dim: latent dimension for vq and gumbel (default 32).
         width: channels of the first conv stage.
         loss: reconstruction loss, "bce" or "mse".
@@ -334,7 +344,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
                 On a CPU a resumed run ends with the weights an uninterrupted run gets.
 
         Under torchrun (an initialised process group) this trains with
-        DistributedDataParallel; see :mod:`discretae.training`.
+        DistributedDataParallel; see :mod:`discretae.models.training`.
 
         Raises:
             TrainingDiverged: a NaN or infinite loss; the checkpoint keeps the last good

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DiscretaeError
-from .readers import (
+from discretae.core.errors import DiscretaeError
+from discretae.data.readers import (
     FASHION_MNIST_LABELS,
     GRAY_MODES,
     ColorImageError,

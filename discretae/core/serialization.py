@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_path
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
+from discretae.core.files import atomic_path
 
 FORMAT = "discretae-model"
 FORMAT_VERSION = 1

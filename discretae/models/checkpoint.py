@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
-from .errors import DiscretaeError
-from .serialization import read_tagged_file, write_tagged_file
-from .training import TrainState
+from discretae._version import __version__
+from discretae.core.errors import DiscretaeError
+from discretae.core.serialization import read_tagged_file, write_tagged_file
+from discretae.models.training import TrainState
 
 FORMAT = "discretae-checkpoint"
 FORMAT_VERSION = 1

@@ -104,7 +104,7 @@ OBJECTIVES = (*VIEW_TERMS, "style")
 
 def _global_joint(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     """(B, K) x (B, K) -> (K, K) mean outer product over the global batch (all DDP ranks)."""
-    from . import distributed
+    from discretae.core import distributed
 
     joint = p1.float().t() @ p2.float()
     if not distributed.is_dist():

@@ -18,7 +18,7 @@ Top-level keys (``REPORT_KEYS``); a section that does not apply is ``null``:
 - ``bits``: ``raw_bits_per_image`` (fixed-width codes), and where measured
   ``empirical_entropy_bits_per_image`` (an estimate, see ``metrics``) and the real size
   of an entropy-coded container, e.g. ``container_bits_per_image``.
-- ``discriminator``: the label-free code score of :mod:`discretae.discriminator`
+- ``discriminator``: the label-free code score of :mod:`discretae.evaluation.discriminator`
   (``accuracy``, ``auc``, ``n_train``, ``n_test``, ``epochs``, ``chance_auc``, and
   ``n_images`` it drew from); ``null`` unless asked for (``evaluate --discriminator``).
 - ``figures``: list of PNG paths written with the report.
@@ -39,9 +39,9 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from ._version import __version__
-from .atomic import write_text_atomic
-from .errors import DiscretaeError
+from discretae._version import __version__
+from discretae.core.errors import DiscretaeError
+from discretae.core.files import write_text_atomic
 
 REPORT_KEYS = (
     "bits",

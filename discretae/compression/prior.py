@@ -43,7 +43,7 @@ import constriction
 import numpy as np
 import torch
 
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 P_MAX = 2.0 ** (-1.0 / 32.0)  # every symbol costs >= 1/32 bit
 MIN_BITS_PER_SYMBOL = 1.0 / 32.0
@@ -63,7 +63,7 @@ def _classes(vectors: np.ndarray | None, n_codes: int, n_classes: int, counts, s
     if n_classes <= 1:
         return np.zeros(n_codes, dtype=np.int64)
     if vectors is not None:
-        from .kmeans import KMeans
+        from discretae.quantizers.kmeans import KMeans
 
         km = KMeans(n_classes, n_init=2, random_state=seed).fit(torch.as_tensor(vectors).float())
         return km.labels_.cpu().numpy().astype(np.int64)

@@ -2,7 +2,7 @@
 
 :class:`FittedCodes` holds everything a fitted discrete autoencoder does once trained:
 ``transform``, ``predict``, ``cluster_ids``, ``inverse_transform`` and the streaming
-``encode_batch``/``decode_batch``. :class:`~discretae.estimator.DiscreteAutoencoder`
+``encode_batch``/``decode_batch``. :class:`~discretae.DiscreteAutoencoder`
 adds training and scikit-learn's conventions on top; :class:`FittedModel` is the same
 inference read straight from a model file, for the commands that only encode or decode
 (importing scikit-learn costs about 0.7 s of a streaming encode's start-up).
@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .autoencoder import build_autoencoder
-from .errors import DiscretaeError, NotFittedError
-from .kmeans import KMeans
-from .serialization import read_model_file
-from .training import to_unit_float
+from discretae.core.errors import DiscretaeError, NotFittedError
+from discretae.core.serialization import read_model_file
+from discretae.models.autoencoder import build_autoencoder
+from discretae.models.training import to_unit_float
+from discretae.quantizers.kmeans import KMeans
 
 # inputs per forward pass at inference
 INFER_BATCH = 1024

@@ -4,7 +4,7 @@ Level 0 quantizes the latent, level l quantizes what levels 0..l-1 left over, an
 latent a decoder reads is the sum of the chosen codebook rows. Codes are int64
 (..., L). Decoding only the first l levels gives a coarser image from fewer bits, so
 one model serves several rates: that is how the code archive trades rate against
-distortion (``discretae.codec``).
+distortion (``discretae.compression.codec``).
 
 ``level_dropout`` (quantizer dropout, as in SoundStream, arXiv 2107.03312) makes a
 fraction of the training inputs decode from a random prefix of 1..L levels, so the
@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .quantizers import VectorQuantizer, code_keys, perplexity_from_counts
+from discretae.quantizers.base import code_keys, perplexity_from_counts
+from discretae.quantizers.vq import VectorQuantizer
 
 
 class ResidualVectorQuantizer(nn.Module):

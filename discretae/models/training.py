@@ -5,7 +5,7 @@ the shuffling generator and the running sums of the current epoch), so a checkpo
 needs that object and the global RNG states; ``train`` continues from ``state.step``,
 even in the middle of an epoch (the epoch's shuffle is replayed from its saved seed state).
 
-Under ``torchrun`` (see :mod:`discretae.distributed`) the model is wrapped in
+Under ``torchrun`` (see :mod:`discretae.core.distributed`) the model is wrapped in
 DistributedDataParallel. ``batch_size`` is then the global batch: every rank draws the
 same shuffle and takes its consecutive share of each batch, and each rank's loss is
 weighted by its share, so the averaged gradient is the single-process gradient of the
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import distributed
-from .errors import DiscretaeError
-from .quantizers import perplexity_from_counts
+from discretae.core import distributed
+from discretae.core.errors import DiscretaeError
+from discretae.quantizers import perplexity_from_counts
 
 # Test hook: a folder where every rank writes its final weights and buffers at the end
 # of a distributed fit, so a test can check that the ranks agree.

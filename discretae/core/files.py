@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DiscretaeError
+from discretae.core.errors import DiscretaeError
 
 EMBED = 16  # per code position
 STEPS = 300

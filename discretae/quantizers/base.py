@@ -1,0 +1,58 @@
+"""What every quantizer shares: code keys, perplexity, the global batch mean, float32 math."""
+
+from __future__ import annotations
+
+import torch
+
+from discretae.core import distributed
+
+_HASH_PRIME = 2**31 - 1
+
+
+def fp32_math(z: torch.Tensor):
+    """Context that turns autocast off, so codebook math stays float32."""
+    return torch.autocast(device_type=z.device.type, enabled=False)
+
+
+def check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """counts: (K,) -> exp(entropy) of the normalised counts, a float32 scalar."""
+    counts = counts.float()
+    p = counts / counts.sum().clamp(min=1.0)
+    return torch.exp(-(p * p.clamp(min=1e-12).log()).sum())
+
+
+def code_keys(rows: torch.Tensor, base: int) -> torch.Tensor:
+    """rows: (T, W) integers in [0, base) -> (T,) int64 keys, equal for equal rows.
+
+    Exact (mixed radix) when base**W < 2**62, else a polynomial hash modulo 2**31 - 1,
+    whose rare collisions can only undercount distinct codes.
+    """
+    rows = rows.long()
+    exact = rows.shape[1] * (base - 1).bit_length() < 62
+    key = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    for j in range(rows.shape[1]):
+        key = key * base + rows[:, j]
+        if not exact:
+            key = key % _HASH_PRIME
+    return key
+
+
+def batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """x: (T, ...) -> mean over the T rows of the global batch: this rank's alone, or all
+    ranks' under DDP (one differentiable all-reduce of the sums and the row count)."""
+    if not distributed.is_dist():
+        return x.mean(0)
+    sums = x.sum(0).reshape(-1)
+    total = distributed.global_sum(torch.cat([sums, sums.new_tensor([x.shape[0]])]))
+    return (total[:-1] / total[-1]).view(x.shape[1:])
+
+
+def code_stats(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """keys: (T,) int64 -> (distinct codes, perplexity) of this batch."""
+    _, counts = torch.unique(keys, return_counts=True)
+    return torch.tensor(counts.numel(), device=keys.device), perplexity_from_counts(counts)
