@@ -98,14 +98,14 @@ def estimator(variant: str, seed: int = 0, device: str = "cpu"):
 def schedule_of(variant: str, x) -> str:
     """What a variant's fit on x trains with: its objectives, epochs, learning rate and
     its curve. Cached runs of another schedule (an older default) are run again."""
-    from discretae.estimator.fitted import _as_images
+    from discretae.estimator.fitted import as_images
 
     est = estimator(variant)
-    shape = tuple(_as_images(x[:1]).shape[1:])
+    shape = tuple(as_images(x[:1]).shape[1:])
     model = est._build(shape)
     epochs, lr = est._schedule(model, len(x))
     names = ",".join(sorted(est._objective_names(shape))) or "none"
-    return f"objectives {names}; {epochs} epochs, lr {lr:g}, {est._lr_schedule(model)}"
+    return f"objectives {names}; {epochs} epochs, lr {lr:g}, {est.lr_schedule_used(model)}"
 
 
 def run_kmeans(x, y, seed: int) -> dict:

@@ -385,7 +385,7 @@ def fit_model(
         "world_size": world,
         "epochs": len(est.history_),
         "objectives": _objectives_in(est.model_),
-        "lr_schedule": est._lr_schedule(est.model_),
+        "lr_schedule": est.lr_schedule_used(est.model_),
         "final_loss": last.get("loss"),
         "codes_used": last.get("usage"),  # distinct codes in the last epoch
         "perplexity": last.get("perplexity"),
@@ -483,25 +483,6 @@ def shard_sidecar(out: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}.shard.json")
 
 
-def _slice_dataset(ds, start: int, stop: int):
-    """Items [start, stop) of a dataset, as a dataset of the same kind."""
-    import copy
-
-    from discretae.data.datasets import ArrayDataset, FolderDataset
-
-    part = copy.copy(ds)
-    if isinstance(ds, FolderDataset):
-        part.names = ds.names[start:stop]
-    elif isinstance(ds, ArrayDataset):
-        part._raw = ds._raw[start:stop]
-    else:
-        raise DiscretaeError(f"cannot shard a {type(ds).__name__}")
-    if ds.labels is not None:
-        part.labels = ds.labels[start:stop]
-    part.skipped = list(ds.skipped)  # the copy's pass appends its own failures
-    return part
-
-
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -576,7 +557,7 @@ def encode_data(
     total = len(ds)
     loaded = time.perf_counter()
     start, stop = shard_range(*ij, total) if ij is not None else (0, total)
-    part = _slice_dataset(ds, start, stop) if ij is not None else ds
+    part = ds.subset(start, stop) if ij is not None else ds
     n = len(part)
     top = (int(est.n_clusters_) if clusters else _n_codes(est)) - 1
     dtype = smallest_int_dtype(max(top, 0))
@@ -588,12 +569,12 @@ def encode_data(
         # spin-wait: 20k PNGs took 24 s with 2 threads beside 1 worker, 5 s with 1 thread.
         from discretae.data.datasets import (  # what batches() picks given None
             FolderDataset,
-            _auto_workers,
+            auto_workers,
         )
 
         busy = 0  # arrays are sliced in this process
         if isinstance(part, FolderDataset):
-            busy = workers if workers is not None else _auto_workers(len(part))
+            busy = workers if workers is not None else auto_workers(len(part))
         torch.set_num_threads(max(1, min(threads, _cpu_count() - busy)))
     with atomic_path(out) as tmp, _restore_threads(threads):
         writer = NpyRowWriter(tmp, dtype, (n, *row_shape))

@@ -294,9 +294,9 @@ def test_the_estimator_takes_a_learning_rate_curve(digits):
     x, _ = digits
     est = DiscreteAutoencoder("gumbel", epochs=1)
     recipe = est._build((1, 8, 8))
-    assert est._lr_schedule(recipe) == "cosine"
-    assert est._lr_schedule(DiscreteAutoencoder("vq")._build((1, 8, 8))) == "constant"
+    assert est.lr_schedule_used(recipe) == "cosine"
+    assert est.lr_schedule_used(DiscreteAutoencoder("vq")._build((1, 8, 8))) == "constant"
     est.set_params(lr_schedule="hold-cosine")
-    assert est._lr_schedule(recipe) == "hold-cosine"
+    assert est.lr_schedule_used(recipe) == "hold-cosine"
     with pytest.raises(DiscretaeError, match="lr_schedule='step'"):
         DiscreteAutoencoder("gumbel", epochs=1, lr_schedule="step").fit(x[:64])

@@ -94,7 +94,7 @@ def _skip_message(where: str, bad: list[tuple[str, str]]) -> str:
     return f"skipped {len(bad)} unreadable file(s) in {where}: {shown}{more}"
 
 
-def _auto_workers(n: int) -> int:
+def auto_workers(n: int) -> int:
     # worker start-up costs more than decoding a small folder
     return 0 if n < 1024 else max(1, min(4, (os.cpu_count() or 1) - 1))
 
@@ -157,6 +157,20 @@ class ImageDataset(Dataset):
         """Yield (x (B, *shape) float32, labels (B,) int64) over the whole collection."""
         raise NotImplementedError
 
+    def subset(self, start: int, stop: int) -> ImageDataset:
+        """Items [start, stop) as a dataset of the same kind (a shard of the collection)."""
+        import copy
+
+        part = copy.copy(self)
+        self._slice_items(part, start, stop)
+        if self.labels is not None:
+            part.labels = self.labels[start:stop]
+        part.skipped = list(self.skipped)  # the copy's pass appends its own failures
+        return part
+
+    def _slice_items(self, part: ImageDataset, start: int, stop: int) -> None:
+        raise DiscretaeError(f"cannot shard a {type(self).__name__}")
+
     def to_array(self) -> np.ndarray:
         """All items as one (N, *shape) float32 array (a folder is decoded in full)."""
         parts = [x.numpy() for x, _ in self.batches(1024)]
@@ -204,6 +218,9 @@ class ArrayDataset(ImageDataset):
 
     def __len__(self) -> int:
         return self._raw.shape[0]
+
+    def _slice_items(self, part: ImageDataset, start: int, stop: int) -> None:
+        part._raw = self._raw[start:stop]
 
     def _convert(self, block: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(block, dtype=np.float32) * np.float32(self._scale))
@@ -326,6 +343,9 @@ class FolderDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def _slice_items(self, part: ImageDataset, start: int, stop: int) -> None:
+        part.names = self.names[start:stop]
+
     def _decoder(self) -> _Decoder:
         return _Decoder(
             self.root, self.names, self.labels, self.shape[1:], self.shape[0], self._gray_from_color
@@ -345,7 +365,7 @@ class FolderDataset(ImageDataset):
         a time; undecodable files are left out (or raise when strict)."""
         self._check_batch_size(batch_size)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        workers = _auto_workers(len(self)) if num_workers is None else num_workers
+        workers = auto_workers(len(self)) if num_workers is None else num_workers
         loader = DataLoader(
             self._decoder(),
             batch_size=batch_size,

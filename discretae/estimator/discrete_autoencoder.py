@@ -27,9 +27,9 @@ from discretae.core.files import check_writable
 from discretae.core.serialization import read_model_file, write_model_file
 from discretae.estimator.fitted import (
     FittedCodes,
-    _as_images,
-    _resolve_device,
+    as_images,
     attach_fitted,
+    resolve_device,
 )
 from discretae.models.autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
 from discretae.models.checkpoint import (
@@ -259,7 +259,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
         return min(300, max(12, math.ceil(RECIPE_STEPS / max(steps, 1)))), float(lr)
 
-    def _lr_schedule(self, model: torch.nn.Module) -> str:
+    def lr_schedule_used(self, model: torch.nn.Module) -> str:
         """The learning-rate curve: the given one, else ``RECIPE_LR_SCHEDULE`` for the
         recipe and constant otherwise."""
         if self.lr_schedule is not None:
@@ -362,7 +362,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             self._check_resume(ck)
         if checkpoint is not None:
             check_writable(checkpoint)
-        data = _as_images(X)
+        data = as_images(X)
         fingerprint = _fingerprint(data)
         if ck is not None and not _same_data(ck.config["data"], fingerprint):
             was = ck.config["data"]
@@ -372,7 +372,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
                 f"got {fingerprint['n']} of shape {fingerprint['shape']}, pixel sum "
                 f"{fingerprint['sum']:.6g} (the same data in the same order is needed)"
             )
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         seed = self.random_state
         if ck is not None:
             seed = ck.config["seed"]
@@ -415,7 +415,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
                     callback=self.callback,
                     checkpoint=save,
                     checkpoint_every=int(checkpoint_every),
-                    lr_schedule=self._lr_schedule(model),
+                    lr_schedule=self.lr_schedule_used(model),
                 )
             except TrainingDiverged as e:
                 if saved["step"] is None:

@@ -39,7 +39,7 @@ def _to_tensor(X, what: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def _as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
+def as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
     """X: (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F) -> (N, C, H, W) or (N, F).
 
     Keeps uint8 as uint8 (scaled by 1/255 batch by batch); floats become float32 and
@@ -88,7 +88,7 @@ def _as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
     return t
 
 
-def _resolve_device(device) -> torch.device:
+def resolve_device(device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -112,7 +112,7 @@ class FittedCodes:
 
     def _check_input(self, X) -> torch.Tensor:
         self._check_fitted()
-        data = _as_images(X, expected=self.input_shape_)
+        data = as_images(X, expected=self.input_shape_)
         if tuple(data.shape[1:]) != self.input_shape_:
             raise DiscretaeError(
                 f"X has per-sample shape {tuple(data.shape[1:])} (as (C, H, W) or (F,)), "
@@ -216,7 +216,7 @@ def attach_fitted(obj, tensors: dict, config: dict, path, device):
         n_clusters = int(config["n_clusters"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise DiscretaeError(f"{str(path)!r} holds an inconsistent model: {e}") from None
-    obj.device_ = _resolve_device(device)
+    obj.device_ = resolve_device(device)
     obj.model_ = model.to(obj.device_).eval()
     obj.input_shape_ = input_shape
     obj.n_features_in_ = int(np.prod(input_shape))

@@ -56,3 +56,9 @@ def code_stats(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """keys: (T,) int64 -> (distinct codes, perplexity) of this batch."""
     _, counts = torch.unique(keys, return_counts=True)
     return torch.tensor(counts.numel(), device=keys.device), perplexity_from_counts(counts)
+
+
+def alphabet_size(model: str, n_codes: int) -> int:
+    """How many distinct values one code position takes: 2 for binary codes (one bit per
+    position), else the codebook size."""
+    return 2 if model == "binary" else int(n_codes)
