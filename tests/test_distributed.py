@@ -1,12 +1,14 @@
 """Distributed training: two CPU processes under torchrun (gloo), on loopback.
 
-- The real command, `torchrun -m discretae.cli fit`, must leave identical weights and
-  codebooks on both ranks (each rank dumps its state through a test-only variable),
-  and a model close to a single-process run with the same global batch; its last
-  checkpoint, resumed in one process, must end close to that run too. The data order
-  and the global batch are the same, and each rank's loss is weighted by its share of
-  the batch, so the averaged gradient is the single-process one up to float summation
-  order: measured max weight difference 2e-6 after 14 steps; the bound is 1e-4.
+- A script fits with the estimator on both ranks (a VQ model and the Gumbel recipe with
+  its view objectives) and saves every rank's final weights and buffers: the ranks must
+  hold identical weights and codebooks, equal to the model file rank 0 writes.
+- The real command, `torchrun -m discretae.cli fit`, must leave a model close to a
+  single-process run with the same global batch; its last checkpoint, resumed in one
+  process, must end close to that run too. The data order and the global batch are the
+  same, and each rank's loss is weighted by its share of the batch, so the averaged
+  gradient is the single-process one up to float summation order: measured max weight
+  difference 2e-6 after 14 steps; the bound is 1e-4.
 - A helper script checks the quantizers' collectives directly against single-process
   results on the full batch: the gradients of the Gumbel KL and binary balance losses
   (global batch means) and the VQ codebook after k-means init and one EMA update.
@@ -21,17 +23,17 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from discretae.commands import fit_model
+from discretae.commands import fit as fit_command
 from discretae.core.serialization import read_model_file
 from discretae.data.datasets import load_dataset
 from discretae.models.checkpoint import read_checkpoint
-from discretae.models.training import RANK_STATE_ENV
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or shutil.which("torchrun") is None,
@@ -77,35 +79,75 @@ def torchrun(*args, env: dict | None = None, timeout: float = 180) -> subprocess
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def test_torchrun_fit_ranks_agree_and_match_one_process(tmp_path):
-    images = load_dataset("digits").to_array()[:197, 0]  # 7 batches of 32, the last split 3/2
-    data = tmp_path / "digits.npy"
-    np.save(data, np.rint(images * 255).astype(np.uint8))
-    ranks = tmp_path / "ranks"
-    ranks.mkdir()
+def digits_npy(folder: Path) -> Path:
+    """197 digits as uint8 (N, 8, 8): 7 batches of 32, the last one split 3 / 2."""
+    images = load_dataset("digits").to_array()[:197, 0]
+    path = folder / "digits.npy"
+    np.save(path, np.rint(images * 255).astype(np.uint8))
+    return path
+
+
+RANKS_HELPER = '''
+"""Run under torchrun: fit on every rank, save each rank's final state (argv: data, out)."""
+import sys
+import numpy as np
+from safetensors.torch import save_file
+from discretae import DiscreteAutoencoder
+from discretae.core import distributed
+
+data, out = np.load(sys.argv[1]), sys.argv[2]
+device = distributed.init_from_env("cpu")
+rank = distributed.rank()
+MODELS = {
+    "vq": dict(model="vq", n_codes=8, objectives="none"),
+    "recipe": dict(model="gumbel", n_codes=6, objectives="auto"),
+}
+for name, params in MODELS.items():
+    est = DiscreteAutoencoder(**params, epochs=2, batch_size=32, device=str(device))
+    est.fit(data)
+    state = {k: v.detach().cpu().contiguous() for k, v in est.model_.state_dict().items()}
+    save_file(state, f"{out}/{name}-rank{rank}.safetensors")
+    if rank == 0:
+        est.save(f"{out}/{name}.safetensors")
+distributed.shutdown()
+'''
+
+
+def test_torchrun_ranks_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_HELPER)
+    r = torchrun(script, digits_npy(tmp_path), tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("vq", "recipe"):
+        rank0 = load_file(tmp_path / f"{name}-rank0.safetensors")
+        rank1 = load_file(tmp_path / f"{name}-rank1.safetensors")
+        assert rank0.keys() == rank1.keys() and "quantizer.codebook" in rank0
+        for k in rank0:
+            assert torch.equal(rank0[k], rank1[k]), f"{name}: {k} differs between ranks"
+        saved, _ = read_model_file(tmp_path / f"{name}.safetensors")
+        for k, v in rank0.items():
+            assert torch.equal(saved[f"model.{k}"], v), k
+    recipe = load_file(tmp_path / "recipe-rank0.safetensors")
+    assert any(k.startswith("objectives.") for k in recipe)  # the view objectives trained
+
+
+def test_torchrun_fit_matches_one_process_and_resumes(tmp_path):
+    data = digits_npy(tmp_path)
     settings = ["--model", "vq", "--codes", "8", "--epochs", "2", "--batch-size", "32"]
     out = tmp_path / "ddp.safetensors"
     r = torchrun(
         "-m", "discretae.cli", "fit", data, *settings, "--device", "cpu", "--out", out, "--json",
-        "--checkpoint-every", "5", env={RANK_STATE_ENV: str(ranks)},
+        "--checkpoint-every", "5",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)  # only rank 0 prints
     assert summary["world_size"] == 2 and summary["epochs"] == 2
-
-    rank0 = load_file(ranks / "rank0.safetensors")
-    rank1 = load_file(ranks / "rank1.safetensors")
-    assert rank0.keys() == rank1.keys() and "quantizer.codebook" in rank0
-    for k in rank0:
-        assert torch.equal(rank0[k], rank1[k]), f"{k} differs between ranks"
     saved, _ = read_model_file(out)
-    for k, v in rank0.items():
-        assert torch.equal(saved[f"model.{k}"], v), k
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = fit_model(
+        one = fit_command(
             str(data), out=tmp_path / "one.safetensors", model="vq", codes=8, epochs=2,
             batch_size=32, device="cpu",
         )  # fmt: skip
@@ -124,7 +166,7 @@ def test_torchrun_fit_ranks_agree_and_match_one_process(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if ".ckpt" in p.name) == [ckpt.name]
     torch.set_num_threads(1)
     try:
-        fit_model(str(data), out=tmp_path / "resumed.safetensors", resume=ckpt, device="cpu")
+        fit_command(str(data), out=tmp_path / "resumed.safetensors", resume=ckpt, device="cpu")
     finally:
         torch.set_num_threads(threads)
     resumed, _ = read_model_file(tmp_path / "resumed.safetensors")

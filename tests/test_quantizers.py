@@ -178,9 +178,17 @@ def test_gumbel_hard_inference_is_nearest_code(groups):
 def test_gumbel_training_samples_and_anneals():
     torch.manual_seed(6)
     q = GumbelQuantizer(5, 4, tau_start=2.0, tau_end=0.2)
-    z = torch.zeros(500, 4)  # all codes equally close: the choice comes from the noise
+    # z = 0: the logits are minus the squared norms of the codes; the Gumbel-max trick
+    # draws each code with probability softmax(logits), whatever the temperature
+    z = torch.zeros(20000, 4)
+    expected = torch.softmax(q.logits(z[:1])[0, 0].detach(), -1)
     _, codes, _, stats = q(z)
-    assert int(stats["n_used"]) >= 1
+    freq = torch.bincount(codes, minlength=5).float() / len(codes)
+    assert (freq - expected).abs().max() < 0.015, (freq, expected)
+    assert int(stats["n_used"]) == 5
+    assert not torch.equal(codes, q(z)[1])  # fresh noise at every call
+    q.eval()
+    assert torch.equal(q(z)[1], torch.full_like(codes, int(expected.argmax())))
     q.set_progress(0.0)
     assert q.tau == pytest.approx(2.0)
     q.set_progress(0.5)
@@ -212,14 +220,26 @@ def test_binary_codes_are_sigmoid_threshold():
     assert torch.equal(stats["usage"], expected.float().sum(0))
 
 
-def test_binary_stochastic_only_in_training():
+def test_binary_stochastic_bits_follow_the_sigmoid():
     torch.manual_seed(7)
-    q = BinaryQuantizer(4, stochastic=True)
-    z = torch.zeros(1000, 4)  # p = 0.5 for every bit
-    _, codes, _, _ = q(z)
-    assert 0.4 < codes.float().mean() < 0.6
-    q.eval()
-    assert int(q(z)[1].sum()) == 0
+    p = torch.tensor([0.02, 0.2, 0.5, 0.7, 0.97])
+    q = BinaryQuantizer(5, stochastic=True)
+    z = torch.logit(p).expand(20000, 5).contiguous()
+    quantized, codes, _, stats = q(z)
+    # each bit is Bernoulli(sigmoid(z)): the rate of ones matches p (4 sigma is < 0.015)
+    rate = codes.float().mean(0)
+    assert (rate - p).abs().max() < 0.015, rate
+    both = (codes[:, 1] & codes[:, 3]).float().mean()  # independent bits: p1 * p3
+    assert abs(both - p[1] * p[3]) < 0.015, both
+    assert torch.equal(stats["usage"], codes.float().sum(0))
+    assert torch.equal(quantized, codes.float())
+    # independent draws: two passes disagree on about half the bits where p = 0.5
+    again = q(z)[1]
+    differ = (codes[:, 2] != again[:, 2]).float().mean()
+    assert 0.45 < differ < 0.55, differ
+    q.eval()  # inference thresholds: no noise, the same bits every time
+    expected = (p > 0.5).to(torch.uint8).expand(20000, 5)
+    assert torch.equal(q(z)[1], expected) and torch.equal(q(z)[1], expected)
 
 
 def test_binary_balance_regulariser():

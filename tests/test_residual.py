@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from discretae.kernels import nearest_code
 
+from discretae.kernels import nearest_code
 from discretae.models.autoencoder import MODEL_KINDS, build_autoencoder
 from discretae.quantizers.residual import ResidualVectorQuantizer
 

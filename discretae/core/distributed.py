@@ -84,11 +84,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if is_dist():
-        dist.barrier()
-
-
 def all_reduce_(*tensors: torch.Tensor) -> None:
     """Sum each tensor over all ranks, in place."""
     if is_dist():

@@ -89,6 +89,32 @@ def discriminator_score(
     Returns:
         {"accuracy", "auc", "n_train", "n_test", "epochs", "chance_auc": 0.5}.
     """
+    x, c = _checked_pairs(images, codes, n_values, test_fraction)
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        order = torch.randperm(n, generator=gen)
+        n_test = max(2, int(math.ceil(n * test_fraction)))
+        test, train = order[:n_test], order[n_test:]
+        if epochs is None:
+            epochs = min(40, max(2, math.ceil(STEPS / math.ceil(len(train) / batch_size))))
+        model = _PairClassifier(tuple(x.shape[1:]), c.shape[1], n_values).to(device)
+        _fit_pairs(model, x, c, train, epochs, batch_size, gen, device)
+        scores = _held_out_scores(model, x, c, test, gen, device)
+    truth = np.concatenate([np.ones(len(test)), np.zeros(len(test))])
+    return {
+        "accuracy": float(((scores > 0) == (truth > 0)).mean()),
+        "auc": _auc(scores, truth),
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "epochs": int(epochs),
+        "chance_auc": 0.5,
+    }
+
+
+def _checked_pairs(images, codes, n_values: int, test_fraction: float):
+    """-> images (N, *shape) float in [0, 1] and codes (N, P) int64, checked."""
     x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
     c = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes)
     n = x.shape[0]
@@ -104,49 +130,58 @@ def discriminator_score(
             f"codes must be in [0, {n_values}), got [{int(c.min())}, {int(c.max())}]"
         )
     x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        order = torch.randperm(n, generator=gen)
-        n_test = max(2, int(math.ceil(n * test_fraction)))
-        test, train = order[:n_test], order[n_test:]
-        if epochs is None:
-            epochs = min(40, max(2, math.ceil(STEPS / math.ceil(len(train) / batch_size))))
-        model = _PairClassifier(tuple(x.shape[1:]), c.shape[1], n_values).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        model.train()
-        for _ in range(epochs):
-            perm = train[torch.randperm(len(train), generator=gen)]
-            for i in range(0, len(perm), batch_size):
-                rows = perm[i : i + batch_size]
-                if len(rows) < 2:
-                    continue
-                xb, cb = x[rows].to(device), c[rows].to(device)
-                other = cb.roll(int(torch.randint(1, len(rows), (), generator=gen)), 0)
-                logits = model(torch.cat([xb, xb]), torch.cat([cb, other]))
-                target = torch.cat([torch.ones(len(rows)), torch.zeros(len(rows))]).to(device)
-                loss = F.binary_cross_entropy_with_logits(logits, target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        model.eval()
-        # fixed negatives for the test images: each takes another test image's code
-        shift = torch.randint(1, len(test), (), generator=gen)
-        partner = test.roll(int(shift), 0)
-        scores = []
-        with torch.no_grad():
-            for codes_of in (test, partner):
-                for i in range(0, len(test), 1024):
-                    rows = test[i : i + 1024]
-                    crow = codes_of[i : i + 1024]
-                    scores.append(model(x[rows].to(device), c[crow].to(device)).float().cpu())
-    s = torch.cat(scores).numpy()
-    truth = np.concatenate([np.ones(len(test)), np.zeros(len(test))])
-    return {
-        "accuracy": float(((s > 0) == (truth > 0)).mean()),
-        "auc": _auc(s, truth),
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-        "epochs": int(epochs),
-        "chance_auc": 0.5,
-    }
+    return x, c
+
+
+def _fit_pairs(
+    model: _PairClassifier,
+    x: torch.Tensor,
+    c: torch.Tensor,
+    train: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    gen: torch.Generator,
+    device,
+) -> None:
+    """Adam on the logistic loss of (image, own code) against (image, another's code),
+    over the ``train`` rows; each batch's negatives take the codes rolled by a random
+    shift."""
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(epochs):
+        perm = train[torch.randperm(len(train), generator=gen)]
+        for i in range(0, len(perm), batch_size):
+            rows = perm[i : i + batch_size]
+            if len(rows) < 2:
+                continue
+            xb, cb = x[rows].to(device), c[rows].to(device)
+            other = cb.roll(int(torch.randint(1, len(rows), (), generator=gen)), 0)
+            logits = model(torch.cat([xb, xb]), torch.cat([cb, other]))
+            target = torch.cat([torch.ones(len(rows)), torch.zeros(len(rows))]).to(device)
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+@torch.no_grad()
+def _held_out_scores(
+    model: _PairClassifier,
+    x: torch.Tensor,
+    c: torch.Tensor,
+    test: torch.Tensor,
+    gen: torch.Generator,
+    device,
+) -> np.ndarray:
+    """Logits (2T,) of the ``test`` images with their own codes, then with fixed
+    negatives: each takes another test image's code."""
+    shift = torch.randint(1, len(test), (), generator=gen)
+    partner = test.roll(int(shift), 0)
+    scores = []
+    for codes_of in (test, partner):
+        for i in range(0, len(test), 1024):
+            rows = test[i : i + 1024]
+            crow = codes_of[i : i + 1024]
+            scores.append(model(x[rows].to(device), c[crow].to(device)).float().cpu())
+    return torch.cat(scores).numpy()

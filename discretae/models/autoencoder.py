@@ -1,7 +1,8 @@
-"""Discrete autoencoders (encoder + quantizer + decoder) and the registry of model kinds.
+"""Discrete autoencoders: encoder + quantizer + decoder, and their builder.
 
-``build_autoencoder("vq" | "gumbel" | "binary", input_shape, ...)`` returns an
-``Autoencoder`` whose ``config`` rebuilds it: ``build_autoencoder(**model.config)``.
+``build_autoencoder("vq" | "gumbel" | "binary" | "rvq", input_shape, ...)`` returns an
+``Autoencoder`` whose ``config`` rebuilds it: ``build_autoencoder(**model.config)``. The
+kinds are registered in :mod:`discretae.models.kinds`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from discretae.core.checks import check_int
 from discretae.core.errors import DiscretaeError
 from discretae.models.augment import AugmentConfig, augment
+from discretae.models.kinds import MODEL_KINDS, ModelKind, model_kind
 from discretae.models.networks import (
     ConvDecoder,
     ConvEncoder,
@@ -21,16 +24,10 @@ from discretae.models.networks import (
     MLPEncoder,
     default_downsampling,
 )
-from discretae.models.objectives import VIEW_TERMS, ViewObjectives
-from discretae.quantizers import BinaryQuantizer, GumbelQuantizer, VectorQuantizer
-from discretae.quantizers.residual import ResidualVectorQuantizer
+from discretae.models.objectives import ViewObjectives, objective_settings
 
-MODEL_KINDS = {
-    "vq": VectorQuantizer,
-    "gumbel": GumbelQuantizer,
-    "binary": BinaryQuantizer,
-    "rvq": ResidualVectorQuantizer,  # residual levels: a rate knob for the code archive
-}
+__all__ = ["LATENTS", "LOSSES", "MODEL_KINDS", "Autoencoder", "build_autoencoder"]
+
 LATENTS = ("global", "grid")
 LOSSES = ("bce", "mse")
 
@@ -67,15 +64,14 @@ class Autoencoder(nn.Module):
         grid = config["grid"]
         self.latent_shape = tuple(grid) if config["latent"] == "grid" else ()
         self.code_shape = self.latent_shape + tuple(quantizer.code_tail)
-        self.code_dtype = torch.uint8 if config["kind"] == "binary" else torch.int64
+        self.code_dtype = quantizer.code_dtype
         self.style_dim = int(config.get("style_dim", 0))
         opts = config.get("objectives") or {}
         self.augment = AugmentConfig(**opts.get("augment", {})) if objectives is not None else None
 
     def set_progress(self, frac: float) -> None:
         """Training progress in [0, 1], for schedules such as the Gumbel temperature."""
-        if hasattr(self.quantizer, "set_progress"):
-            self.quantizer.set_progress(frac)
+        self.quantizer.set_progress(frac)
 
     def _split(self, out: torch.Tensor):
         """Encoder output -> (content latent, style mean, style log-variance, embedding)."""
@@ -138,11 +134,6 @@ class Autoencoder(nn.Module):
         return torch.sigmoid(self._decode_logits(latent, None).float())
 
 
-def _check_int(name: str, value, low: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise DiscretaeError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def build_autoencoder(
     kind: str,
     input_shape,
@@ -162,13 +153,13 @@ def build_autoencoder(
     """Build a discrete autoencoder.
 
     Args:
-        kind: "vq", "gumbel" or "binary".
+        kind: a name of ``MODEL_KINDS``: "vq", "gumbel", "binary" or "rvq".
         input_shape: (C, H, W) for images (a conv pair) or (F,) for flat vectors (an MLP
             pair, global latent only).
         latent: "global" (one code per input) or "grid" (h x w codes per image).
-        n_codes: codebook size K for vq and gumbel.
+        n_codes: codebook size K for vq, gumbel and rvq.
         n_bits: bits B for binary.
-        latent_dim: latent dimension D for vq and gumbel (default 32); binary uses B.
+        latent_dim: latent dimension D for vq, gumbel and rvq (default 32); binary uses B.
         grid: (h, w) of a grid latent; None takes (H, W) / 2**stages.
         width: channels of the first conv stage (doubling per stage, at most 256).
         hidden: width of the dense layer of a global conv latent.
@@ -177,84 +168,30 @@ def build_autoencoder(
         style_dim: size of a continuous style latent beside the code (0: none); Gumbel
             or VQ with a global latent on images only.
         objectives: two-view objectives (Gumbel, global latent, images only), a dict
-            of :data:`OBJECTIVE_DEFAULTS` keys; None or {} for reconstruction alone.
+            of ``OBJECTIVE_DEFAULTS`` keys (:mod:`discretae.models.objectives`); None
+            or {} for reconstruction alone.
 
     Raises:
         DiscretaeError (a ValueError): an unknown kind, latent or loss, or bad sizes.
     """
-    if kind not in MODEL_KINDS:
-        raise DiscretaeError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
-    if latent not in LATENTS:
-        raise DiscretaeError(f"latent={latent!r} is not one of {LATENTS}")
-    if loss not in LOSSES:
-        raise DiscretaeError(f"loss={loss!r} is not one of {LOSSES}")
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) not in (1, 3) or min(input_shape) < 1:
-        raise DiscretaeError(f"input_shape must be (C, H, W) or (F,), got {input_shape}")
-    _check_int("n_codes", n_codes)
-    _check_int("n_bits", n_bits)
-    _check_int("width", width)
-    _check_int("hidden", hidden)
+    spec = model_kind(kind)
+    input_shape = _checked_input(input_shape, latent, loss)
+    sizes = {"n_codes": n_codes, "n_bits": n_bits, "width": width, "hidden": hidden}
+    for name, value in sizes.items():
+        check_int(name, value)
     options = dict(quantizer_options or {})
-    groups = options.get("groups", 1) if kind == "gumbel" else 1
-    _check_int("groups", groups)
-    if kind == "binary":
-        if latent_dim not in (None, n_bits):
-            raise DiscretaeError(f"binary latents have n_bits={n_bits} dims; got {latent_dim=}")
-        latent_dim = n_bits
-    elif latent_dim is None:
-        latent_dim = groups * math.ceil(32 / groups)
-    _check_int("latent_dim", latent_dim)
-    _check_int("style_dim", style_dim, low=0)
-    objectives = _objective_settings(objectives)
-    if objectives and (
-        kind != "gumbel" or latent != "global" or groups != 1 or len(input_shape) != 3
-    ):
-        raise DiscretaeError(
-            "view objectives need image input and a global gumbel code with one group; got "
-            f"kind={kind!r}, latent={latent!r}, groups={groups}, input_shape={input_shape}"
-        )
-    if style_dim and (kind not in ("gumbel", "vq") or latent != "global"):
-        raise DiscretaeError(
-            f"a style latent needs a global gumbel or vq code; got kind={kind!r}, latent={latent!r}"
-        )
-    embed_dim = objectives.get("embed_dim", 0) if objectives else 0
-    enc_dim = latent_dim + 2 * style_dim + embed_dim
-    dec_dim = latent_dim + style_dim
-
-    if len(input_shape) == 1:
-        if latent == "grid":
-            raise DiscretaeError("latent='grid' needs image input (N, H, W[, C]); got flat vectors")
-        grid = None
-        encoder = MLPEncoder(input_shape[0], enc_dim)
-        decoder = MLPDecoder(input_shape[0], dec_dim)
-    else:
-        c, h, w = input_shape
-        if latent == "grid":
-            if grid is None:
-                f = 2 ** default_downsampling(h, w)
-                grid = (math.ceil(h / f), math.ceil(w / f))
-            grid = tuple(grid)
-            if len(grid) != 2 or not all(isinstance(g, int) and g >= 1 for g in grid):
-                raise DiscretaeError(f"grid must be two integers >= 1, got {grid!r}")
-            if grid[0] > h or grid[1] > w:
-                raise DiscretaeError(f"grid {grid} is larger than the image ({h}, {w})")
-        else:
-            grid = None
-        net = dict(latent=latent, grid=grid, width=width, hidden=hidden)
-        encoder = ConvEncoder(c, (h, w), enc_dim, **net)
-        decoder = ConvDecoder(c, (h, w), dec_dim, **net)
-
-    cls = MODEL_KINDS[kind]
-    try:
-        if kind == "binary":
-            quantizer = cls(n_bits, **options)
-        else:
-            quantizer = cls(n_codes, latent_dim, **options)
-    except TypeError as e:
-        raise DiscretaeError(f"bad quantizer_options for {kind!r}: {e}") from None
-    except ValueError as e:
-        raise DiscretaeError(str(e)) from None
+    groups = spec.groups(options)
+    check_int("groups", groups)
+    latent_dim = spec.latent_dim(latent_dim, n_bits, groups)
+    check_int("latent_dim", latent_dim)
+    check_int("style_dim", style_dim, low=0)
+    objectives = objective_settings(objectives)
+    _check_extras(spec, kind, latent, groups, input_shape, objectives, style_dim)
+    grid = _latent_grid(input_shape, latent, grid)
+    enc_dim = latent_dim + 2 * style_dim + objectives.get("embed_dim", 0)
+    nets = dict(latent=latent, grid=grid, width=width, hidden=hidden)
+    encoder, decoder = _networks(input_shape, enc_dim, latent_dim + style_dim, nets)
+    quantizer = _quantizer(spec, kind, n_codes, n_bits, latent_dim, options)
     config = {
         "kind": kind,
         "input_shape": list(input_shape),
@@ -270,60 +207,74 @@ def build_autoencoder(
         "style_dim": style_dim,
         "objectives": objectives,
     }
-    views = None
-    if objectives:
-        weights = {k: objectives[k] for k in VIEW_TERMS}
-        views = ViewObjectives(
-            n_codes,
-            latent_dim,
-            embed_dim,
-            **weights,
-            entropy_weight=objectives["entropy_weight"],
-            overcluster=objectives["overcluster"],
-            temperature=objectives["temperature"],
-            confidence=objectives["confidence"],
-        )
+    views = ViewObjectives.from_settings(objectives, n_codes, latent_dim) if objectives else None
     return Autoencoder(encoder, quantizer, decoder, config, views)
 
 
-# The settings of the view objectives; weights of 0 turn a term off.
-OBJECTIVE_DEFAULTS = {
-    "mi": 1.0,
-    "contrastive": 1.0,
-    "critic": 0.0,
-    "selflabel": 0.0,
-    "entropy_weight": 1.5,
-    "overcluster": 50,
-    "temperature": 0.5,
-    "confidence": 0.99,
-    "embed_dim": 64,
-    "augment": {},
-}
+def _checked_input(input_shape, latent: str, loss: str) -> tuple[int, ...]:
+    """The latent and loss names, and the input shape as a tuple of ints."""
+    if latent not in LATENTS:
+        raise DiscretaeError(f"latent={latent!r} is not one of {LATENTS}")
+    if loss not in LOSSES:
+        raise DiscretaeError(f"loss={loss!r} is not one of {LOSSES}")
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) not in (1, 3) or min(input_shape) < 1:
+        raise DiscretaeError(f"input_shape must be (C, H, W) or (F,), got {input_shape}")
+    return input_shape
 
 
-def _objective_settings(given: dict | None) -> dict:
-    """None or {} -> {} (reconstruction alone); else the defaults updated by ``given``."""
-    if not given:
-        return {}
-    unknown = set(given) - set(OBJECTIVE_DEFAULTS)
-    if unknown:
+def _check_extras(
+    spec: ModelKind, kind: str, latent: str, groups: int, input_shape, objectives, style_dim
+) -> None:
+    """View objectives and a style latent only where the kind and the latent allow them."""
+    if objectives and (
+        not spec.view_objectives or latent != "global" or groups != 1 or len(input_shape) != 3
+    ):
         raise DiscretaeError(
-            f"unknown objective settings {sorted(unknown)}; valid: {', '.join(OBJECTIVE_DEFAULTS)}"
+            "view objectives need image input and a global gumbel code with one group; got "
+            f"kind={kind!r}, latent={latent!r}, groups={groups}, input_shape={input_shape}"
         )
-    out = {**OBJECTIVE_DEFAULTS, **given}
-    for key in (*VIEW_TERMS, "entropy_weight", "temperature", "confidence"):
-        v = out[key]
-        if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
-            raise DiscretaeError(f"objective setting {key} must be a number, got {v!r}")
-        if v < 0 or (key == "temperature" and v == 0):
-            raise DiscretaeError(f"objective setting {key} must be > 0, got {v!r}")
-        if key == "confidence" and not 0 < v < 1:
-            raise DiscretaeError(f"objective setting confidence must be in (0, 1), got {v!r}")
-    _check_int("overcluster", out["overcluster"], low=0)
-    _check_int("embed_dim", out["embed_dim"])
-    if not any(out[k] for k in VIEW_TERMS):
+    if style_dim and (not spec.style or latent != "global"):
         raise DiscretaeError(
-            f"view objectives need a nonzero weight for one of {', '.join(VIEW_TERMS)}"
+            f"a style latent needs a global gumbel or vq code; got kind={kind!r}, latent={latent!r}"
         )
-    out["augment"] = AugmentConfig(**dict(out["augment"] or {})).to_dict()
-    return out
+
+
+def _latent_grid(input_shape: tuple[int, ...], latent: str, grid) -> tuple[int, int] | None:
+    """The (h, w) of a grid latent (given, or the image over 2**stages); None if global."""
+    if latent != "grid":
+        return None
+    if len(input_shape) == 1:
+        raise DiscretaeError("latent='grid' needs image input (N, H, W[, C]); got flat vectors")
+    _, h, w = input_shape
+    if grid is None:
+        f = 2 ** default_downsampling(h, w)
+        grid = (math.ceil(h / f), math.ceil(w / f))
+    grid = tuple(grid)
+    if len(grid) != 2 or not all(isinstance(g, int) and g >= 1 for g in grid):
+        raise DiscretaeError(f"grid must be two integers >= 1, got {grid!r}")
+    if grid[0] > h or grid[1] > w:
+        raise DiscretaeError(f"grid {grid} is larger than the image ({h}, {w})")
+    return grid
+
+
+def _networks(
+    input_shape: tuple[int, ...], enc_dim: int, dec_dim: int, nets: dict
+) -> tuple[nn.Module, nn.Module]:
+    """An MLP pair for flat vectors (F,), a conv pair for images (C, H, W)."""
+    if len(input_shape) == 1:
+        return MLPEncoder(input_shape[0], enc_dim), MLPDecoder(input_shape[0], dec_dim)
+    c, h, w = input_shape
+    return ConvEncoder(c, (h, w), enc_dim, **nets), ConvDecoder(c, (h, w), dec_dim, **nets)
+
+
+def _quantizer(
+    spec: ModelKind, kind: str, n_codes: int, n_bits: int, latent_dim: int, options: dict
+) -> nn.Module:
+    """The kind's quantizer; its own argument errors become DiscretaeError."""
+    try:
+        return spec.make_quantizer(n_codes, n_bits, latent_dim, options)
+    except TypeError as e:
+        raise DiscretaeError(f"bad quantizer_options for {kind!r}: {e}") from None
+    except ValueError as e:
+        raise DiscretaeError(str(e)) from None

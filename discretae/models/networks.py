@@ -31,33 +31,27 @@ def _stage_channels(n_down: int, width: int) -> list[int]:
     return [min(width * 2**i, MAX_CHANNELS) for i in range(n_down)]
 
 
-class _ConvGeometry(nn.Module):
-    """The sizes a conv encoder and its mirror decoder share: ``n_down`` stride-2 stages
-    (default from the image size), the feature map ``feat_hw`` after them, and the code
-    ``grid`` (default: the feature map)."""
+class _ConvNet(nn.Module):
+    """What a conv encoder and its mirror decoder share: the arguments, and the sizes
+    they derive: ``n_down`` stride-2 stages (default from the image size), the feature
+    map ``feat_hw`` after them, and the code ``grid`` (default: the feature map).
 
-    def _set_geometry(self, image_hw, latent, grid, n_down) -> None:
-        h, w = image_hw
-        self.n_down = n_down or default_downsampling(h, w)
-        f = 2**self.n_down
-        self.image_hw = (h, w)
-        self.feat_hw = (math.ceil(h / f), math.ceil(w / f))
-        self.latent = latent
-        self.grid = tuple(grid) if grid is not None else self.feat_hw
-
-
-class ConvEncoder(_ConvGeometry):
-    """x: (B, C, H, W) in [0, 1] -> latent (B, D) ("global") or (B, h, w, D) ("grid").
-
-    The input is zero-padded up to a multiple of 2**n_down. A grid other than the
-    natural (H / 2**n_down, W / 2**n_down) is reached by adaptive average pooling.
+    Args:
+        channels: image channels C (the encoder's input, the decoder's output).
+        image_hw: (H, W) of the images.
+        dim: latent dimension D (the encoder's output, the decoder's input).
+        latent: "global" (B, D) or "grid" (B, h, w, D).
+        grid: (h, w) of a grid latent; None: the feature map.
+        n_down: stride-2 stages; None: ``default_downsampling(H, W)``.
+        width: channels of the first stage, doubling per stage up to ``MAX_CHANNELS``.
+        hidden: width of the dense layer of a global latent.
     """
 
     def __init__(
         self,
-        in_channels: int,
+        channels: int,
         image_hw: tuple[int, int],
-        out_dim: int,
+        dim: int,
         *,
         latent: str = "global",
         grid: tuple[int, int] | None = None,
@@ -66,24 +60,44 @@ class ConvEncoder(_ConvGeometry):
         hidden: int = 256,
     ) -> None:
         super().__init__()
-        self._set_geometry(image_hw, latent, grid, n_down)
+        h, w = image_hw
+        self.n_down = n_down or default_downsampling(h, w)
+        f = 2**self.n_down
+        self.image_hw = (h, w)
+        self.feat_hw = (math.ceil(h / f), math.ceil(w / f))
+        self.latent = latent
+        self.grid = tuple(grid) if grid is not None else self.feat_hw
+        self._build(channels, dim, width, hidden)
+
+    def _build(self, channels: int, dim: int, width: int, hidden: int) -> None:
+        raise NotImplementedError
+
+
+class ConvEncoder(_ConvNet):
+    """x: (B, C, H, W) in [0, 1] -> latent (B, D) ("global") or (B, h, w, D) ("grid").
+
+    The input is zero-padded up to a multiple of 2**n_down. A grid other than the
+    natural (H / 2**n_down, W / 2**n_down) is reached by adaptive average pooling.
+    """
+
+    def _build(self, channels: int, dim: int, width: int, hidden: int) -> None:
         layers: list[nn.Module] = []
-        c = in_channels
+        c = channels
         for co in _stage_channels(self.n_down, width):
             layers += [nn.Conv2d(c, co, 4, 2, 1), _norm(co), nn.SiLU()]
             layers += [nn.Conv2d(co, co, 3, 1, 1), _norm(co), nn.SiLU()]
             c = co
         self.body = nn.Sequential(*layers)
-        if latent == "grid":
+        if self.latent == "grid":
             self.pool = nn.AdaptiveAvgPool2d(self.grid) if self.grid != self.feat_hw else None
-            self.head = nn.Conv2d(c, out_dim, 1)
+            self.head = nn.Conv2d(c, dim, 1)
         else:
             self.head = nn.Sequential(
                 nn.Flatten(),
                 nn.Linear(c * self.feat_hw[0] * self.feat_hw[1], hidden),
                 nn.LayerNorm(hidden),
                 nn.SiLU(),
-                nn.Linear(hidden, out_dim),
+                nn.Linear(hidden, dim),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,30 +112,17 @@ class ConvEncoder(_ConvGeometry):
         return self.head(y)
 
 
-class ConvDecoder(_ConvGeometry):
+class ConvDecoder(_ConvNet):
     """latent (B, D) or (B, h, w, D) -> logits (B, C, H, W); mirrors ``ConvEncoder``."""
 
-    def __init__(
-        self,
-        out_channels: int,
-        image_hw: tuple[int, int],
-        in_dim: int,
-        *,
-        latent: str = "global",
-        grid: tuple[int, int] | None = None,
-        n_down: int | None = None,
-        width: int = 32,
-        hidden: int = 256,
-    ) -> None:
-        super().__init__()
-        self._set_geometry(image_hw, latent, grid, n_down)
+    def _build(self, channels: int, dim: int, width: int, hidden: int) -> None:
         chans = _stage_channels(self.n_down, width)[::-1]
         c = chans[0]
-        if latent == "grid":
-            self.head = nn.Sequential(nn.Conv2d(in_dim, c, 1), nn.SiLU())
+        if self.latent == "grid":
+            self.head = nn.Sequential(nn.Conv2d(dim, c, 1), nn.SiLU())
         else:
             self.head = nn.Sequential(
-                nn.Linear(in_dim, hidden),
+                nn.Linear(dim, hidden),
                 nn.LayerNorm(hidden),
                 nn.SiLU(),
                 nn.Linear(hidden, c * self.feat_hw[0] * self.feat_hw[1]),
@@ -132,7 +133,7 @@ class ConvDecoder(_ConvGeometry):
             layers += [nn.Conv2d(c, c, 3, 1, 1), _norm(c), nn.SiLU()]
             layers += [nn.ConvTranspose2d(c, co, 4, 2, 1), _norm(co), nn.SiLU()]
             c = co
-        layers.append(nn.Conv2d(c, out_channels, 3, 1, 1))
+        layers.append(nn.Conv2d(c, channels, 3, 1, 1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -151,37 +152,32 @@ def _mlp_widths(n_features: int) -> tuple[int, int]:
     return h1, h1 // 2
 
 
-class MLPEncoder(nn.Module):
-    """x: (B, F) in [0, 1] -> latent (B, D)."""
+class _MLP(nn.Module):
+    """Linear layers through ``sizes``, SiLU between them: (B, sizes[0]) -> (B, sizes[-1])."""
 
-    def __init__(self, n_features: int, out_dim: int) -> None:
+    def __init__(self, *sizes: int) -> None:
         super().__init__()
-        h1, h2 = _mlp_widths(n_features)
-        self.net = nn.Sequential(
-            nn.Linear(n_features, h1),
-            nn.SiLU(),
-            nn.Linear(h1, h2),
-            nn.SiLU(),
-            nn.Linear(h2, out_dim),
-        )
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes, sizes[1:], strict=False):
+            layers += [nn.SiLU()] if layers else []
+            layers.append(nn.Linear(a, b))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-class MLPDecoder(nn.Module):
-    """latent (B, D) -> logits (B, F)."""
+class MLPEncoder(_MLP):
+    """x: (B, F) in [0, 1] -> latent (B, D); hidden widths from ``_mlp_widths(F)``."""
+
+    def __init__(self, n_features: int, out_dim: int) -> None:
+        h1, h2 = _mlp_widths(n_features)
+        super().__init__(n_features, h1, h2, out_dim)
+
+
+class MLPDecoder(_MLP):
+    """latent (B, D) -> logits (B, F); mirrors ``MLPEncoder``."""
 
     def __init__(self, n_features: int, in_dim: int) -> None:
-        super().__init__()
         h1, h2 = _mlp_widths(n_features)
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, h2),
-            nn.SiLU(),
-            nn.Linear(h2, h1),
-            nn.SiLU(),
-            nn.Linear(h1, n_features),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        super().__init__(in_dim, h2, h1, n_features)

@@ -20,9 +20,15 @@ paired with row i of the other; the other rows of the batch are the negatives.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from discretae.core.checks import check_int
+from discretae.core.errors import DiscretaeError
+from discretae.models.augment import AugmentConfig
 
 
 def mutual_information_loss(
@@ -101,6 +107,53 @@ class CodeCritic(nn.Module):
 VIEW_TERMS = ("mi", "contrastive", "critic", "selflabel")
 OBJECTIVES = (*VIEW_TERMS, "style")
 
+# The settings of the view objectives; weights of 0 turn a term off.
+OBJECTIVE_DEFAULTS = {
+    "mi": 1.0,
+    "contrastive": 1.0,
+    "critic": 0.0,
+    "selflabel": 0.0,
+    "entropy_weight": 1.5,
+    "overcluster": 50,
+    "temperature": 0.5,
+    "confidence": 0.99,
+    "embed_dim": 64,
+    "augment": {},
+}
+
+
+def objective_settings(given: dict | None) -> dict:
+    """None or {} -> {} (reconstruction alone); else the defaults updated by ``given``,
+    checked (DiscretaeError naming the setting), with ``augment`` as a full dict."""
+    if not given:
+        return {}
+    unknown = set(given) - set(OBJECTIVE_DEFAULTS)
+    if unknown:
+        raise DiscretaeError(
+            f"unknown objective settings {sorted(unknown)}; valid: {', '.join(OBJECTIVE_DEFAULTS)}"
+        )
+    out = {**OBJECTIVE_DEFAULTS, **given}
+    for key in (*VIEW_TERMS, "entropy_weight", "temperature", "confidence"):
+        _check_number(key, out[key])
+    check_int("overcluster", out["overcluster"], low=0)
+    check_int("embed_dim", out["embed_dim"])
+    if not any(out[k] for k in VIEW_TERMS):
+        raise DiscretaeError(
+            f"view objectives need a nonzero weight for one of {', '.join(VIEW_TERMS)}"
+        )
+    out["augment"] = AugmentConfig(**dict(out["augment"] or {})).to_dict()
+    return out
+
+
+def _check_number(key: str, v) -> None:
+    """A finite number >= 0; the temperature > 0, the confidence in (0, 1)."""
+    if not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)):
+        raise DiscretaeError(f"objective setting {key} must be a number, got {v!r}")
+    if v < 0 or (key == "temperature" and v == 0):
+        raise DiscretaeError(f"objective setting {key} must be > 0, got {v!r}")
+    if key == "confidence" and not 0 < v < 1:
+        raise DiscretaeError(f"objective setting confidence must be in (0, 1), got {v!r}")
+
 
 def _global_joint(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     """(B, K) x (B, K) -> (K, K) mean outer product over the global batch (all DDP ranks)."""
@@ -156,6 +209,12 @@ class ViewObjectives(nn.Module):
         self.confidence = confidence
         self.over = nn.Linear(latent_dim, overcluster) if overcluster and mi else None
         self.critic = CodeCritic(embed_dim, n_codes) if critic else None
+
+    @classmethod
+    def from_settings(cls, settings: dict, n_codes: int, latent_dim: int) -> ViewObjectives:
+        """From the checked settings of :func:`objective_settings` (augment is not ours)."""
+        kept = {k: v for k, v in settings.items() if k not in ("embed_dim", "augment")}
+        return cls(n_codes, latent_dim, settings["embed_dim"], **kept)
 
     def _mi(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
         return mutual_information_loss(p1, p2, entropy_weight=self.entropy_weight)

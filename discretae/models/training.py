@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import signal
 import threading
 import time
@@ -30,9 +29,6 @@ from discretae.core import distributed
 from discretae.core.errors import DiscretaeError
 from discretae.quantizers import perplexity_from_counts
 
-# Test hook: a folder where every rank writes its final weights and buffers at the end
-# of a distributed fit, so a test can check that the ranks agree.
-RANK_STATE_ENV = "DISCRETAE_TEST_RANK_STATE_DIR"
 _SUMS = ("loss", "recon", "aux")
 
 
@@ -237,16 +233,6 @@ def _set_cosine_lr(optimizer: torch.optim.Optimizer, frac: float, hold: float = 
         group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def _dump_rank_state(model: torch.nn.Module) -> None:
-    folder = os.environ.get(RANK_STATE_ENV)
-    if not folder or not distributed.is_dist():
-        return
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(folder, f"rank{distributed.rank()}.safetensors"))
-
-
 def train(
     state: TrainState,
     data: torch.Tensor,
@@ -290,71 +276,120 @@ def train(
             checkpoint written first.
     """
     hold = check_lr_schedule(lr_schedule)
-    model, world, rank = state.model, distributed.world_size(), distributed.rank()
-    n = data.shape[0]
-    steps = steps_per_epoch(n, batch_size, world)
+    world = distributed.world_size()
+    steps = steps_per_epoch(data.shape[0], batch_size, world)
     if steps == 0:
-        raise DiscretaeError(f"{n} inputs cannot be shared by {world} processes")
-    total_steps = max(1, epochs * steps)
-    net = _wrap(model, device)
-    model.train()
+        raise DiscretaeError(f"{data.shape[0]} inputs cannot be shared by {world} processes")
+    run = _Run(
+        data=data,
+        epochs=epochs,
+        batch_size=batch_size,
+        device=device,
+        steps=steps,
+        total_steps=max(1, epochs * steps),
+        hold=hold,
+        world=world,
+        rank=distributed.rank(),
+        callback=callback,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
+    net = _wrap(state.model, device)
+    state.model.train()
     with _StopSignals() as stop:
         while state.epoch < epochs:
-            order = _epoch_order(state, n).to(data.device)
-            start = time.perf_counter() - state.epoch_seconds
-            for i in range(state.batch, steps):
-                rows = order[i * batch_size : (i + 1) * batch_size]
-                mine = rows.tensor_split(world)[rank] if world > 1 else rows
-                share = len(mine) / len(rows)
-                model.set_progress(state.step / total_steps)
-                if hold is not None:
-                    _set_cosine_lr(state.optimizer, state.step / total_steps, hold)
-                out = net(to_unit_float(data[mine].to(device)))
-                loss = out["recon_loss"] + out["aux_loss"]
-                # one all-reduce: the global batch's losses, and whether a rank was signalled
-                parts = [loss, out["recon_loss"], out["aux_loss"]]
-                totals = torch.stack([p.detach().float() * share for p in parts])
-                totals = torch.cat([totals, totals.new_tensor([float(stop.signum > 0)])])
-                distributed.all_reduce_(totals)
-                values = totals.tolist()
-                if not math.isfinite(values[0]):
-                    raise TrainingDiverged(
-                        f"training diverged: the loss is {values[0]} at step {state.step + 1} "
-                        f"(epoch {state.epoch + 1}, batch {i + 1} of {steps}), so that step "
-                        "was not taken (a lower learning rate, --lr, may help)",
-                        state.step + 1,
-                    )
-                state.optimizer.zero_grad(set_to_none=True)
-                (loss * (share * world) if world > 1 else loss).backward()
-                state.optimizer.step()
-                state.step += 1
-                state.batch = i + 1
-                for k, v in zip(_SUMS, values[:3], strict=True):
-                    state.epoch_sums[k] += v
-                state.epoch_keys.append(model.quantizer.code_keys(out["codes"].detach()))
-                if callback is not None and rank == 0:
-                    callback(
-                        {
-                            "epoch": state.epoch + 1,
-                            "epochs": epochs,
-                            "step": i + 1,
-                            "steps_per_epoch": steps,
-                            "loss": values[0],
-                            "usage": _distinct_so_far(state),
-                            "perplexity": float(out["stats"]["perplexity"]),
-                        }
-                    )
-                state.epoch_seconds = time.perf_counter() - start
-                if state.batch == steps:
-                    _close_epoch(state, steps, state.epoch_seconds)
-                if values[3] > 0:  # some rank was signalled: all stop after this step
-                    if checkpoint is not None:
-                        _save(state, checkpoint)
-                    signum = stop.signum or signal.SIGINT
-                    raise TrainingInterrupted(signum, state.step, checkpoint is not None)
-                due = checkpoint_every > 0 and state.step % checkpoint_every == 0
-                if checkpoint is not None and due:
-                    _save(state, checkpoint)
-    _dump_rank_state(model)
-    model.eval()
+            _run_epoch(state, net, run, stop)
+    state.model.eval()
     return state
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The settings of one ``train`` call: ``steps`` per epoch, ``total_steps`` in all,
+    ``hold`` the held fraction of the learning-rate curve (None: constant)."""
+
+    data: torch.Tensor
+    epochs: int
+    batch_size: int
+    device: torch.device | str
+    steps: int
+    total_steps: int
+    hold: float | None
+    world: int
+    rank: int
+    callback: Callable[[dict], None] | None
+    checkpoint: Callable[[TrainState], None] | None
+    checkpoint_every: int
+
+
+def _run_epoch(state: TrainState, net: torch.nn.Module, run: _Run, stop: _StopSignals) -> None:
+    """The rest of the current epoch: from ``state.batch``, step by step."""
+    order = _epoch_order(state, run.data.shape[0]).to(run.data.device)
+    start = time.perf_counter() - state.epoch_seconds
+    for i in range(state.batch, run.steps):
+        rows = order[i * run.batch_size : (i + 1) * run.batch_size]
+        out, values = _step(state, net, run, rows, stop)
+        if run.callback is not None and run.rank == 0:
+            run.callback(_progress(state, run, out, values[0]))
+        state.epoch_seconds = time.perf_counter() - start
+        if state.batch == run.steps:
+            _close_epoch(state, run.steps, state.epoch_seconds)
+        if values[3] > 0:  # some rank was signalled: all stop after this step
+            if run.checkpoint is not None:
+                _save(state, run.checkpoint)
+            signum = stop.signum or signal.SIGINT
+            raise TrainingInterrupted(signum, state.step, run.checkpoint is not None)
+        due = run.checkpoint_every > 0 and state.step % run.checkpoint_every == 0
+        if run.checkpoint is not None and due:
+            _save(state, run.checkpoint)
+
+
+def _step(
+    state: TrainState, net: torch.nn.Module, run: _Run, rows: torch.Tensor, stop: _StopSignals
+) -> tuple[dict, list[float]]:
+    """One optimisation step on this rank's share of the batch ``rows`` (indices into the
+    data). Returns the model's output and the global batch's [loss, recon, aux,
+    signalled] (signalled > 0: some rank got SIGINT or SIGTERM)."""
+    model = state.model
+    mine = rows.tensor_split(run.world)[run.rank] if run.world > 1 else rows
+    share = len(mine) / len(rows)
+    model.set_progress(state.step / run.total_steps)
+    if run.hold is not None:
+        _set_cosine_lr(state.optimizer, state.step / run.total_steps, run.hold)
+    out = net(to_unit_float(run.data[mine].to(run.device)))
+    loss = out["recon_loss"] + out["aux_loss"]
+    # one all-reduce: the global batch's losses, and whether a rank was signalled
+    parts = [loss, out["recon_loss"], out["aux_loss"]]
+    totals = torch.stack([p.detach().float() * share for p in parts])
+    totals = torch.cat([totals, totals.new_tensor([float(stop.signum > 0)])])
+    distributed.all_reduce_(totals)
+    values = totals.tolist()
+    if not math.isfinite(values[0]):
+        raise TrainingDiverged(
+            f"training diverged: the loss is {values[0]} at step {state.step + 1} "
+            f"(epoch {state.epoch + 1}, batch {state.batch + 1} of {run.steps}), so that step "
+            "was not taken (a lower learning rate, --lr, may help)",
+            state.step + 1,
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    (loss * (share * run.world) if run.world > 1 else loss).backward()
+    state.optimizer.step()
+    state.step += 1
+    state.batch += 1
+    for k, v in zip(_SUMS, values[:3], strict=True):
+        state.epoch_sums[k] += v
+    state.epoch_keys.append(model.quantizer.code_keys(out["codes"].detach()))
+    return out, values
+
+
+def _progress(state: TrainState, run: _Run, out: dict, loss: float) -> dict:
+    """What the progress callback gets after a step (see ``train``)."""
+    return {
+        "epoch": state.epoch + 1,
+        "epochs": run.epochs,
+        "step": state.batch,
+        "steps_per_epoch": run.steps,
+        "loss": loss,
+        "usage": _distinct_so_far(state),
+        "perplexity": float(out["stats"]["perplexity"]),
+    }

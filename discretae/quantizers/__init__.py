@@ -1,6 +1,6 @@
 """Quantizers: turn a continuous latent ``z`` (..., D), channels last, into discrete codes.
 
-Every quantizer is an ``nn.Module`` with
+Every quantizer is a :class:`~discretae.quantizers.base.Quantizer` (an ``nn.Module``) with
 
 - ``forward(z) -> (quantized, codes, aux_loss, stats)``: ``quantized`` has z's shape and
   dtype and passes gradients straight through to ``z``; ``aux_loss`` is a scalar;
@@ -21,7 +21,7 @@ balance loss use the mean over the global batch, through a differentiable all-re
 With ranks holding consecutive slices of one batch, this is the single-process step.
 """
 
-from discretae.quantizers.base import code_keys, perplexity_from_counts
+from discretae.quantizers.base import Quantizer, code_keys, perplexity_from_counts
 from discretae.quantizers.binary import BinaryQuantizer
 from discretae.quantizers.gumbel import GumbelQuantizer
 from discretae.quantizers.residual import ResidualVectorQuantizer
@@ -30,6 +30,7 @@ from discretae.quantizers.vq import VectorQuantizer
 __all__ = [
     "BinaryQuantizer",
     "GumbelQuantizer",
+    "Quantizer",
     "ResidualVectorQuantizer",
     "VectorQuantizer",
     "code_keys",

@@ -1,8 +1,10 @@
-"""What every quantizer shares: code keys, perplexity, the global batch mean, float32 math."""
+"""What every quantizer shares: the base class, code keys, perplexity, the global batch
+mean, float32 math."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from discretae.core import distributed
 
@@ -14,9 +16,26 @@ def fp32_math(z: torch.Tensor):
     return torch.autocast(device_type=z.device.type, enabled=False)
 
 
-def check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+class Quantizer(nn.Module):
+    """The base of every quantizer (see :mod:`discretae.quantizers` for the contract).
+
+    A subclass sets ``dim`` (the latent dimension D), ``code_tail`` (the code axes after
+    the latent's leading ones: () for one index, (G,) for groups, (B,) for bits) and
+    ``code_dtype``, and implements ``forward``, ``encode``, ``codes_to_latent`` and
+    ``code_keys``.
+    """
+
+    dim: int
+    code_tail: tuple[int, ...] = ()
+    code_dtype: torch.dtype = torch.int64
+
+    def set_progress(self, frac: float) -> None:
+        """Training progress in [0, 1]; only annealed quantizers use it."""
+
+    def check_latent(self, z: torch.Tensor) -> None:
+        """Refuse a latent whose last axis is not D."""
+        if z.ndim < 1 or z.shape[-1] != self.dim:
+            raise ValueError(f"z must have shape (..., {self.dim}), got {tuple(z.shape)}")
 
 
 def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:

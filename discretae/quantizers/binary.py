@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from discretae.quantizers.base import (
-    batch_mean,
-    check_positive_int,
-    code_keys,
-    code_stats,
-    fp32_math,
-)
+from discretae.core.checks import check_int
+from discretae.quantizers.base import Quantizer, batch_mean, code_keys, code_stats, fp32_math
 
 
-class BinaryQuantizer(nn.Module):
+class BinaryQuantizer(Quantizer):
     """B binary units: sigmoid, then threshold at 0.5, with a straight-through gradient.
 
     Args:
@@ -28,20 +22,18 @@ class BinaryQuantizer(nn.Module):
     stats counts the ones of each bit (B,).
     """
 
+    code_dtype = torch.uint8
+
     def __init__(self, n_bits: int, *, stochastic: bool = False, balance_weight: float = 0.1):
         super().__init__()
-        check_positive_int("n_bits", n_bits)
+        check_int("n_bits", n_bits)
         self.n_bits = self.dim = n_bits
         self.stochastic, self.balance_weight = stochastic, balance_weight
         self.code_tail = (n_bits,)
 
-    def _check(self, z: torch.Tensor) -> None:
-        if z.ndim < 1 or z.shape[-1] != self.n_bits:
-            raise ValueError(f"z must have shape (..., {self.n_bits}), got {tuple(z.shape)}")
-
     def forward(self, z: torch.Tensor):
         """z: (..., B) -> (quantized (..., B) in {0, 1}, codes (..., B) uint8, aux_loss, stats)."""
-        self._check(z)
+        self.check_latent(z)
         with fp32_math(z):
             p = torch.sigmoid(z.float())
             if self.training and self.stochastic:
@@ -64,7 +56,7 @@ class BinaryQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (..., B) -> codes (..., B) uint8, ``sigmoid(z) > 0.5``."""
-        self._check(z)
+        self.check_latent(z)
         with fp32_math(z):
             return (torch.sigmoid(z.float()) > 0.5).to(torch.uint8)
 

@@ -6,17 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from discretae.core.checks import check_int
 from discretae.kernels import nearest_code
-from discretae.quantizers.base import (
-    batch_mean,
-    check_positive_int,
-    code_keys,
-    code_stats,
-    fp32_math,
-)
+from discretae.quantizers.base import Quantizer, batch_mean, code_keys, code_stats, fp32_math
 
 
-class GumbelQuantizer(nn.Module):
+class GumbelQuantizer(Quantizer):
     """One-hot codes trained through a hard straight-through Gumbel-softmax.
 
     The logits of a latent vector are its negative squared distances to a learned
@@ -46,9 +41,9 @@ class GumbelQuantizer(nn.Module):
         hard: bool = True,
     ) -> None:
         super().__init__()
-        check_positive_int("n_codes", n_codes)
-        check_positive_int("dim", dim)
-        check_positive_int("groups", groups)
+        check_int("n_codes", n_codes)
+        check_int("dim", dim)
+        check_int("groups", groups)
         if dim % groups:
             raise ValueError(f"dim={dim} must be a multiple of groups={groups}")
         if not (tau_start > 0 and tau_end > 0):
@@ -67,17 +62,13 @@ class GumbelQuantizer(nn.Module):
         frac = min(max(float(frac), 0.0), 1.0)
         self.tau = self.tau_start * (self.tau_end / self.tau_start) ** frac
 
-    def _check(self, z: torch.Tensor) -> None:
-        if z.ndim < 1 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must have shape (..., {self.dim}), got {tuple(z.shape)}")
-
     def _shape_codes(self, idx: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """idx: (T, G) -> (*lead) or (*lead, G)."""
         return idx.view(*lead, *self.code_tail)
 
     def forward(self, z: torch.Tensor):
         """z: (..., D) -> (quantized (..., D), codes (...) or (..., G) int64, aux_loss, stats)."""
-        self._check(z)
+        self.check_latent(z)
         lead = z.shape[:-1]
         with fp32_math(z):
             zg = z.float().reshape(-1, self.groups, self.dim // self.groups)  # (T, G, Dg)
@@ -119,7 +110,7 @@ class GumbelQuantizer(nn.Module):
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """z: (..., D) -> (..., G, K) float32 logits of the code choice (differentiable);
         their softmax is the code distribution without Gumbel noise."""
-        self._check(z)
+        self.check_latent(z)
         with fp32_math(z):
             zg = z.float().reshape(-1, self.groups, self.dim // self.groups)
             return self._logits(zg).view(*z.shape[:-1], self.groups, self.n_codes)
@@ -138,7 +129,7 @@ class GumbelQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (..., D) -> codes (...) or (..., G) int64: the nearest code of each group."""
-        self._check(z)
+        self.check_latent(z)
         with fp32_math(z):
             zg = z.detach().float().reshape(-1, self.groups, self.dim // self.groups)
             return self._shape_codes(self._nearest(zg), z.shape[:-1])

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 
+from discretae.core.checks import check_int
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.kernels import nearest_code, nearest_code_with_sums
 
@@ -123,8 +124,7 @@ class KMeans:
     def _check_params(self, n: int) -> None:
         for name in ("n_clusters", "n_init", "max_iter"):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise DiscretaeError(f"{name} must be an integer >= 1, got {v!r}")
+            check_int(name, int(v) if isinstance(v, np.integer) else v)
         if not self.tol >= 0:
             raise DiscretaeError(f"tol must be >= 0, got {self.tol!r}")
         if n < self.n_clusters:

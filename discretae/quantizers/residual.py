@@ -20,11 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from discretae.quantizers.base import code_keys, perplexity_from_counts
+from discretae.core.checks import check_int
+from discretae.quantizers.base import Quantizer, code_keys, code_stats
 from discretae.quantizers.vq import VectorQuantizer
 
 
-class ResidualVectorQuantizer(nn.Module):
+class ResidualVectorQuantizer(Quantizer):
     """L residual ``VectorQuantizer`` levels of K codes each over latents (..., D).
 
     Args:
@@ -51,8 +52,7 @@ class ResidualVectorQuantizer(nn.Module):
         **vq_options,
     ) -> None:
         super().__init__()
-        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
-            raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+        check_int("levels", levels)
         if not 0.0 <= float(level_dropout) <= 1.0:
             raise ValueError(f"level_dropout must lie in [0, 1], got {level_dropout!r}")
         self.n_codes, self.dim, self.levels = n_codes, dim, levels
@@ -62,16 +62,12 @@ class ResidualVectorQuantizer(nn.Module):
             VectorQuantizer(n_codes, dim, **vq_options) for _ in range(levels)
         )
 
-    def _check(self, z: torch.Tensor) -> None:
-        if z.ndim < 1 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must have shape (..., {self.dim}), got {tuple(z.shape)}")
-
     def forward(self, z: torch.Tensor):
         """z: (..., D) -> (quantized (..., D), codes (..., L) int64, aux_loss, stats).
 
         ``stats["usage"]`` counts the codes of level 0 (K,).
         """
-        self._check(z)
+        self.check_latent(z)
         residual = z
         total = torch.zeros_like(z, dtype=torch.float32)
         keep = self._kept_levels(z)  # (..., 1) levels each input decodes from
@@ -88,13 +84,8 @@ class ResidualVectorQuantizer(nn.Module):
         # straight-through to z, as in a single VectorQuantizer
         out = z + (total.to(z.dtype) - z).detach()
         codes_t = torch.stack(codes, dim=-1)
-        keys = self.code_keys(codes_t)
-        _, counts = torch.unique(keys, return_counts=True)
-        stats = {
-            "usage": usage,
-            "perplexity": perplexity_from_counts(counts),
-            "n_used": torch.tensor(counts.numel(), device=z.device),
-        }
+        n_used, perplexity = code_stats(self.code_keys(codes_t))
+        stats = {"usage": usage, "perplexity": perplexity, "n_used": n_used}
         return out, codes_t, aux, stats
 
     def _kept_levels(self, z: torch.Tensor) -> torch.Tensor:
@@ -111,7 +102,7 @@ class ResidualVectorQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (..., D) -> codes (..., L) int64, level by level on the residual."""
-        self._check(z)
+        self.check_latent(z)
         residual = z.detach().float()
         codes = []
         for vq in self.layers:

@@ -7,16 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from discretae.core import distributed
+from discretae.core.checks import check_int
 from discretae.kernels import nearest_code, nearest_code_with_sums
-from discretae.quantizers.base import (
-    check_positive_int,
-    fp32_math,
-    perplexity_from_counts,
-)
+from discretae.quantizers.base import Quantizer, fp32_math, perplexity_from_counts
 from discretae.quantizers.kmeans import KMeans
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Quantizer):
     """VQ-VAE quantizer: each latent vector becomes the index of its nearest codebook row.
 
     Args:
@@ -37,8 +34,6 @@ class VectorQuantizer(nn.Module):
     Codes are int64 (...) for z (..., D).
     """
 
-    code_tail: tuple[int, ...] = ()
-
     def __init__(
         self,
         n_codes: int,
@@ -53,8 +48,8 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 1.0,
     ) -> None:
         super().__init__()
-        check_positive_int("n_codes", n_codes)
-        check_positive_int("dim", dim)
+        check_int("n_codes", n_codes)
+        check_int("dim", dim)
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must lie in (0, 1), got {decay!r}")
         if commitment < 0 or eps < 0 or dead_code_threshold < 0:
@@ -137,13 +132,9 @@ class VectorQuantizer(nn.Module):
         smoothed = (self.ema_count + self.eps) / (n + self.n_codes * self.eps) * n
         self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
 
-    def _check(self, z: torch.Tensor) -> None:
-        if z.ndim < 1 or z.shape[-1] != self.dim:
-            raise ValueError(f"z must have shape (..., {self.dim}), got {tuple(z.shape)}")
-
     def forward(self, z: torch.Tensor):
         """z: (..., D) -> (quantized (..., D), codes (...) int64, aux_loss, stats)."""
-        self._check(z)
+        self.check_latent(z)
         with fp32_math(z):
             flat = z.detach().reshape(-1, self.dim).float()
             if self.training:
@@ -171,7 +162,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (..., D) -> codes (...) int64, the nearest codebook rows."""
-        self._check(z)
+        self.check_latent(z)
         with fp32_math(z):
             return nearest_code(z.detach(), self.codebook.detach())[0]
 
