@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sklearn.exceptions
 import torch
+from scipy import sparse
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score
 
+import discretae
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+from discretae.estimator.parameters import PARAMETER_CONSTRAINTS, check_parameters
 from discretae.models.autoencoder import build_autoencoder
 
 
@@ -154,6 +158,10 @@ def test_not_fitted_errors(small):
             call(small)
     with pytest.raises(NotFittedError):
         est.save("never-written.safetensors")
+    # discretae's public name catches it, and so does scikit-learn's own class
+    for caught in (discretae.NotFittedError, sklearn.exceptions.NotFittedError):
+        with pytest.raises(caught, match="not fitted yet"):
+            est.predict(small)
 
 
 def test_bad_input_errors(small):
@@ -180,10 +188,47 @@ def test_bad_input_errors(small):
         est.inverse_transform(np.array([0.5, 1.0]))
 
 
+def test_input_refusals_use_scikit_learn_words(small):
+    est = DiscreteAutoencoder(model="vq", epochs=1, batch_size=16).fit(small)
+    flat = DiscreteAutoencoder(model="vq", epochs=1, batch_size=16).fit(small[:, 0])
+    refusals = [
+        (est.fit, sparse.csr_matrix(small[:, 0]), "sparse input is not supported"),
+        (est.predict, torch.zeros(2, 10).to_sparse(), "sparse input is not supported"),
+        (est.fit, small[:, 0] + 0j, "Complex data not supported"),
+        (est.fit, np.zeros((4, 0)), r"0 feature\(s\) \(shape=\(4, 0\)\) while a minimum"),
+        (est.fit, -small, "Negative values in data"),
+        (est.predict, small[0, 0], "Reshape your data"),
+        (flat.predict, small[:, 0, :4], "X has 4 features, but DiscreteAutoencoder is "
+         "expecting 10 features as input"),
+    ]  # fmt: skip
+    for call, X, message in refusals:
+        with pytest.raises(DiscretaeError, match=message):
+            call(X)
+
+
+def test_tags_say_what_the_estimator_takes():
+    tags = DiscreteAutoencoder(device="cpu").__sklearn_tags__()
+    assert tags.input_tags.positive_only and tags.input_tags.three_d_array
+    assert not tags.input_tags.sparse and not tags.input_tags.allow_nan
+    assert not tags.target_tags.required and tags.transformer_tags.preserves_dtype == []
+    assert not tags.non_deterministic  # a fixed seed repeats a CPU fit
+    assert DiscreteAutoencoder(device="cuda").__sklearn_tags__().non_deterministic
+
+
+def test_the_parameter_table_names_every_parameter():
+    assert set(PARAMETER_CONSTRAINTS) == set(DiscreteAutoencoder().get_params())
+    check_parameters(DiscreteAutoencoder(n_codes=np.int64(3), epochs=np.int32(2)).get_params())
+
+
 @pytest.mark.parametrize(
     "params, message",
     [
         (dict(n_codes=0), "n_codes must be an integer >= 1"),
+        (dict(batch_size=True), "batch_size must be an integer >= 1"),
+        (dict(n_clusters=2.0), "n_clusters must be an integer >= 1"),
+        (dict(random_state=1.5), "random_state must be an int or None"),
+        (dict(callback=3), "callback must be callable"),
+        (dict(lr_schedule="linear"), "lr_schedule="),
         (dict(model="pq"), "valid models: vq, gumbel, binary"),
         (dict(latent="patch"), "latent"),
         (dict(epochs=0), "epochs"),

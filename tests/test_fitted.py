@@ -5,12 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from discretae.commands import load_model
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
-from discretae.estimator.fitted import FittedModel
+from discretae.estimator.fitted import FittedModel, resolve_device
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,14 @@ def test_checks_inputs_like_the_estimator(digits_model):
         light.inverse_transform(np.array([99]))
     with pytest.raises(NotFittedError):
         FittedModel({}).transform(np.zeros((1, 8, 8), np.float32))
+
+
+def test_devices_are_checked_by_the_one_device_check():
+    assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    for bad in ("tpu9", "cpu:0", 3):
+        with pytest.raises(DiscretaeError, match="is not one of auto, cpu, cuda, cuda:N"):
+            resolve_device(bad)
 
 
 def test_a_file_without_parameters_is_refused(tmp_path):

@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import sklearn.exceptions
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils import Tags
 
 from discretae._version import __version__
 from discretae.core import distributed
-from discretae.core.errors import DiscretaeError
+from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.files import check_writable
 from discretae.core.serialization import read_model_file, write_model_file
 from discretae.estimator.fitted import (
@@ -31,17 +33,24 @@ from discretae.estimator.fitted import (
     attach_fitted,
     resolve_device,
 )
-from discretae.models.autoencoder import LATENTS, MODEL_KINDS, build_autoencoder
+from discretae.estimator.parameters import Integer, check_parameters
+from discretae.estimator.resume import (
+    CheckpointWriter,
+    check_same_data,
+    check_same_settings,
+    data_fingerprint,
+)
+from discretae.models.autoencoder import build_autoencoder
 from discretae.models.checkpoint import (
+    Checkpoint,
     read_checkpoint,
     restore_rng,
     restore_train_state,
-    write_checkpoint,
 )
 from discretae.models.objectives import OBJECTIVES, VIEW_TERMS
 from discretae.models.training import (
     TrainingDiverged,
-    check_lr_schedule,
+    TrainState,
     make_train_state,
     steps_per_epoch,
     train,
@@ -49,40 +58,16 @@ from discretae.models.training import (
 from discretae.quantizers.kmeans import KMeans
 
 
-def _fingerprint(data: torch.Tensor) -> dict:
-    """What a resume checks to know it got the same data: size, shape, and the plain and
-    position-weighted sums of the per-input totals, in [0, 1] units (uint8 / 255)."""
-    rows = data.reshape(data.shape[0], -1).sum(1, dtype=torch.float64)
-    if data.dtype == torch.uint8:
-        rows /= 255.0
-    weights = torch.arange(1, rows.numel() + 1, dtype=torch.float64)
-    return {
-        "n": int(data.shape[0]),
-        "shape": [int(s) for s in data.shape[1:]],
-        "sum": float(rows.sum()),
-        "weighted_sum": float((rows * weights).sum()),
-    }
-
-
-def _same_data(a: dict, b: dict) -> bool:
-    # uint8 and its float32 scaling differ by rounding only: 1e-6 is far above that
-    if any(a.get(k) != b.get(k) for k in ("n", "shape")):
-        return False
-    sums = ("sum", "weighted_sum")
-    return all(k in a and k in b and math.isclose(a[k], b[k], rel_tol=1e-6) for k in sums)
+class EstimatorNotFittedError(NotFittedError, sklearn.exceptions.NotFittedError):
+    """Use before ``fit``: both ``except discretae.NotFittedError`` and scikit-learn's
+    ``except sklearn.exceptions.NotFittedError`` catch it. (discretae's own class stays
+    free of scikit-learn, for ``FittedModel``.)"""
 
 
 def _rank_seed(seed: int, rank: int, step: int) -> int:
     """Seed of rank > 0's own random stream (Gumbel noise, stochastic bits); rank 0 keeps
     the single-process stream."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
-
-
-def _positive_int(name: str, value, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise DiscretaeError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 # Optimisation steps of the clustering recipe when epochs are not given: measured on
@@ -184,30 +169,27 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         self.objective_options = objective_options
         self.lr_schedule = lr_schedule
 
-    # ---------------------------------------------------------------- fitting
-    def _check_params(self) -> None:
-        if self.model not in MODEL_KINDS:
-            raise DiscretaeError(
-                f"unknown model {self.model!r}; valid models: {', '.join(MODEL_KINDS)}"
-            )
-        if self.latent not in LATENTS:
-            raise DiscretaeError(f"latent={self.latent!r} is not one of {LATENTS}")
-        for name in ("n_codes", "n_bits", "batch_size", "width"):
-            _positive_int(name, getattr(self, name))
-        _positive_int("epochs", self.epochs, allow_none=True)
-        if self.lr_schedule is not None:
-            check_lr_schedule(self.lr_schedule)
-        _positive_int("n_clusters", self.n_clusters, allow_none=True)
-        _positive_int("latent_dim", self.latent_dim, allow_none=True)
-        lr = 1.0 if self.lr is None else self.lr
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise DiscretaeError(f"lr must be a positive number, got {self.lr!r}")
-        rs = self.random_state
-        if rs is not None and (not isinstance(rs, (int, np.integer)) or isinstance(rs, bool)):
-            raise DiscretaeError(f"random_state must be an int or None, got {rs!r}")
-        if self.callback is not None and not callable(self.callback):
-            raise DiscretaeError(f"callback must be callable or None, got {self.callback!r}")
+    not_fitted_error = EstimatorNotFittedError
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        # (N, F) vectors and (N, H, W) gray images; (N, H, W, C) and (N, C, H, W) too
+        tags.input_tags.two_d_array = True
+        tags.input_tags.three_d_array = True
+        # float input lies in [0, 1] and uint8 in 0-255: never negative (scikit-learn
+        # has no tag for the upper bound)
+        tags.input_tags.positive_only = True
+        tags.target_tags.required = False  # y is ignored
+        tags.transformer_tags.preserves_dtype = []  # transform gives integer codes
+        # a fixed random_state repeats a fit exactly on a CPU; on CUDA that is not promised
+        tags.non_deterministic = self._may_use_cuda()
+        return tags
+
+    def _may_use_cuda(self) -> bool:
+        name = str(self.device)
+        return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+
+    # ---------------------------------------------------------------- fitting
     def _objective_names(self, input_shape) -> list[str]:
         text = self.objectives
         if not isinstance(text, str):
@@ -301,20 +283,6 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             params["grid"] = [int(g) for g in params["grid"]]
         return params
 
-    def _check_resume(self, ck) -> None:
-        mine, theirs = self._settings(), dict(ck.config["params"])
-        diff = [
-            f"{k}={mine.get(k)!r} (checkpoint: {theirs.get(k)!r})"
-            for k in sorted(set(mine) | set(theirs))
-            if mine.get(k) != theirs.get(k)
-        ]
-        if diff:
-            raise DiscretaeError(
-                f"cannot resume from {str(ck.path)!r}: settings differ: {'; '.join(diff)}; "
-                "a resumed run keeps the settings it started with "
-                "(DiscreteAutoencoder.from_checkpoint builds a matching estimator)"
-            )
-
     @classmethod
     def from_checkpoint(cls, path, **overrides) -> DiscreteAutoencoder:
         """An unfitted estimator with the settings of the checkpoint at ``path``;
@@ -352,95 +320,120 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             TrainingInterrupted: (a KeyboardInterrupt) SIGINT or SIGTERM; a checkpoint
                 was written first when ``checkpoint`` is set.
         """
-        self._check_params()
-        if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 0:
-            raise DiscretaeError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
+        ck = self._check_fit_call(checkpoint, checkpoint_every, resume)
+        data = as_images(X)
+        fingerprint = data_fingerprint(data)
+        if ck is not None:
+            check_same_data(ck, fingerprint)
+        device = resolve_device(self.device)
+        seed = self._fit_seed(ck)
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            state, epochs = self._start_training(data, device, seed, ck)
+            config = {
+                "params": self._settings(),
+                "model": state.model.config,
+                "input_shape": list(data.shape[1:]),
+                "seed": seed,
+                "data": fingerprint,
+            }
+            writer = CheckpointWriter(checkpoint, config, resume, None if ck is None else ck.step)
+            self._train(state, data, epochs, device, writer, checkpoint_every)
+        self._set_fitted(state, tuple(data.shape[1:]), device)
+        self._fit_clusters(self._encode(data), seed)
+        return self
+
+    def _check_fit_call(self, checkpoint, checkpoint_every, resume) -> Checkpoint | None:
+        """Check the parameters and fit's own arguments before any data is read; ->
+        the checkpoint to resume from, read and matched to this estimator, or None."""
+        check_parameters(self.get_params(deep=False))
+        Integer(0)("checkpoint_every", checkpoint_every)
         if checkpoint_every and checkpoint is None:
             raise DiscretaeError("checkpoint_every needs a checkpoint path")
         ck = read_checkpoint(resume) if resume is not None else None
         if ck is not None:
-            self._check_resume(ck)
+            check_same_settings(self._settings(), ck)
         if checkpoint is not None:
             check_writable(checkpoint)
-        data = as_images(X)
-        fingerprint = _fingerprint(data)
-        if ck is not None and not _same_data(ck.config["data"], fingerprint):
-            was = ck.config["data"]
-            raise DiscretaeError(
-                f"cannot resume from {str(ck.path)!r}: it was trained on other data "
-                f"({was['n']} inputs of shape {was['shape']}, pixel sum {was['sum']:.6g}); "
-                f"got {fingerprint['n']} of shape {fingerprint['shape']}, pixel sum "
-                f"{fingerprint['sum']:.6g} (the same data in the same order is needed)"
-            )
-        device = resolve_device(self.device)
-        seed = self.random_state
+        return ck
+
+    def _fit_seed(self, ck: Checkpoint | None) -> int:
+        """The run's seed: the checkpoint's, else random_state, else a fresh one."""
         if ck is not None:
-            seed = ck.config["seed"]
-        elif seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-        cuda = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(int(seed))
-            model = self._build(tuple(data.shape[1:])).to(device)
-            epochs, lr = self._schedule(model, data.shape[0])
-            state = make_train_state(model, lr=lr, seed=int(seed))
-            if ck is not None:
-                restore_train_state(ck, state)
-                restore_rng(ck)
-            if distributed.rank() > 0:
-                torch.manual_seed(_rank_seed(int(seed), distributed.rank(), state.step))
-                state.epoch_keys = []  # the checkpoint's keys are all ranks'; rank 0 has them
-            saved = {"path": resume, "step": ck.step if ck is not None else None}
-            save = None
-            if checkpoint is not None:
-                config = {
-                    "params": self._settings(),
-                    "model": model.config,
-                    "input_shape": list(data.shape[1:]),
-                    "seed": int(seed),
-                    "data": fingerprint,
-                }
+            return int(ck.config["seed"])
+        if self.random_state is None:
+            return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        return int(self.random_state)
 
-                def save(st) -> None:
-                    write_checkpoint(checkpoint, st, config)
-                    saved.update(path=checkpoint, step=st.step)
+    def _start_training(
+        self, data: torch.Tensor, device: torch.device, seed: int, ck: Checkpoint | None
+    ) -> tuple[TrainState, int]:
+        """A new model for ``data`` on ``device`` and its training state, or the
+        checkpoint's; -> (state, epochs). Draws from the torch RNG, seeded by the caller."""
+        model = self._build(tuple(data.shape[1:])).to(device)
+        epochs, lr = self._schedule(model, data.shape[0])
+        state = make_train_state(model, lr=lr, seed=seed)
+        if ck is not None:
+            restore_train_state(ck, state)
+            restore_rng(ck)
+        if distributed.rank() > 0:
+            torch.manual_seed(_rank_seed(seed, distributed.rank(), state.step))
+            state.epoch_keys = []  # the checkpoint's keys are all ranks'; rank 0 has them
+        return state, epochs
 
-            try:
-                train(
-                    state,
-                    data,
-                    epochs=epochs,
-                    batch_size=int(self.batch_size),
-                    device=device,
-                    callback=self.callback,
-                    checkpoint=save,
-                    checkpoint_every=int(checkpoint_every),
-                    lr_schedule=self.lr_schedule_used(model),
-                )
-            except TrainingDiverged as e:
-                if saved["step"] is None:
-                    raise
-                note = f"the last good checkpoint is {str(saved['path'])!r} (step {saved['step']})"
-                raise TrainingDiverged(f"{e}; {note}", e.step) from None
-        self.model_ = model.eval()
+    def _train(
+        self,
+        state: TrainState,
+        data: torch.Tensor,
+        epochs: int,
+        device: torch.device,
+        writer: CheckpointWriter,
+        checkpoint_every: int,
+    ) -> None:
+        """Run ``train``, with ``writer`` writing the checkpoints; a divergence names the
+        last good checkpoint, if there is one."""
+        try:
+            train(
+                state,
+                data,
+                epochs=epochs,
+                batch_size=int(self.batch_size),
+                device=device,
+                callback=self.callback,
+                checkpoint=writer.callback,
+                checkpoint_every=int(checkpoint_every),
+                lr_schedule=self.lr_schedule_used(state.model),
+            )
+        except TrainingDiverged as e:
+            if writer.last_step is None:
+                raise
+            last = f"{str(writer.last_path)!r} (step {writer.last_step})"
+            raise TrainingDiverged(f"{e}; the last good checkpoint is {last}", e.step) from None
+
+    def _set_fitted(self, state: TrainState, input_shape: tuple, device: torch.device) -> None:
+        """The fitted attributes of the trained model, clusters aside."""
+        self.model_ = state.model.eval()
         self.device_ = device
-        self.input_shape_ = tuple(data.shape[1:])
+        self.input_shape_ = input_shape
         self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.code_shape_ = model.code_shape
+        self.code_shape_ = self.model_.code_shape
         self.history_ = state.history
-        codes = self._encode(data)
+
+    def _fit_clusters(self, codes: torch.Tensor, seed: int) -> None:
+        """codes of the training inputs -> ``labels_``, ``n_clusters_``, ``kmeans_`` and
+        ``cluster_centers_`` (k-means on the codes unless the code is the cluster)."""
         if self._uses_codes_as_clusters():
             self.kmeans_ = self.cluster_centers_ = None
-            self.n_clusters_ = model.config["n_codes"]
+            self.n_clusters_ = self.model_.config["n_codes"]
             self.labels_ = codes.numpy()
-        else:
-            self.n_clusters_ = int(self.n_clusters or 10)
-            km = KMeans(self.n_clusters_, n_init=4, random_state=int(seed))
-            km.fit(self._code_features(codes))
-            self.kmeans_ = km
-            self.cluster_centers_ = km.cluster_centers_.cpu().numpy()
-            self.labels_ = km.labels_.cpu().numpy()
-        return self
+            return
+        self.n_clusters_ = int(self.n_clusters or 10)
+        km = KMeans(self.n_clusters_, n_init=4, random_state=seed)
+        km.fit(self._code_features(codes))
+        self.kmeans_ = km
+        self.cluster_centers_ = km.cluster_centers_.cpu().numpy()
+        self.labels_ = km.labels_.cpu().numpy()
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         """Fit on X and return its cluster ids (N,) int64."""
@@ -453,7 +446,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         params = {**self._settings(), "device": self.device}
         tensors = {f"model.{k}": v for k, v in self.model_.state_dict().items()}
         if self.kmeans_ is not None:
-            tensors["kmeans.cluster_centers"] = self.kmeans_._centers
+            tensors["kmeans.cluster_centers"] = self.kmeans_.cluster_centers_
         config = {
             "discretae_version": __version__,
             "params": params,

@@ -10,9 +10,12 @@ inference read straight from a model file, for the commands that only encode or 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
+from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.serialization import read_model_file
 from discretae.models.autoencoder import build_autoencoder
@@ -24,19 +27,81 @@ INFER_BATCH = 1024
 CHANNELS = (1, 3, 4)
 
 
-def _to_tensor(X, what: str) -> torch.Tensor:
+def _is_sparse(X) -> bool:
+    """A scipy sparse matrix or array, or a torch sparse tensor. scipy is only asked when
+    something already imported it (X cannot be scipy's otherwise): inference stays light."""
     if isinstance(X, torch.Tensor):
+        return X.layout != torch.strided
+    scipy_sparse = sys.modules.get("scipy.sparse")
+    return scipy_sparse is not None and scipy_sparse.issparse(X)
+
+
+def _to_tensor(X, what: str) -> torch.Tensor:
+    if _is_sparse(X):
+        raise DiscretaeError(
+            f"{what} is sparse ({type(X).__name__}); sparse input is not supported, "
+            f"give a dense array (e.g. {what}.toarray())"
+        )
+    if isinstance(X, torch.Tensor):
+        if X.is_complex():
+            raise DiscretaeError(f"Complex data not supported: {what} has dtype {X.dtype}")
         return X.detach().cpu()
     try:
         arr = np.asarray(X)
     except Exception as e:
         raise DiscretaeError(f"{what} must be an array, got {type(X).__name__}: {e}") from None
+    if arr.dtype.kind == "c":
+        raise DiscretaeError(f"Complex data not supported: {what} has dtype {arr.dtype}")
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise DiscretaeError(f"{what} must be a numeric array, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr)
     if not arr.flags.writeable:  # torch warns on read-only memory (e.g. np.frombuffer)
         arr = arr.copy()
     return torch.from_numpy(arr)
+
+
+def _check_shape(t: torch.Tensor) -> None:
+    """Refuse what no layout reads: other than 2-4 dims, no samples, a zero-size axis."""
+    shape = tuple(t.shape)
+    if t.ndim not in (2, 3, 4):
+        # scikit-learn's "Reshape your data" for 1-D input, which its checks look for
+        hint = ""
+        if t.ndim == 1:
+            hint = "; Reshape your data: X.reshape(1, -1) for one input, X.reshape(-1, 1) "
+            hint += "for one feature"
+        raise DiscretaeError(
+            f"X must be (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F); got shape "
+            f"{shape} ({t.ndim} dims){hint}"
+        )
+    if shape[0] == 0:
+        raise DiscretaeError(f"X has no samples: shape {shape}")
+    if 0 in shape[1:]:
+        # scikit-learn's wording, which its estimator checks look for
+        raise DiscretaeError(
+            f"X has 0 feature(s) (shape={shape}) while a minimum of 1 is required."
+        )
+
+
+def _channels_first(t: torch.Tensor, expected: tuple[int, ...] | None) -> torch.Tensor:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W); (N, F) as it is."""
+    if t.ndim == 3:
+        return t.unsqueeze(1)
+    if t.ndim != 4:
+        return t
+    last, first = t.shape[3] in CHANNELS, t.shape[1] in CHANNELS
+    if expected is not None and len(expected) == 3:
+        if tuple(t.shape[1:]) == tuple(expected):
+            last = False
+        elif tuple(t.permute(0, 3, 1, 2).shape[1:]) == tuple(expected):
+            last = True
+    if last:
+        return t.permute(0, 3, 1, 2)
+    if not first:
+        raise DiscretaeError(
+            f"cannot find the channel axis of X with shape {tuple(t.shape)}: expected "
+            f"1, 3 or 4 channels in the last axis (N, H, W, C) or the second (N, C, H, W)"
+        )
+    return t
 
 
 def as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -47,29 +112,8 @@ def as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
     4, else channels-first; with ``expected`` (C, H, W) the layout that matches wins.
     """
     t = _to_tensor(X, "X")
-    if t.ndim not in (2, 3, 4):
-        raise DiscretaeError(
-            f"X must be (N, H, W), (N, H, W, C), (N, C, H, W) or (N, F); got shape "
-            f"{tuple(t.shape)} ({t.ndim} dims)"
-        )
-    if t.shape[0] == 0:
-        raise DiscretaeError(f"X has no samples: shape {tuple(t.shape)}")
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4:
-        last, first = t.shape[3] in CHANNELS, t.shape[1] in CHANNELS
-        if expected is not None and len(expected) == 3:
-            if tuple(t.shape[1:]) == tuple(expected):
-                last = False
-            elif tuple(t.permute(0, 3, 1, 2).shape[1:]) == tuple(expected):
-                last = True
-        if last:
-            t = t.permute(0, 3, 1, 2)
-        elif not first:
-            raise DiscretaeError(
-                f"cannot find the channel axis of X with shape {tuple(t.shape)}: expected "
-                f"1, 3 or 4 channels in the last axis (N, H, W, C) or the second (N, C, H, W)"
-            )
+    _check_shape(t)
+    t = _channels_first(t, expected)
     if t.dtype == torch.uint8:
         return t.contiguous()
     if t.dtype == torch.bool or not t.is_floating_point():
@@ -82,43 +126,59 @@ def as_images(X, expected: tuple[int, ...] | None = None) -> torch.Tensor:
         raise DiscretaeError("X contains NaN or infinite values")
     lo, hi = float(t.min()), float(t.max())
     if lo < 0.0 or hi > 1.0:
+        # scikit-learn's words for negative input, which its estimator checks look for
+        negative = "Negative values in data: " if lo < 0.0 else ""
         raise DiscretaeError(
-            f"float X must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; scale it first"
+            f"{negative}float X must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+            "scale it first"
         )
     return t
 
 
 def resolve_device(device) -> torch.device:
-    if device == "auto":
+    """A device name -> torch.device: "auto" (CUDA when available), "cpu", "cuda",
+    "cuda:N", or a torch.device of those. :func:`discretae.core.devices.check_device`
+    validates the name."""
+    name = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(name, str):
+        raise DiscretaeError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if check_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DiscretaeError(
-            f"device={device!r} is not a torch device (try 'auto', 'cpu' or 'cuda')"
-        ) from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise DiscretaeError(f"device={device!r} but CUDA is not available here")
-    return d
+    return torch.device(name)
 
 
 class FittedCodes:
     """Inference of a fitted model: needs ``model_``, ``device_``, ``input_shape_``,
     ``code_shape_`` and ``kmeans_`` (None when codes are the clusters)."""
 
+    # raised before fit; the estimator raises one that is scikit-learn's too
+    not_fitted_error: type[NotFittedError] = NotFittedError
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit first.")
+            raise self.not_fitted_error(
+                f"This {type(self).__name__} is not fitted yet; call fit first."
+            )
 
     def _check_input(self, X) -> torch.Tensor:
         self._check_fitted()
         data = as_images(X, expected=self.input_shape_)
-        if tuple(data.shape[1:]) != self.input_shape_:
-            raise DiscretaeError(
-                f"X has per-sample shape {tuple(data.shape[1:])} (as (C, H, W) or (F,)), "
-                f"but this model was fitted on {self.input_shape_}"
-            )
-        return data
+        shape = tuple(data.shape[1:])
+        if shape == self.input_shape_:
+            return data
+        n_features = int(np.prod(shape))
+        where = f"per-sample shape {shape} (as (C, H, W) or (F,))"
+        if n_features == self.n_features_in_:
+            raise DiscretaeError(f"X has {where}, but this model was fitted on {self.input_shape_}")
+        # scikit-learn's wording first, which its estimator checks look for
+        raise DiscretaeError(
+            f"X has {n_features} features, but {type(self).__name__} is expecting "
+            f"{self.n_features_in_} features as input ({where}; this model was fitted on "
+            f"{self.input_shape_})"
+        )
 
     def _encode(self, data: torch.Tensor) -> torch.Tensor:
         """data: (N, *input_shape_) uint8/float32 on CPU -> codes on CPU."""
