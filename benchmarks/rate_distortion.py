@@ -47,7 +47,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
+from discretae.commands.common import load_codec
+from discretae.compression.codec import fit_prior, load_prior, save_prior
 from discretae.core.files import atomic_path, write_text_atomic
 from discretae.data.datasets import load_dataset
 from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
@@ -178,7 +179,7 @@ def fit_cached(
 
 def measure_model(path: Path, test: np.ndarray, work: Path) -> list[dict]:
     """One point per level prefix (rvq) or one point: real archive size and PSNR."""
-    codec = Codec.load(path, device="cpu")
+    codec = load_codec(path, device="cpu")
     if load_prior(path) is None:
         raise SystemExit(f"{path} has no code prior")
     x = torch.from_numpy(test).float() / 255
@@ -194,7 +195,7 @@ def measure_model(path: Path, test: np.ndarray, work: Path) -> list[dict]:
             tmp.write_bytes(data)
         size = archive.stat().st_size  # the real file
         t = time.perf_counter()
-        got, _, _ = codec.decode_codes(archive.read_bytes())
+        got, _, _ = codec.decode_archive(archive.read_bytes())
         recon = codec.decode_images(got)
         dec = time.perf_counter() - t
         assert np.array_equal(got, sym[..., :lv]), "decoded codes differ"

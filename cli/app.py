@@ -1,6 +1,6 @@
 """The ``discretae`` Typer app: registers one module per command.
 
-Errors are handled in one place, :class:`~discretae.cli._common.DiscretaeGroup`: a user
+Errors are handled in one place, :class:`~discretae.cli._errors.DiscretaeGroup`: a user
 error prints one ``error: ...`` line on stderr and exits 1 (usage errors exit 2,
 Ctrl-C exits 130), in a real process and under Typer's ``CliRunner`` alike.
 """
@@ -14,16 +14,15 @@ from typing import Annotated
 import typer
 
 from discretae import __version__
-
-from ._common import DiscretaeGroup
-from .compress import compress
-from .decode import decode
-from .decompress import decompress
-from .demo import demo
-from .encode import encode
-from .evaluate import evaluate
-from .fit import fit
-from .merge import merge
+from discretae.cli._errors import DiscretaeGroup
+from discretae.cli.compress import compress
+from discretae.cli.decode import decode
+from discretae.cli.decompress import decompress
+from discretae.cli.demo import demo
+from discretae.cli.encode import encode
+from discretae.cli.evaluate import evaluate
+from discretae.cli.fit import fit
+from discretae.cli.merge import merge
 
 HELP = """Turn images into discrete codes: fit, encode, decode and evaluate discrete autoencoders.
 
@@ -91,6 +90,8 @@ def _exit(code) -> None:
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # closed by a caller; nothing to flush
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said

@@ -6,24 +6,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from ._common import (
+from discretae.cli._options import (
     BatchSize,
+    Data,
     Device,
     Json,
     ModelPath,
     Quiet,
     Strict,
-    print_json,
-    print_table,
-    step_progress,
-    warner,
 )
-from .fit import DATA_HELP
+from discretae.cli._output import rows_table
+from discretae.cli.runner import run
 
 
 def compress(
-    data: Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)],
+    data: Data,
     model: ModelPath,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write the archive (.dae).")
@@ -57,33 +56,32 @@ def compress(
 
       discretae compress fashion-mnist:test -m rvq.safetensors --levels 2 -o test.dae
     """
-    from discretae.compression.codec import compress as run
+    from discretae.commands import compress as compress_command
 
-    with step_progress(not (quiet or json)) as progress:
-        result = run(
-            data,
-            model=model,
-            out=out,
-            levels=levels,
-            names=names,
-            batch_size=batch_size,
-            device=device,
-            strict=strict,
-            callback=progress,
-            warn=warner(quiet),
-        )
-    if json:
-        print_json(result)
-    elif not quiet:
-        print_table(
-            "compress",
-            [
-                ("images", result["n_images"]),
-                ("archive bytes", result["archive_bytes"]),
-                ("bytes per image", f"{result['bytes_per_image']:.2f}"),
-                ("bits per image", f"{result['bits_per_image']:.1f}"),
-                ("levels", f"{result['levels']} of {result['max_levels']}"),
-                ("prior", result["prior"]),
-                ("saved to", result["out"]),
-            ],
-        )
+    run(
+        compress_command,
+        data,
+        model=model,
+        out=out,
+        levels=levels,
+        names=names,
+        batch_size=batch_size,
+        device=device,
+        strict=strict,
+        quiet=quiet,
+        json=json,
+        table=_table,
+    )
+
+
+def _table(result: dict) -> Table:
+    rows = [
+        ("images", result["n_images"]),
+        ("archive bytes", result["archive_bytes"]),
+        ("bytes per image", f"{result['bytes_per_image']:.2f}"),
+        ("bits per image", f"{result['bits_per_image']:.1f}"),
+        ("levels", f"{result['levels']} of {result['max_levels']}"),
+        ("prior", result["prior"]),
+        ("saved to", result["out"]),
+    ]
+    return rows_table("compress", rows)

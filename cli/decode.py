@@ -5,36 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
+from rich.table import Table
 
-from ._common import (
+from discretae.cli._options import (
     BatchSize,
     Device,
     Json,
     ModelPath,
     Quiet,
-    print_json,
-    print_table,
-    step_progress,
+    image_output,
+    input_file,
 )
+from discretae.cli._output import rows_table
+from discretae.cli.runner import run
 
 
 def decode(
-    codes: Annotated[
-        Path,
-        typer.Argument(
-            exists=True,
-            dir_okay=False,
-            help="Codes .npy from `discretae encode`.",
-            show_default=False,
-        ),
-    ],
+    codes: Annotated[Path, input_file("Codes .npy from `discretae encode`.")],
     model: ModelPath,
     out: Annotated[
-        Path,
-        typer.Option(
-            "--out", "-o", help="A folder (one PNG per row) or a .png file (one montage)."
-        ),
+        Path, image_output("A folder (one PNG per row) or a .png file (one montage).")
     ] = Path("recon"),
     batch_size: BatchSize = 256,
     device: Device = "auto",
@@ -52,21 +42,26 @@ def decode(
 
       discretae decode codes.npy -m model.safetensors --out grid.png
     """
-    from discretae.commands import decode_codes
+    from discretae.commands import decode as decode_command
 
-    with step_progress(not (quiet or json)) as progress:
-        result = decode_codes(
-            codes, model=model, out=out, batch_size=batch_size, device=device, callback=progress
-        )
-    if json:
-        print_json(result)
-    elif not quiet:
-        print_table(
-            "decode",
-            [
-                ("wrote", result["kind"]),
-                ("images", f"{result['n_images']} of {result['n_rows']} rows"),
-                ("image shape", tuple(result["image_shape"])),
-                ("saved to", result["out"]),
-            ],
-        )
+    run(
+        decode_command,
+        codes,
+        model=model,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+        quiet=quiet,
+        json=json,
+        table=_table,
+    )
+
+
+def _table(result: dict) -> Table:
+    rows = [
+        ("wrote", result["kind"]),
+        ("images", f"{result['n_images']} of {result['n_rows']} rows"),
+        ("image shape", tuple(result["image_shape"])),
+        ("saved to", result["out"]),
+    ]
+    return rows_table("decode", rows)

@@ -6,35 +6,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from ._common import (
+from discretae.cli._options import (
     BatchSize,
     Device,
     Json,
     ModelPath,
     Quiet,
-    print_json,
-    print_table,
-    step_progress,
+    image_output,
+    input_file,
 )
+from discretae.cli._output import rows_table
+from discretae.cli.runner import run
 
 
 def decompress(
-    archive: Annotated[
-        Path,
-        typer.Argument(
-            exists=True,
-            dir_okay=False,
-            help="An archive from `discretae compress`.",
-            show_default=False,
-        ),
-    ],
+    archive: Annotated[Path, input_file("An archive from `discretae compress`.")],
     model: ModelPath,
     out: Annotated[
-        Path,
-        typer.Option(
-            "--out", "-o", help="A folder (one PNG per image) or a .png file (one montage)."
-        ),
+        Path, image_output("A folder (one PNG per image) or a .png file (one montage).")
     ] = Path("recon"),
     codes: Annotated[
         Path | None,
@@ -56,28 +47,30 @@ def decompress(
 
       discretae decompress test.dae -m rvq.safetensors --out grid.png
     """
-    from discretae.compression.codec import decompress as run
+    from discretae.commands import decompress as decompress_command
 
-    with step_progress(not (quiet or json)) as progress:
-        result = run(
-            archive,
-            model=model,
-            out=out,
-            codes_out=codes,
-            batch_size=batch_size,
-            device=device,
-            callback=progress,
-        )
-    if json:
-        print_json(result)
-    elif not quiet:
-        rows = [
-            ("wrote", result["kind"]),
-            ("images", result["n_images"]),
-            ("image shape", tuple(result["image_shape"])),
-            ("levels", result["levels"]),
-            ("saved to", result["out"]),
-        ]
-        if result["codes"]:
-            rows.append(("codes", result["codes"]))
-        print_table("decompress", rows)
+    run(
+        decompress_command,
+        archive,
+        model=model,
+        out=out,
+        codes_out=codes,
+        batch_size=batch_size,
+        device=device,
+        quiet=quiet,
+        json=json,
+        table=_table,
+    )
+
+
+def _table(result: dict) -> Table:
+    rows = [
+        ("wrote", result["kind"]),
+        ("images", result["n_images"]),
+        ("image shape", tuple(result["image_shape"])),
+        ("levels", result["levels"]),
+        ("saved to", result["out"]),
+    ]
+    if result["codes"]:
+        rows.append(("codes", result["codes"]))
+    return rows_table("decompress", rows)

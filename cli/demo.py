@@ -6,16 +6,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group, RenderableType
 from rich.table import Table
 
-from ._common import Device, Json, Quiet, fit_progress, fmt, print_json, stdout
-from .fit import ModelKind
+from discretae.cli._options import DemoModelKind, Device, Json, Quiet
+from discretae.cli._output import fmt
+from discretae.cli.runner import run
 
 
 def demo(
     model: Annotated[
-        ModelKind, typer.Option("--model", "-m", help="vq, gumbel (one-hot) or binary.")
-    ] = ModelKind.gumbel,
+        DemoModelKind, typer.Option("--model", "-m", help="vq, gumbel (one-hot) or binary.")
+    ] = DemoModelKind.gumbel,
     epochs: Annotated[
         int | None,
         typer.Option("--epochs", "-e", min=1, help="Passes over digits (default 30)."),
@@ -40,24 +42,24 @@ def demo(
 
       discretae demo --model vq --epochs 40 --out-dir demo/
     """
-    from discretae.commands import demo as run_demo
+    from discretae.commands import demo as demo_command
 
-    with fit_progress(not (quiet or json)) as progress:
-        result = run_demo(
-            model=model.value,
-            epochs=epochs,
-            seed=seed,
-            out_dir=out_dir,
-            device=device,
-            callback=progress,
-        )
-    if json:
-        print_json(result)
-    elif not quiet:
-        print_comparison(result)
+    run(
+        demo_command,
+        model=model.value,
+        epochs=epochs,
+        seed=seed,
+        out_dir=out_dir,
+        device=device,
+        quiet=quiet,
+        json=json,
+        table=_comparison,
+        bar="fit",
+    )
 
 
-def print_comparison(result: dict) -> None:
+def _comparison(result: dict) -> RenderableType:
+    """Our clusters and k-means', side by side; then where the outputs went, if anywhere."""
     ours, km = result["discretae"], result["kmeans"]
     table = Table(
         title=f"digits ({result['n_images']} images, 10 classes)",
@@ -78,6 +80,6 @@ def print_comparison(result: dict) -> None:
             str(row["n_clusters_used"]),
             fmt(row["seconds"], 1),
         )
-    stdout().print(table)
-    if result.get("out_dir"):
-        stdout().print(f"wrote model, codes, report and figures to {result['out_dir']}")
+    if not result.get("out_dir"):
+        return table
+    return Group(table, f"wrote model, codes, report and figures to {result['out_dir']}")

@@ -7,24 +7,24 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from ._common import (
+from discretae.cli._options import (
     BatchSize,
+    Data,
     Device,
     Json,
     ModelPath,
     Quiet,
     Strict,
-    print_json,
-    print_table,
-    step_progress,
-    warner,
+    WithNames,
 )
-from .fit import DATA_HELP
+from discretae.cli._output import rows_table
+from discretae.cli.runner import run
 
 
 def encode(
-    data: Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)],
+    data: Data,
     model: ModelPath,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write the codes (.npy).")
@@ -32,10 +32,7 @@ def encode(
     clusters: Annotated[
         bool, typer.Option("--clusters", help="Write one cluster id per image instead of codes.")
     ] = False,
-    with_names: Annotated[
-        Path | None,
-        typer.Option("--with-names", help="Also write each image's file name, one per line."),
-    ] = None,
+    with_names: WithNames = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -74,42 +71,44 @@ def encode(
 
       discretae encode images/ -m model.safetensors --shard 0/4 --out codes-0.npy
     """
-    from discretae.commands import encode_data
+    from discretae.commands import encode as encode_command
 
     _keep_freed_memory()
-    with step_progress(not (quiet or json)) as progress:
-        result = encode_data(
-            data,
-            model=model,
-            out=out,
-            clusters=clusters,
-            with_names=with_names,
-            batch_size=batch_size,
-            device=device,
-            strict=strict,
-            shard=shard,
-            workers=workers,
-            callback=progress,
-            warn=warner(quiet),
-        )
-    if json:
-        print_json(result)
-    elif not quiet:
-        rows = [
-            ("wrote", result["kind"]),
-            ("images", result["n_images"]),
-            ("shape", tuple(result["shape"])),
-            ("dtype", result["dtype"]),
-            ("seconds: load, encode", _seconds(result)),
-            ("saved to", result["out"]),
-        ]
-        if result["names"]:
-            rows.append(("names", result["names"]))
-        if result["shard"]:
-            sh = result["shard"]
-            rows.append(("shard", f"{sh['index']}/{sh['count']}: rows {sh['start']}-{sh['stop']}"))
-            rows.append(("sidecar", result["sidecar"]))
-        print_table("encode", rows)
+    run(
+        encode_command,
+        data,
+        model=model,
+        out=out,
+        clusters=clusters,
+        with_names=with_names,
+        batch_size=batch_size,
+        device=device,
+        strict=strict,
+        shard=shard,
+        workers=workers,
+        quiet=quiet,
+        json=json,
+        table=_table,
+    )
+
+
+def _table(result: dict) -> Table:
+    seconds = f"{result['load_seconds']:.1f}, {result['encode_seconds']:.1f}"
+    rows = [
+        ("wrote", result["kind"]),
+        ("images", result["n_images"]),
+        ("shape", tuple(result["shape"])),
+        ("dtype", result["dtype"]),
+        ("seconds: load, encode", seconds),
+        ("saved to", result["out"]),
+    ]
+    if result["names"]:
+        rows.append(("names", result["names"]))
+    if result["shard"]:
+        sh = result["shard"]
+        rows.append(("shard", f"{sh['index']}/{sh['count']}: rows {sh['start']}-{sh['stop']}"))
+        rows.append(("sidecar", result["sidecar"]))
+    return rows_table("encode", rows)
 
 
 def _keep_freed_memory() -> None:
@@ -123,7 +122,3 @@ def _keep_freed_memory() -> None:
         return
     mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: larger blocks still get their own mapping
     mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: free heap kept before it is given back
-
-
-def _seconds(result: dict) -> str:
-    return f"{result['load_seconds']:.1f}, {result['encode_seconds']:.1f}"

@@ -2,67 +2,67 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from ._common import (
-    BatchSize,
-    Device,
-    Json,
-    Quiet,
-    Strict,
-    UsageError,
-    print_json,
-    print_table,
-    step_progress,
-    warner,
-)
-from .fit import DATA_HELP
+from discretae.cli._errors import UsageError
+from discretae.cli._options import DATA_HELP, BatchSize, Device, Json, Quiet, Strict
+from discretae.cli._output import rows_table
+from discretae.cli.runner import run
+
+# evaluate's own options, named here so that its signature reads as a list
+DataOrNone = Annotated[
+    str | None, typer.Argument(help=DATA_HELP + " Not with --codes.", show_default=False)
+]
+ModelOrNone = Annotated[
+    Path | None,
+    typer.Option(
+        "--model", "-m", exists=True, dir_okay=False, help="A model file from `discretae fit`."
+    ),
+]
+SavedCodes = Annotated[
+    Path | None,
+    typer.Option(
+        "--codes",
+        exists=True,
+        dir_okay=False,
+        help="Evaluate saved codes or cluster ids (.npy) without a model.",
+    ),
+]
+Labels = Annotated[
+    Path | None,
+    typer.Option("--labels", help="True labels .npy (default: DATA's own labels, if any)."),
+]
+Report = Annotated[Path | None, typer.Option("--report", "-r", help="Write the JSON report here.")]
+Figures = Annotated[
+    Path | None, typer.Option("--figures", "-f", help="Write PNG figures into this folder.")
+]
+Discriminator = Annotated[
+    bool,
+    typer.Option(
+        "--discriminator",
+        help="Also train a small classifier to tell (image, own code) from (image, "
+        "another image's code) and report its held-out accuracy and AUC: a code "
+        "score that needs no labels (0.5 is chance).",
+    ),
+]
 
 
 def evaluate(
-    data: Annotated[
-        str | None, typer.Argument(help=DATA_HELP + " Not with --codes.", show_default=False)
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model", "-m", exists=True, dir_okay=False, help="A model file from `discretae fit`."
-        ),
-    ] = None,
-    codes: Annotated[
-        Path | None,
-        typer.Option(
-            "--codes",
-            exists=True,
-            dir_okay=False,
-            help="Evaluate saved codes or cluster ids (.npy) without a model.",
-        ),
-    ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option("--labels", help="True labels .npy (default: DATA's own labels, if any)."),
-    ] = None,
-    report: Annotated[
-        Path | None, typer.Option("--report", "-r", help="Write the JSON report here.")
-    ] = None,
-    figures: Annotated[
-        Path | None, typer.Option("--figures", "-f", help="Write PNG figures into this folder.")
-    ] = None,
+    data: DataOrNone = None,
+    model: ModelOrNone = None,
+    codes: SavedCodes = None,
+    labels: Labels = None,
+    report: Report = None,
+    figures: Figures = None,
     batch_size: BatchSize = 256,
     device: Device = "auto",
     strict: Strict = False,
-    discriminator: Annotated[
-        bool,
-        typer.Option(
-            "--discriminator",
-            help="Also train a small classifier to tell (image, own code) from (image, "
-            "another image's code) and report its held-out accuracy and AUC: a code "
-            "score that needs no labels (0.5 is chance).",
-        ),
-    ] = False,
+    discriminator: Discriminator = False,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
@@ -85,36 +85,42 @@ def evaluate(
 
       discretae evaluate unlabelled/ -m model.safetensors --discriminator
     """
-    from discretae.commands import evaluate as run_evaluate
+    from discretae.commands import evaluate as evaluate_command
 
+    _check_inputs(data, model, codes, discriminator)
+    run(
+        evaluate_command,
+        data,
+        model=model,
+        codes=codes,
+        labels=labels,
+        report=report,
+        figures=figures,
+        batch_size=batch_size,
+        device=device,
+        strict=strict,
+        discriminator=discriminator,
+        quiet=quiet,
+        json=json,
+        table=partial(_table, report_path=report),
+    )
+
+
+def _check_inputs(data: str | None, model, codes, discriminator: bool) -> None:
+    """A model and DATA, or saved codes: anything else is a usage error (exit 2)."""
     if codes is not None and (data is not None or model is not None):
         raise UsageError("--codes evaluates saved codes alone: drop DATA and --model")
     if codes is None and (data is None or model is None):
         raise UsageError("give DATA and --model, or --codes (with --labels)")
     if discriminator and codes is not None:
         raise UsageError("--discriminator needs DATA and --model, not --codes")
-    with step_progress(not (quiet or json)) as progress:
-        result = run_evaluate(
-            data,
-            model=model,
-            codes=codes,
-            labels=labels,
-            report=report,
-            figures=figures,
-            batch_size=batch_size,
-            device=device,
-            strict=strict,
-            discriminator=discriminator,
-            callback=progress,
-            warn=warner(quiet),
-        )
-    if json:
-        print_json(result)
-    elif not quiet:
-        rows = summary_rows(result)
-        if report is not None:
-            rows.append(("report", str(report)))
-        print_table("evaluate", rows)
+
+
+def _table(report: dict, report_path: Path | None) -> Table:
+    rows = summary_rows(report)
+    if report_path is not None:
+        rows.append(("report", str(report_path)))
+    return rows_table("evaluate", rows)
 
 
 def summary_rows(report: dict) -> list[tuple[str, object]]:

@@ -3,152 +3,144 @@
 from __future__ import annotations
 
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from ._common import (
+from discretae.cli._options import (
     BatchSize,
+    Data,
     Device,
     Json,
+    Latent,
+    LrSchedule,
+    ModelKind,
     Quiet,
     Strict,
-    echo_error,
-    fit_progress,
-    print_json,
-    print_table,
-    warner,
 )
+from discretae.cli._output import rows_table
+from discretae.cli.runner import run
 
-
-class ModelKind(str, Enum):
-    vq = "vq"
-    gumbel = "gumbel"
-    binary = "binary"
-    rvq = "rvq"
-
-
-class LrSchedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-    hold_cosine = "hold-cosine"
-
-
-class Latent(str, Enum):
-    global_ = "global"
-    grid = "grid"
-
-
-DATA_HELP = (
-    "Images: a folder (subfolders are labels), a .npy array, an IDX file or folder, "
-    "'digits', or 'fashion-mnist[:train|:test]'."
-)
+# fit's own options, named here so that its signature reads as a list
+Model = Annotated[
+    ModelKind,
+    typer.Option("--model", "-m", help="vq, gumbel (one-hot), binary, or rvq (residual VQ)."),
+]
+Codes = Annotated[int, typer.Option("--codes", "-k", min=1, help="Codebook size (vq, gumbel).")]
+Bits = Annotated[int, typer.Option("--bits", min=1, help="Bits per code (binary).")]
+LatentOption = Annotated[
+    Latent, typer.Option("--latent", help="One code per image, or a grid of codes.")
+]
+Grid = Annotated[str | None, typer.Option("--grid", help="Grid size for --latent grid, e.g. 7x7.")]
+Clusters = Annotated[
+    int | None,
+    typer.Option("--clusters", min=1, help="k-means clusters over binary or grid codes."),
+]
+Epochs = Annotated[
+    int | None,
+    typer.Option(
+        "--epochs",
+        "-e",
+        min=1,
+        help="Passes over the data [default: 30; with the clustering objectives, "
+        "enough for about 2000 steps, 12 to 300].",
+        show_default=False,
+    ),
+]
+LearningRate = Annotated[
+    float | None,
+    typer.Option(
+        "--lr",
+        min=0.0,
+        help="Adam learning rate [default: 1e-3; 2e-3 with the clustering objectives].",
+        show_default=False,
+    ),
+]
+Schedule = Annotated[
+    LrSchedule | None,
+    typer.Option(
+        "--lr-schedule",
+        help="Learning-rate curve: constant, cosine (decays to 0 over the run), or "
+        "hold-cosine (flat for 80% of the steps, then a cosine) [default: cosine "
+        "with the clustering objectives, else constant].",
+        show_default=False,
+    ),
+]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Objectives = Annotated[
+    str,
+    typer.Option(
+        "--objectives",
+        help="What trains the code besides reconstruction: a comma list of mi (IIC "
+        "mutual information between two augmented views), contrastive (InfoNCE), "
+        "critic (the code discriminator), selflabel (a view's confident code is "
+        "the other view's target), style (a continuous style latent beside the "
+        "code); 'none'; or 'auto' = mi,contrastive,selflabel,style for a global "
+        "gumbel code on images, else none.",
+    ),
+]
+Labels = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels",
+        help="Labels (.npy, or CSV for folders) to score the fitted clusters against "
+        "(default: DATA's own labels, if any).",
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Where to write the model.")]
+CheckpointEvery = Annotated[
+    int,
+    typer.Option(
+        "--checkpoint-every",
+        min=0,
+        help="Write a checkpoint every N optimisation steps (0: only on Ctrl-C).",
+    ),
+]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        dir_okay=False,
+        help="Checkpoint file (default: OUT with .ckpt.safetensors, e.g. model.ckpt.safetensors).",
+    ),
+]
+Resume = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        exists=True,
+        dir_okay=False,
+        help="Continue from a checkpoint, with its settings, on the same DATA.",
+    ),
+]
+# passed to the library as given; the settings (FIT_DEFAULTS) only when typed
+PASSED_AS_GIVEN = ("out", "device", "strict", "checkpoint", "checkpoint_every", "resume")
 
 
 def fit(
     ctx: typer.Context,
-    data: Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)],
-    model: Annotated[
-        ModelKind,
-        typer.Option("--model", "-m", help="vq, gumbel (one-hot), binary, or rvq (residual VQ)."),
-    ] = ModelKind.gumbel,
-    codes: Annotated[
-        int, typer.Option("--codes", "-k", min=1, help="Codebook size (vq, gumbel).")
-    ] = 10,
-    bits: Annotated[int, typer.Option("--bits", min=1, help="Bits per code (binary).")] = 16,
-    latent: Annotated[
-        Latent, typer.Option("--latent", help="One code per image, or a grid of codes.")
-    ] = Latent.global_,
-    grid: Annotated[
-        str | None, typer.Option("--grid", help="Grid size for --latent grid, e.g. 7x7.")
-    ] = None,
-    clusters: Annotated[
-        int | None,
-        typer.Option("--clusters", min=1, help="k-means clusters over binary or grid codes."),
-    ] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            "--epochs",
-            "-e",
-            min=1,
-            help="Passes over the data [default: 30; with the clustering objectives, "
-            "enough for about 2000 steps, 12 to 300].",
-            show_default=False,
-        ),
-    ] = None,
+    data: Data,
+    model: Model = ModelKind.gumbel,
+    codes: Codes = 10,
+    bits: Bits = 16,
+    latent: LatentOption = Latent.global_,
+    grid: Grid = None,
+    clusters: Clusters = None,
+    epochs: Epochs = None,
     batch_size: BatchSize = 256,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr",
-            min=0.0,
-            help="Adam learning rate [default: 1e-3; 2e-3 with the clustering objectives].",
-            show_default=False,
-        ),
-    ] = None,
-    lr_schedule: Annotated[
-        LrSchedule | None,
-        typer.Option(
-            "--lr-schedule",
-            help="Learning-rate curve: constant, cosine (decays to 0 over the run), or "
-            "hold-cosine (flat for 80% of the steps, then a cosine) [default: cosine "
-            "with the clustering objectives, else constant].",
-            show_default=False,
-        ),
-    ] = None,
+    lr: LearningRate = None,
+    lr_schedule: Schedule = None,
     device: Device = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    objectives: Annotated[
-        str,
-        typer.Option(
-            "--objectives",
-            help="What trains the code besides reconstruction: a comma list of mi (IIC "
-            "mutual information between two augmented views), contrastive (InfoNCE), "
-            "critic (the code discriminator), selflabel (a view's confident code is "
-            "the other view's target), style (a continuous style latent beside the "
-            "code); 'none'; or 'auto' = mi,contrastive,selflabel,style for a global "
-            "gumbel code on images, else none.",
-        ),
-    ] = "auto",
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            "--labels",
-            help="Labels (.npy, or CSV for folders) to score the fitted clusters against "
-            "(default: DATA's own labels, if any).",
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the model.")] = Path(
-        "model.safetensors"
-    ),
-    checkpoint_every: Annotated[
-        int,
-        typer.Option(
-            "--checkpoint-every",
-            min=0,
-            help="Write a checkpoint every N optimisation steps (0: only on Ctrl-C).",
-        ),
-    ] = 0,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            dir_okay=False,
-            help="Checkpoint file (default: OUT with .ckpt.safetensors, e.g. "
-            "model.ckpt.safetensors).",
-        ),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(
-            "--resume",
-            exists=True,
-            dir_okay=False,
-            help="Continue from a checkpoint, with its settings, on the same DATA.",
-        ),
-    ] = None,
+    seed: Seed = 0,
+    objectives: Objectives = "auto",
+    labels: Labels = None,
+    out: Out = Path("model.safetensors"),
+    checkpoint_every: CheckpointEvery = 0,
+    checkpoint: Checkpoint = None,
+    resume: Resume = None,
     strict: Strict = False,
     quiet: Quiet = False,
     json: Json = False,
@@ -182,54 +174,33 @@ def fit(
 
       discretae fit fashion-mnist --resume model.ckpt.safetensors --out model.safetensors
     """
-    from discretae.commands import FIT_DEFAULTS, fit_model
-    from discretae.core.distributed import env_rank
-    from discretae.models.training import TrainingInterrupted
+    from discretae.commands import env_rank
+    from discretae.commands import fit as fit_command
 
-    quiet = quiet or env_rank() != 0  # under torchrun only rank 0 speaks
-    # settings not typed on the command line are None: defaults, or the checkpoint's
+    speaks = env_rank() == 0  # under torchrun only rank 0 writes and prints
+    interrupted = partial(_interrupted, speaks=speaks, data=data, checkpoint=checkpoint, out=out)
+    run(
+        fit_command,
+        data,
+        **_fit_options(ctx),
+        quiet=quiet or not speaks,
+        json=json and speaks,
+        table=_table,
+        bar="fit",
+        interrupted=interrupted,
+    )
+
+
+def _fit_options(ctx: typer.Context) -> dict:
+    """The library's keyword options from the command line. Settings not typed there are
+    None, so the library takes its defaults, or a resumed checkpoint's."""
+    from discretae.commands import FIT_DEFAULTS
+
     given = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
-    settings = {k: given[k] if _typed(ctx, k) else None for k in FIT_DEFAULTS}
-    try:
-        with fit_progress(not (quiet or json)) as progress:
-            result = fit_model(
-                data,
-                out=out,
-                **settings,
-                device=device,
-                labels=str(labels) if labels is not None else None,
-                strict=strict,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                callback=progress,
-                warn=warner(quiet),
-            )
-    except TrainingInterrupted as e:
-        if env_rank() == 0:
-            echo_error(_interrupted_message(e, data, checkpoint, out))
-        raise typer.Exit(128 + e.signum) from None
-    if result.get("model") is None:  # a rank other than 0
-        return
-    if json:
-        print_json(result)
-    elif not quiet:
-        rows = [
-            ("model", f"{result['model_type']}, {result['latent']} latent"),
-            ("images", result["n_images"]),
-            ("epochs", f"{result['epochs']}, learning rate {result['lr_schedule']}"),
-            ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
-            ("final loss", result["final_loss"]),
-            ("codes used (last epoch)", _used(result)),
-            ("perplexity", result["perplexity"]),
-            ("fit seconds", f"{result['fit_seconds']:.1f}"),
-            ("device", result["device"]),
-        ]
-        if result.get("clustering"):
-            c = result["clustering"]
-            rows.append(("NMI / ACC vs labels", f"{c['nmi']:.3f} / {c['acc']:.3f}"))
-        rows.append(("saved to", result["model"]))
-        print_table("fit", rows)
+    options = {k: given[k] if _typed(ctx, k) else None for k in FIT_DEFAULTS}
+    options.update({k: given[k] for k in PASSED_AS_GIVEN})
+    options["labels"] = str(given["labels"]) if given["labels"] is not None else None
+    return options
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
@@ -238,9 +209,12 @@ def _typed(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name != "DEFAULT"
 
 
-def _interrupted_message(e, data: str, checkpoint: Path | None, out: Path) -> str:
+def _interrupted(e, *, speaks: bool, data: str, checkpoint: Path | None, out: Path) -> str | None:
+    """What to say on Ctrl-C or SIGTERM: where the checkpoint is and how to resume."""
     from discretae.commands import default_checkpoint
 
+    if not speaks:
+        return None
     if not e.checkpointed:
         return f"{e}; no checkpoint was written"
     ckpt = checkpoint or default_checkpoint(out)
@@ -248,6 +222,25 @@ def _interrupted_message(e, data: str, checkpoint: Path | None, out: Path) -> st
         f"{e}; saved a checkpoint to {str(ckpt)!r}. Resume with: discretae fit {data} "
         f"--resume {ckpt} --out {out}"
     )
+
+
+def _table(result: dict) -> Table:
+    rows = [
+        ("model", f"{result['model_type']}, {result['latent']} latent"),
+        ("images", result["n_images"]),
+        ("epochs", f"{result['epochs']}, learning rate {result['lr_schedule']}"),
+        ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
+        ("final loss", result["final_loss"]),
+        ("codes used (last epoch)", _used(result)),
+        ("perplexity", result["perplexity"]),
+        ("fit seconds", f"{result['fit_seconds']:.1f}"),
+        ("device", result["device"]),
+    ]
+    if result.get("clustering"):
+        c = result["clustering"]
+        rows.append(("NMI / ACC vs labels", f"{c['nmi']:.3f} / {c['acc']:.3f}"))
+    rows.append(("saved to", result["model"]))
+    return rows_table("fit", rows)
 
 
 def _used(result: dict) -> str:

@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from ._common import Json, Quiet, print_json, print_table, step_progress
+from discretae.cli._options import Json, Quiet, WithNames
+from discretae.cli._output import rows_table
+from discretae.cli.runner import run
 
 
 def merge(
@@ -23,10 +26,7 @@ def merge(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write the merged codes (.npy).")
     ] = Path("codes.npy"),
-    with_names: Annotated[
-        Path | None,
-        typer.Option("--with-names", help="Also write each image's file name, one per line."),
-    ] = None,
+    with_names: WithNames = None,
     quiet: Quiet = False,
     json: Json = False,
 ) -> None:
@@ -42,20 +42,28 @@ def merge(
 
       discretae merge codes-*.npy --out codes.npy --with-names names.txt
     """
-    from discretae.commands import merge_shards
+    from discretae.commands import merge as merge_command
 
-    with step_progress(not (quiet or json), what="rows") as progress:
-        result = merge_shards(shards, out=out, with_names=with_names, callback=progress)
-    if json:
-        print_json(result)
-    elif not quiet:
-        rows = [
-            ("merged", f"{len(result['shards'])} shard(s) of {result['kind']}"),
-            ("images", result["n_images"]),
-            ("shape", tuple(result["shape"])),
-            ("dtype", result["dtype"]),
-            ("saved to", result["out"]),
-        ]
-        if result["names"]:
-            rows.append(("names", result["names"]))
-        print_table("merge", rows)
+    run(
+        merge_command,
+        shards,
+        out=out,
+        with_names=with_names,
+        quiet=quiet,
+        json=json,
+        table=_table,
+        bar="rows",
+    )
+
+
+def _table(result: dict) -> Table:
+    rows = [
+        ("merged", f"{len(result['shards'])} shard(s) of {result['kind']}"),
+        ("images", result["n_images"]),
+        ("shape", tuple(result["shape"])),
+        ("dtype", result["dtype"]),
+        ("saved to", result["out"]),
+    ]
+    if result["names"]:
+        rows.append(("names", result["names"]))
+    return rows_table("merge", rows)

@@ -7,21 +7,55 @@ command line start without loading scikit-learn, which only the estimator needs.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from importlib.machinery import PathFinder
 
 from discretae._version import __version__ as __version__  # re-exported
+
+
+class _CheckoutFinder:
+    """Finds ``discretae.kernels`` and ``discretae.cli`` in a source checkout's ``kernels/``
+    and ``cli/``, which only an install maps into the package. Run from a clone's root,
+    the clone's ``discretae/`` shadows an installed copy, and without this finder would
+    lack them."""
+
+    mapped = {"discretae.kernels", "discretae.cli"}
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.mapped:
+            return None
+        return PathFinder.find_spec(fullname, [self.root])  # root/kernels -> discretae.kernels
+
+
+def _find_checkout_folders() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    if os.path.isdir(os.path.join(here, "kernels")):
+        return  # installed: the folders are inside the package
+    if not os.path.isfile(os.path.join(root, "kernels", "__init__.py")):
+        return
+    if not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
+        sys.meta_path.append(_CheckoutFinder(root))
+
+
+_find_checkout_folders()
 
 # public name -> the module that defines it
 _EXPORTS = {
     "MODEL_KINDS": "models.autoencoder",
     "build_autoencoder": "models.autoencoder",
     "Codec": "compression.codec",
-    "compress": "compression.codec",
-    "decompress": "compression.codec",
+    "compress": "commands.compress",
+    "decompress": "commands.decompress",
     "fit_prior": "compression.codec",
     "load_prior": "compression.codec",
     "save_prior": "compression.codec",
     "ImageDataset": "data.datasets",
-    "load_dataset": "data.datasets",
+    "load_dataset": "data.loading",
     "DiscretaeError": "core.errors",
     "NotFittedError": "core.errors",
     "DiscreteAutoencoder": "estimator.discrete_autoencoder",

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from discretae.cli.app import app
 from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
+
+from discretae.cli.app import app
+from discretae.core.errors import DiscretaeError
 
 runner = CliRunner()
 
@@ -155,8 +157,9 @@ def test_labels_wrong_length_for_codes(tmp_path):
     np.save(tmp_path / "codes.npy", np.zeros(10, np.uint8))
     np.save(tmp_path / "y.npy", np.arange(4))
     report = tmp_path / "report.json"
-    fails("evaluate", "--codes", tmp_path / "codes.npy", "--labels", tmp_path / "y.npy",
-          "--report", report, outputs=(report,))  # fmt: skip
+    line = fails("evaluate", "--codes", tmp_path / "codes.npy", "--labels", tmp_path / "y.npy",
+                 "--report", report, outputs=(report,))  # fmt: skip
+    assert str(tmp_path / "y.npy") in line and "4 entries" in line and "10 images" in line
 
 
 # ------------------------------------------------------------------------- models
@@ -170,7 +173,8 @@ def test_model_file_not_ours(tmp_path, out):
 def test_model_file_not_safetensors(tmp_path, out):
     junk = tmp_path / "junk.safetensors"
     junk.write_text("hello, I am not a model")
-    fails("encode", "digits", "-m", junk, "--out", out, outputs=(out,))
+    line = fails("encode", "digits", "-m", junk, "--out", out, outputs=(out,))
+    assert str(junk) in line and "not a readable discretae model" in line
 
 
 def test_truncated_model_in_process(tmp_path, model):
@@ -191,7 +195,8 @@ def test_model_channels_do_not_match_data(tmp_path, model, out):
 def test_codes_do_not_fit_model(tmp_path, model):
     np.save(tmp_path / "codes.npy", np.full(4, 7, np.uint8))  # the model has 3 codes
     recon = tmp_path / "recon"
-    fails("decode", tmp_path / "codes.npy", "-m", model, "--out", recon, outputs=(recon,))
+    line = fails("decode", tmp_path / "codes.npy", "-m", model, "--out", recon, outputs=(recon,))
+    assert "codes" in line and "[0, 2]" in line and "7" in line  # what fits, what was given
 
 
 def test_codes_of_floats(tmp_path, model):
@@ -212,13 +217,33 @@ def test_unwritable_output_under_a_file(tmp_path):
 
 def test_unwritable_output_in_proc(model):
     out = Path("/proc/discretae-codes.npy")
-    fails("encode", "digits", "-m", model, "--out", out, outputs=(out,))
+    line = fails("encode", "digits", "-m", model, "--out", out, outputs=(out,))
+    assert "cannot write" in line and str(out) in line
 
 
-def test_unwritable_report_fails_before_work(tmp_path, model):
+def test_unwritable_report_fails_before_work(tmp_path, model, monkeypatch):
+    """The report path is checked before the model is loaded (and so before any image is
+    read): both model loaders are replaced by one that records the call and stops."""
+    from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+    from discretae.estimator.fitted import FittedModel
+
+    loads = []
+
+    def recording_load(cls, path, device="auto"):
+        loads.append(path)
+        raise DiscretaeError("stopped: the model was being loaded")
+
+    for kind in (DiscreteAutoencoder, FittedModel):
+        monkeypatch.setattr(kind, "load", classmethod(recording_load))
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    fails("evaluate", "digits", "-m", model, "--report", blocker / "report.json")
+    report = blocker / "report.json"
+    line = fails("evaluate", "digits", "-m", model, "--report", report)
+    assert "cannot write" in line and str(report) in line
+    assert loads == []
+    # the marker sees a load: with a report that can be written, loading comes next
+    line = fails("evaluate", "digits", "-m", model, "--report", tmp_path / "report.json")
+    assert "stopped: the model was being loaded" in line and len(loads) == 1
 
 
 # ------------------------------------------------------------------------ options
@@ -250,7 +275,7 @@ def test_unexpected_error_is_one_line(monkeypatch, out):
     def broken(*args, **kwargs):
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr(discretae.commands, "fit_model", broken)
+    monkeypatch.setattr(discretae.commands, "fit", broken)
     line = fails("fit", "digits", "--out", out)
     assert "unexpected RuntimeError: something broke" in line and "DISCRETAE_DEBUG" in line
     monkeypatch.setenv("DISCRETAE_DEBUG", "1")

@@ -15,19 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from discretae.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
+from discretae.cli.app import app
+from discretae.commands import compress, decompress
+from discretae.commands.common import load_codec
 from discretae.compression.archive import FORMAT_VERSION, MAGIC, parse_archive
-from discretae.compression.codec import (
-    Codec,
-    compress,
-    decompress,
-    fit_prior,
-    load_prior,
-    save_prior,
-)
+from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
 from discretae.compression.prior import MIN_BITS_PER_SYMBOL, P_MAX
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset
@@ -65,7 +60,7 @@ def rvq(digits, tmp_path_factory) -> tuple[Path, DiscreteAutoencoder]:
 
 @pytest.fixture(scope="module")
 def codec(rvq) -> Codec:
-    return Codec.load(rvq[0], device="cpu")
+    return load_codec(rvq[0], device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ def test_round_trip_every_model_kind(digits, model, kw):
     est = fit(digits[:200], model=model, **kw)
     c = Codec(est, fit_prior(est, digits[:200]))
     codes = est.transform(digits[200:500])
-    sym, names, header = c.decode_codes(c.encode_codes(codes))
+    sym, names, header = c.decode_archive(c.encode_codes(codes))
     assert names is None and header.n_images == 300
     np.testing.assert_array_equal(c.to_codes(sym), codes)
 
@@ -97,7 +92,7 @@ def test_round_trip_every_level_prefix(codec, digits):
     sizes = []
     for levels in (1, 2, 3):
         data = codec.encode_codes(codes, levels=levels)
-        sym, _, header = codec.decode_codes(data)
+        sym, _, header = codec.decode_archive(data)
         assert header.levels == levels
         np.testing.assert_array_equal(sym, codes[..., :levels])
         sizes.append(len(data))
@@ -113,7 +108,7 @@ def test_blocks_and_names_round_trip(codec, digits, monkeypatch):
     data = codec.encode_codes(codes, names=names)
     header, got_names, blocks = parse_archive(data)
     assert header.block == 64 and len(blocks) == 4 and got_names == names
-    sym, _, _ = codec.decode_codes(data)
+    sym, _, _ = codec.decode_archive(data)
     np.testing.assert_array_equal(codec.to_codes(sym), codes)
 
 
@@ -157,18 +152,18 @@ def test_archive_file_size_is_what_measure_reports(rvq, codec, digits, tmp_path)
 def test_other_model_or_prior_is_refused(rvq, codec, digits, small_archive):
     other = fit(digits[:N_TRAIN], seed=1)
     with pytest.raises(DiscretaeError, match="different model"):
-        Codec(other, fit_prior(other, digits[:N_TRAIN])).decode_codes(small_archive)
+        Codec(other, fit_prior(other, digits[:N_TRAIN])).decode_archive(small_archive)
     with pytest.raises(DiscretaeError, match="different model"):
-        Codec(codec.est).decode_codes(small_archive)  # same network, uniform prior
+        Codec(codec.est).decode_archive(small_archive)  # same network, uniform prior
     with pytest.raises(DiscretaeError, match="different model"):
-        Codec(codec.est, fit_prior(codec.est, digits[:100])).decode_codes(small_archive)
+        Codec(codec.est, fit_prior(codec.est, digits[:100])).decode_archive(small_archive)
 
 
 def test_future_version_is_refused(codec, small_archive):
     data = bytearray(small_archive)
     data[len(MAGIC)] = FORMAT_VERSION + 1
     with pytest.raises(DiscretaeError, match="format version 2.*upgrade"):
-        codec.decode_codes(bytes(data))
+        codec.decode_archive(bytes(data))
 
 
 def with_crc(body: bytes) -> bytes:
@@ -185,7 +180,7 @@ def test_header_counts_are_bounded_before_decoding(codec, digits):
     body[start : start + 1] = bytes([0xFF, 0xFF, 0xFF, 0x7F])  # 2**28 - 1 images
     t = time.perf_counter()
     with pytest.raises(DiscretaeError, match="corrupt archive"):
-        codec.decode_codes(with_crc(bytes(body)))
+        codec.decode_archive(with_crc(bytes(body)))
     assert time.perf_counter() - t < 1.0
 
 
@@ -203,7 +198,7 @@ def test_unsafe_names_are_refused(rvq, codec, digits, tmp_path):
 def decode_or_error(codec: Codec, data: bytes) -> bool:
     """True when decoding succeeded, False on DiscretaeError; anything else fails."""
     try:
-        codec.decode_codes(data)
+        codec.decode_archive(data)
     except DiscretaeError:
         return False
     return True
@@ -243,7 +238,7 @@ def test_fuzz_past_the_checksum(codec, small_archive):
             data[int(rng.integers(len(MAGIC) + 2, len(data)))] = int(rng.integers(256))
         t = time.perf_counter()
         try:
-            sym, _, header = codec.decode_codes(with_crc(bytes(data)))
+            sym, _, header = codec.decode_archive(with_crc(bytes(data)))
             assert sym.shape == (header.n_images, 2, 2, header.levels)
             assert sym.min() >= 0 and sym.max() < codec.n_codes
             outcomes.add("decoded")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from discretae import DiscretaeError, DiscreteAutoencoder
-from discretae.commands import encode_data
+from discretae.commands import encode
 from discretae.data import readers
 from discretae.data.datasets import load_dataset
 from discretae.data.readers import ColorImageError, read_image
@@ -47,7 +47,7 @@ def test_encode_lists_the_folder_without_probing_it(tmp_path, gray_model, monkey
 
     monkeypatch.setattr(readers, "probe_image", no_probe)
     out = tmp_path / "codes.npy"
-    encode_data(str(tmp_path / "data"), model=gray_model, out=out, workers=1, device="cpu")
+    encode(str(tmp_path / "data"), model=gray_model, out=out, workers=1, device="cpu")
     est = DiscreteAutoencoder.load(gray_model, device="cpu")
     assert np.array_equal(np.load(out), est.transform(images).astype(np.load(out).dtype))
 
@@ -58,7 +58,7 @@ def test_a_color_image_midway_refuses_the_whole_encode(tmp_path, gray_model):
     Image.new("RGB", (10, 10), (200, 30, 30)).save(data / "im021.png")  # replaces a gray one
     out, names = tmp_path / "codes.npy", tmp_path / "names.txt"
     with pytest.raises(DiscretaeError) as e:
-        encode_data(
+        encode(
             str(data), model=gray_model, out=out, with_names=names, batch_size=8, workers=1,
             device="cpu",
         )  # fmt: skip
@@ -75,7 +75,7 @@ def test_an_rgb_model_takes_gray_images_repeated_into_rgb(tmp_path):
     est.save(tmp_path / "rgb.safetensors")
     gray = write_gray(tmp_path / "data", 12)
     out = tmp_path / "codes.npy"
-    r = encode_data(str(tmp_path / "data"), model=tmp_path / "rgb.safetensors", out=out)
+    r = encode(str(tmp_path / "data"), model=tmp_path / "rgb.safetensors", out=out)
     assert r["n_images"] == 12
     expected = est.transform(np.repeat(gray[..., None], 3, axis=-1))
     assert np.array_equal(np.load(out), expected.astype(np.load(out).dtype))

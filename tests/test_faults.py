@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from discretae.cli.app import app
 from typer.testing import CliRunner
 
 from discretae import DiscretaeError, DiscreteAutoencoder
-from discretae.commands import default_checkpoint, fit_model
+from discretae.cli.app import app
+from discretae.commands import default_checkpoint
+from discretae.commands import fit as fit_model
 from discretae.core.serialization import read_model_file
 from discretae.data.datasets import load_dataset
 from discretae.models.checkpoint import read_checkpoint, write_checkpoint

@@ -8,19 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from discretae.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
 from discretae import DiscretaeError, DiscreteAutoencoder
-from discretae.commands import (
-    NpyRowWriter,
-    encode_data,
-    merge_shards,
-    parse_shard,
-    shard_range,
-    shard_sidecar,
-)
+from discretae.cli.app import app
+from discretae.commands import encode, merge
+from discretae.commands.shards import parse_shard, shard_range, shard_sidecar
+from discretae.core.arrays import NpyRowWriter
 from discretae.data import readers
 
 
@@ -60,11 +55,11 @@ def test_streamed_codes_and_clusters_match_the_estimator(tmp_path, folder, model
     path, est = model
     out = tmp_path / "codes.npy"
     # batches of 4 with a decoding worker: the rows arrive in many small writes
-    result = encode_data(str(root), model=path, out=out, batch_size=4, workers=1, device="cpu")
+    result = encode(str(root), model=path, out=out, batch_size=4, workers=1, device="cpu")
     assert result["n_images"] == 29 and result["shard"] is None
     assert np.array_equal(np.load(out), est.transform(images).astype(np.load(out).dtype))
     ids = tmp_path / "ids.npy"
-    encode_data(str(root), model=path, out=ids, clusters=True, batch_size=5, device="cpu")
+    encode(str(root), model=path, out=ids, clusters=True, batch_size=5, device="cpu")
     assert np.array_equal(np.load(ids), est.predict(images))
     assert np.array_equal(est.cluster_ids(est.transform(images)), est.predict(images))
 
@@ -73,11 +68,11 @@ def test_shards_merge_to_the_full_encode(tmp_path, folder, model):
     root, _ = folder
     path, _ = model
     full, names = tmp_path / "full.npy", tmp_path / "names.txt"
-    encode_data(str(root), model=path, out=full, with_names=names, device="cpu")
+    encode(str(root), model=path, out=full, with_names=names, device="cpu")
     shards = []
     for i in (2, 0, 1):  # any order
         out = tmp_path / f"part-{i}.npy"
-        r = encode_data(str(root), model=path, out=out, shard=f"{i}/3", device="cpu")
+        r = encode(str(root), model=path, out=out, shard=f"{i}/3", device="cpu")
         start, stop = shard_range(i, 3, 29)
         assert r["shard"] == {"index": i, "count": 3, "start": start, "stop": stop}
         side = json.loads(shard_sidecar(out).read_text())
@@ -85,7 +80,7 @@ def test_shards_merge_to_the_full_encode(tmp_path, folder, model):
         assert side["names"] == [f"im{j:03d}.png" for j in range(start, stop)]
         shards.append(out)
     merged, merged_names = tmp_path / "merged.npy", tmp_path / "merged.txt"
-    r = merge_shards(shards, out=merged, with_names=merged_names)
+    r = merge(shards, out=merged, with_names=merged_names)
     assert r["n_images"] == 29
     a, b = np.load(full), np.load(merged)
     assert a.dtype == b.dtype and np.array_equal(a, b)
@@ -98,30 +93,30 @@ def test_merge_refuses_gaps_overlaps_and_foreign_shards(tmp_path, folder, model)
     part = {}
     for spec in ("0/2", "1/2", "0/3", "1/3", "2/3"):
         out = tmp_path / f"s{spec.replace('/', 'of')}.npy"
-        encode_data(str(root), model=path, out=out, shard=spec, device="cpu")
+        encode(str(root), model=path, out=out, shard=spec, device="cpu")
         part[spec] = out
     # shards of different splits are fine when they tile the rows: 0/2 is rows 0-13
     with pytest.raises(DiscretaeError, match="rows 14-28 of 29 are missing"):
-        merge_shards([part["0/2"]], out=tmp_path / "m.npy")
+        merge([part["0/2"]], out=tmp_path / "m.npy")
     with pytest.raises(DiscretaeError, match="rows 9-18 of 29 are missing"):
-        merge_shards([part["0/3"], part["2/3"]], out=tmp_path / "m.npy")
+        merge([part["0/3"], part["2/3"]], out=tmp_path / "m.npy")
     with pytest.raises(DiscretaeError, match="overlaps"):
-        merge_shards([part["0/2"], part["1/3"], part["1/2"]], out=tmp_path / "m.npy")
+        merge([part["0/2"], part["1/3"], part["1/2"]], out=tmp_path / "m.npy")
     with pytest.raises(DiscretaeError, match="overlaps"):
-        merge_shards([part["0/2"], part["1/2"], part["1/2"]], out=tmp_path / "m.npy")
+        merge([part["0/2"], part["1/2"], part["1/2"]], out=tmp_path / "m.npy")
     clusters = tmp_path / "c.npy"
-    encode_data(str(root), model=path, out=clusters, shard="1/2", clusters=True, device="cpu")
+    encode(str(root), model=path, out=clusters, shard="1/2", clusters=True, device="cpu")
     if np.load(clusters).shape != np.load(part["1/2"]).shape:  # binary codes (N, B)
         with pytest.raises(DiscretaeError, match="differ in"):
-            merge_shards([part["0/2"], clusters], out=tmp_path / "m.npy")
+            merge([part["0/2"], clusters], out=tmp_path / "m.npy")
     with pytest.raises(DiscretaeError, match="does not exist"):
-        merge_shards([tmp_path / "nowhere.npy"], out=tmp_path / "m.npy")
+        merge([tmp_path / "nowhere.npy"], out=tmp_path / "m.npy")
     np.save(tmp_path / "plain.npy", np.zeros(3, np.uint8))
     with pytest.raises(DiscretaeError, match="has no sidecar"):
-        merge_shards([tmp_path / "plain.npy"], out=tmp_path / "m.npy")
+        merge([tmp_path / "plain.npy"], out=tmp_path / "m.npy")
     np.save(part["1/2"], np.load(part["1/2"])[:-1])  # a shard file that lost a row
     with pytest.raises(DiscretaeError, match="its sidecar says"):
-        merge_shards([part["0/2"], part["1/2"]], out=tmp_path / "m.npy")
+        merge([part["0/2"], part["1/2"]], out=tmp_path / "m.npy")
     assert not (tmp_path / "m.npy").exists()
 
 
@@ -133,10 +128,10 @@ def test_merge_refuses_shards_of_another_model(tmp_path, folder):
         paths.append(tmp_path / f"m{seed}.safetensors")
         est.fit(images).save(paths[-1])
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
-    encode_data(str(root), model=paths[0], out=a, shard="0/2", device="cpu")
-    encode_data(str(root), model=paths[1], out=b, shard="1/2", device="cpu")
+    encode(str(root), model=paths[0], out=a, shard="0/2", device="cpu")
+    encode(str(root), model=paths[1], out=b, shard="1/2", device="cpu")
     with pytest.raises(DiscretaeError, match="differ in the model file"):
-        merge_shards([a, b], out=tmp_path / "m.npy")
+        merge([a, b], out=tmp_path / "m.npy")
 
 
 def test_more_shards_than_images(tmp_path, folder, model):
@@ -147,11 +142,11 @@ def test_more_shards_than_images(tmp_path, folder, model):
     outs = []
     for i in range(5):
         outs.append(tmp_path / f"p{i}.npy")
-        encode_data(str(small), model=path, out=outs[-1], shard=(i, 5), device="cpu")
+        encode(str(small), model=path, out=outs[-1], shard=(i, 5), device="cpu")
     assert [len(np.load(p)) for p in outs] == [0, 1, 0, 1, 1]
     full = tmp_path / "full.npy"
-    encode_data(str(small), model=path, out=full, device="cpu")
-    merge_shards(outs, out=tmp_path / "m.npy")
+    encode(str(small), model=path, out=full, device="cpu")
+    merge(outs, out=tmp_path / "m.npy")
     assert np.array_equal(np.load(tmp_path / "m.npy"), np.load(full))
 
 
@@ -166,7 +161,7 @@ def test_files_failing_in_the_stream_are_dropped_and_rows_line_up(tmp_path, fold
     est.save(tmp_path / "m.safetensors")
     warnings = []
     out, names = tmp_path / "codes.npy", tmp_path / "names.txt"
-    r = encode_data(
+    r = encode(
         str(data), model=tmp_path / "m.safetensors", out=out, with_names=names,
         batch_size=8, device="cpu", warn=warnings.append,
     )  # fmt: skip

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from discretae.core.errors import DiscretaeError
 from discretae.core.files import atomic_path
+from discretae.core.images import MONTAGE_MAX, save_png
 from discretae.evaluation.metrics import contingency, hungarian_match
 
 _PAD = 2
@@ -61,9 +62,7 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
 
 
 def _save_image(img: Image.Image, path) -> Path:
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
+    return save_png(path, np.asarray(img))
 
 
 def _save_figure(fig: Figure, path) -> Path:
@@ -100,7 +99,7 @@ def _grid(rows: list[list[np.ndarray]], labels: list[str] | None, title: str | N
 
 
 def montage(
-    images, path: str | os.PathLike, ncols: int | None = None, max_images: int = 400
+    images, path: str | os.PathLike, ncols: int | None = None, max_images: int = MONTAGE_MAX
 ) -> Path:
     """One PNG grid of the first ``max_images`` images, ``ncols`` wide (default: square)."""
     a = _images_u8(images)[:max_images]

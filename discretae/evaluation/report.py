@@ -15,33 +15,33 @@ Top-level keys (``REPORT_KEYS``); a section that does not apply is ``null``:
   ``distinct_patterns`` instead of ``n_codes`` and ``counts``), plus ``code_shape``.
 - ``reconstruction``: ``mse``, ``psnr`` (dB, over the whole set), ``data_range``;
   ``null`` when nothing was decoded.
-- ``bits``: ``raw_bits_per_image`` (fixed-width codes), and where measured
-  ``empirical_entropy_bits_per_image`` (an estimate, see ``metrics``) and the real size
-  of an entropy-coded container, e.g. ``container_bits_per_image``.
+- ``bits``: ``raw_bits_per_image`` (fixed-width codes); then, for a model with a code
+  prior, the real size of a ``.dae`` archive of the codes (``archive_bits_per_image``,
+  ``archive_bytes``, ``archive_prior``), else ``empirical_entropy_bits_per_image`` with
+  ``empirical_entropy_is_estimate`` true (a plug-in estimate, see ``metrics``).
 - ``discriminator``: the label-free code score of :mod:`discretae.evaluation.discriminator`
   (``accuracy``, ``auc``, ``n_train``, ``n_test``, ``epochs``, ``chance_auc``, and
   ``n_images`` it drew from); ``null`` unless asked for (``evaluate --discriminator``).
 - ``figures``: list of PNG paths written with the report.
 
-Inside a section keys are free; the writer only converts values: numpy and torch
-scalars and arrays become numbers and lists, paths become strings, and NaN or infinite
-floats become ``null`` (JSON has no infinity; a PSNR of a perfect reconstruction reads
-``null`` with ``mse`` 0). Keys are written sorted, so equal reports are equal files.
+Inside a section keys are free; the writer only converts values
+(:func:`discretae.core.jsonable.jsonable`): numpy and torch scalars and arrays become
+numbers and lists, paths become strings, and NaN or infinite floats become ``null``
+(JSON has no infinity; a PSNR of a perfect reconstruction reads ``null`` with ``mse``
+0). Keys are written sorted, so equal reports are equal files.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
-
-import numpy as np
+from pathlib import Path
 
 from discretae._version import __version__
 from discretae.core.errors import DiscretaeError
 from discretae.core.files import write_text_atomic
+from discretae.core.jsonable import jsonable
 
 REPORT_KEYS = (
     "bits",
@@ -57,28 +57,6 @@ REPORT_KEYS = (
 )
 
 
-def _plain(value):
-    """JSON-ready copy: numpy/torch to Python, paths to str, non-finite floats to None."""
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value) if isinstance(value, (set, frozenset)) else value
-        return [_plain(v) for v in items]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, PurePath):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise DiscretaeError(f"report value {value!r} of type {type(value).__name__} is not JSON")
-
-
 def build_report(report: dict) -> dict:
     """The normalized report: every key of REPORT_KEYS present, values JSON-ready."""
     unknown = sorted(set(report) - set(REPORT_KEYS))
@@ -86,7 +64,7 @@ def build_report(report: dict) -> dict:
         raise DiscretaeError(f"report has unknown top-level keys {unknown}; expected {REPORT_KEYS}")
     out = {k: None for k in REPORT_KEYS}
     out["figures"] = []
-    out.update(_plain(report))
+    out.update(jsonable(report))
     out["discretae_version"] = __version__
     if out["created"] is None:
         out["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

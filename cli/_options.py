@@ -1,0 +1,90 @@
+"""Option types and help texts shared by the command modules.
+
+Annotated aliases keep each command's signature short, and the enums give Typer the
+choices a parser refuses (exit 2) before any work starts.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DATA_HELP = (
+    "Images: a folder (subfolders are labels), a .npy array, an IDX file or folder, "
+    "'digits', or 'fashion-mnist[:train|:test]'."
+)
+
+
+class ModelKind(str, Enum):
+    """What `discretae fit` trains."""
+
+    vq = "vq"
+    gumbel = "gumbel"
+    binary = "binary"
+    rvq = "rvq"
+
+
+class DemoModelKind(str, Enum):
+    """What `discretae demo` compares with k-means (no rvq: it has no clusters)."""
+
+    vq = "vq"
+    gumbel = "gumbel"
+    binary = "binary"
+
+
+class LrSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    hold_cosine = "hold-cosine"
+
+
+class Latent(str, Enum):
+    global_ = "global"
+    grid = "grid"
+
+
+# Options every command takes.
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json output).")
+]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (no tables, no bars).")
+]
+
+# Options several commands take.
+Data = Annotated[str, typer.Argument(help=DATA_HELP, show_default=False)]
+Device = Annotated[str, typer.Option("--device", help="Where to run: auto, cpu, cuda or cuda:N.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
+Strict = Annotated[
+    bool,
+    typer.Option(
+        "--strict", help="Fail on the first unreadable image instead of skipping it with a warning."
+    ),
+]
+ModelPath = Annotated[
+    Path,
+    typer.Option(
+        "--model",
+        "-m",
+        exists=True,
+        dir_okay=False,
+        help="A model file written by `discretae fit`.",
+    ),
+]
+WithNames = Annotated[
+    Path | None,
+    typer.Option("--with-names", help="Also write each image's file name, one per line."),
+]
+
+
+def input_file(help: str) -> typer.models.ArgumentInfo:
+    """An existing file named on the command line (codes, an archive)."""
+    return typer.Argument(exists=True, dir_okay=False, help=help, show_default=False)
+
+
+def image_output(help: str) -> typer.models.OptionInfo:
+    """``--out``/``-o`` for a folder of PNGs or one montage; default ``recon``."""
+    return typer.Option("--out", "-o", help=help)

@@ -1,0 +1,262 @@
+"""``discretae fit``: fit a discrete autoencoder on DATA and save it (with its code prior)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from discretae.commands.common import Callback, Warn
+from discretae.core.devices import check_device
+from discretae.core.errors import DiscretaeError
+from discretae.core.files import check_output
+
+# fit's settings when not given (None); a resumed run takes the checkpoint's instead
+FIT_DEFAULTS = {
+    "model": "gumbel",
+    "codes": 10,
+    "bits": 16,
+    "latent": "global",
+    "grid": None,
+    "clusters": None,
+    "epochs": None,  # the estimator's: 30, or what the clustering recipe needs
+    "batch_size": 256,
+    "lr": None,  # the estimator's: 1e-3, or 2e-3 for the clustering recipe
+    "lr_schedule": None,  # the estimator's: cosine for the clustering recipe, else constant
+    "seed": 0,
+    "objectives": "auto",
+}
+# fit's setting -> the estimator parameter it sets
+_FIT_PARAMS = {
+    "model": "model",
+    "codes": "n_codes",
+    "bits": "n_bits",
+    "latent": "latent",
+    "grid": "grid",
+    "clusters": "n_clusters",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "lr_schedule": "lr_schedule",
+    "seed": "random_state",
+    "objectives": "objectives",
+}
+
+
+def default_checkpoint(out: str | os.PathLike) -> Path:
+    """Where ``fit`` keeps its checkpoint unless told: ``model.safetensors`` ->
+    ``model.ckpt.safetensors`` beside it."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}.ckpt.safetensors")
+
+
+def parse_grid(grid: str | None) -> tuple[int, int] | None:
+    """``"7x7"`` -> ``(7, 7)``; ``None`` stays ``None``."""
+    if grid is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", grid)
+    if m is None or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise DiscretaeError(f"grid {grid!r} should look like HxW with positive sizes, e.g. 7x7")
+    return int(m.group(1)), int(m.group(2))
+
+
+def fit(
+    data: str,
+    *,
+    out: str | os.PathLike,
+    model: str | None = None,
+    codes: int | None = None,
+    bits: int | None = None,
+    latent: str | None = None,
+    grid: str | tuple[int, int] | None = None,
+    clusters: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    lr_schedule: str | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    objectives: str | None = None,
+    labels: str | None = None,
+    strict: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: str | os.PathLike | None = None,
+    callback: Callback = None,
+    warn: Warn = None,
+) -> dict:
+    """Fit a discrete autoencoder on DATA and save it to ``out`` (.safetensors).
+
+    Settings left at None take ``FIT_DEFAULTS`` (model gumbel, 10 codes, batch 256,
+    seed 0, objectives "auto", the estimator's epochs and lr, ...), or the checkpoint's
+    when resuming. ``objectives`` is :class:`DiscreteAutoencoder`'s: "auto" makes a
+    global gumbel code on images the clustering recipe (two augmented views, IIC mutual
+    information, InfoNCE, self-labelling, a content/style split), "none"
+    reconstruction alone; ``lr_schedule`` its learning-rate curve.
+
+    Checkpoints: the training state is written to ``checkpoint`` (default
+    :func:`default_checkpoint` of ``out``) every ``checkpoint_every`` optimisation steps
+    (0: never) and on SIGINT/SIGTERM, which then raise ``TrainingInterrupted``.
+    ``resume`` continues from a checkpoint, on the same DATA; settings given that
+    differ from the checkpoint's are refused. A NaN or infinite loss raises
+    ``TrainingDiverged`` naming the step, and leaves the last checkpoint as it was.
+
+    Launched by ``torchrun`` with more than one process, this trains with
+    DistributedDataParallel (nccl on GPUs, gloo on CPUs); ``batch_size`` is the global
+    batch, and only rank 0 writes the model and checkpoints (the others return
+    ``{"rank": r, "model": None}``).
+
+    Returns a summary: the model path, its settings, the number of images, the final
+    epoch's loss, code usage and perplexity, the fit time and the per-epoch history.
+    """
+    check_output(out)
+    check_device(device)
+    given = {k: v for k, v in locals().items() if k in FIT_DEFAULTS}  # None: not given
+    given["grid"] = parse_grid(grid) if isinstance(grid, str) else grid
+    settings = _fit_settings(given, resume)
+    if settings["grid"] is not None and settings["latent"] != "grid":
+        raise DiscretaeError(
+            f"--grid {grid!r} needs --latent grid (got --latent {settings['latent']})"
+        )
+    ckpt = _checkpoint_path(out, checkpoint, checkpoint_every)
+    run = _train_and_save(
+        data,
+        settings,
+        out,
+        ckpt,
+        device=device,
+        labels=labels,
+        strict=strict,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        callback=callback,
+        warn=warn,
+    )
+    if run.est is None:
+        return {"rank": run.rank, "model": None}
+    return _summary(run, settings, data=data, out=out, ckpt=ckpt, resume=resume)
+
+
+def _checkpoint_path(out, checkpoint, checkpoint_every: int) -> Path:
+    """The checkpoint file, checked writable; ``checkpoint_every`` checked >= 0."""
+    if checkpoint_every < 0:
+        raise DiscretaeError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    ckpt = Path(checkpoint) if checkpoint is not None else default_checkpoint(out)
+    check_output(ckpt)
+    return ckpt
+
+
+def _fit_settings(given: dict, resume) -> dict:
+    """Settings from the arguments (None: not given), the defaults, or the checkpoint."""
+    if resume is None:
+        return {k: FIT_DEFAULTS[k] if v is None else v for k, v in given.items()}
+    from discretae.models.checkpoint import read_checkpoint
+
+    params = read_checkpoint(resume).config["params"]
+    # a checkpoint from before a setting existed had its default
+    settings = {k: params.get(p, FIT_DEFAULTS[k]) for k, p in _FIT_PARAMS.items()}
+    settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
+    clash = [
+        f"--{k.replace('_', '-')} {v} (checkpoint: {settings[k]})"
+        for k, v in given.items()
+        if v is not None and v != settings[k]
+    ]
+    if clash:
+        raise DiscretaeError(
+            f"cannot resume from {str(resume)!r} with other settings: {', '.join(clash)}; "
+            "a resumed run keeps the settings it started with, so leave them out"
+        )
+    return settings
+
+
+@dataclass
+class _Run:
+    """What one process's training left: the estimator (None on ranks other than 0)."""
+
+    est: object | None
+    dataset: object | None
+    n_images: int
+    seconds: float
+    world_size: int
+    rank: int
+
+
+def _train_and_save(
+    data, settings, out, ckpt, *, device, labels, strict, checkpoint_every, resume, callback, warn
+) -> _Run:
+    """Load DATA, fit (under DDP when torchrun started several processes), and on rank 0
+    save the model with, for image models, the archive's code prior."""
+    from discretae.core import distributed
+    from discretae.data import load_dataset
+    from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+
+    started = distributed.init_from_env(device)
+    try:
+        ds = load_dataset(data, labels=labels, strict=strict, warn=warn)
+        x = ds.to_array()
+        est = DiscreteAutoencoder(
+            **{param: settings[k] for k, param in _FIT_PARAMS.items()},
+            device=str(started) if started is not None else device,
+            callback=callback,
+        )
+        start = time.perf_counter()
+        est.fit(x, checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resume)
+        seconds = time.perf_counter() - start
+        world = distributed.world_size()
+        if not distributed.is_main():
+            return _Run(None, None, len(x), seconds, world, distributed.rank())
+        est.save(out)
+        if len(est.input_shape_) == 3:  # image models: learn the archive's code prior now
+            from discretae.compression.codec import fit_prior, save_prior
+
+            save_prior(out, fit_prior(est, x))
+        return _Run(est, ds, len(x), seconds, world, 0)
+    finally:
+        if started is not None:
+            distributed.shutdown()
+
+
+def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
+    """fit's result: the model's settings and what the fit did."""
+    from discretae.evaluation.sections import clustering_section
+
+    est, ds = run.est, run.dataset
+    last = est.history_[-1] if est.history_ else {}
+    return {
+        "model": str(out),
+        "model_type": s["model"],
+        "latent": s["latent"],
+        "n_codes": s["codes"] if s["model"] != "binary" else None,
+        "n_bits": s["bits"] if s["model"] == "binary" else None,
+        "grid": list(s["grid"]) if s["grid"] else None,
+        "n_clusters": int(est.n_clusters_),
+        "data": str(data),
+        "n_images": int(run.n_images),
+        "skipped": len(getattr(ds, "skipped", []) or []),
+        "input_shape": [int(v) for v in est.input_shape_],
+        "device": str(est.device_),
+        "world_size": run.world_size,
+        "epochs": len(est.history_),
+        "objectives": _objectives_in(est.model_),
+        "lr_schedule": est.lr_schedule_used(est.model_),
+        "final_loss": last.get("loss"),
+        "codes_used": last.get("usage"),  # distinct codes in the last epoch
+        "perplexity": last.get("perplexity"),
+        "fit_seconds": run.seconds,
+        "checkpoint": str(ckpt) if ckpt.exists() else None,
+        "resumed_from": str(resume) if resume is not None else None,
+        # how the fitted clusters match DATA's labels, when it has any
+        "clustering": clustering_section(ds.labels, est.labels_),
+        "history": list(est.history_),
+    }
+
+
+def _objectives_in(model) -> list[str]:
+    """The objectives a fitted model trained with, besides reconstruction."""
+    from discretae.models.objectives import VIEW_TERMS
+
+    views = model.config.get("objectives") or {}
+    names = [k for k in VIEW_TERMS if views.get(k)]
+    return names + (["style"] if model.config.get("style_dim") else [])
