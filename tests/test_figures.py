@@ -118,3 +118,87 @@ def test_report_json(tmp_path):
     with pytest.raises(DiscretaeError, match="not JSON"):
         write_report(tmp_path / "r3.json", {"data": {"x": object()}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+# ---------------------------------------------------------------- content, not only size
+TILE, PAD = 32, 2  # an 8x8 image is enlarged 4x to 32 px; tiles are 2 px apart
+
+
+def tile_at(im: Image.Image, row: int, col: int, top: int = 0, left: int = 0) -> np.ndarray:
+    """The (32, 32, 3) pixels of the montage tile at (row, col)."""
+    y = top + PAD + row * (TILE + PAD)
+    x = left + PAD + col * (TILE + PAD)
+    return np.asarray(im.convert("RGB"))[y : y + TILE, x : x + TILE]
+
+
+def test_montage_puts_each_image_in_its_tile(tmp_path):
+    white, black = np.ones((8, 8)), np.zeros((8, 8))
+    gray = np.full((8, 8), 0.5)
+    red = np.zeros((3, 8, 8))
+    red[0] = 1.0
+    im = open_png(figures.montage(np.stack([black, white, gray]), tmp_path / "g.png", ncols=2))
+    assert (tile_at(im, 0, 0) == 0).all()  # black, top left
+    assert (tile_at(im, 0, 1) == 255).all()  # white, top right
+    assert (tile_at(im, 1, 0) == 128).all()  # gray, second row
+    assert (tile_at(im, 1, 1) == 255).all()  # no fourth image: background
+    pixels = np.asarray(im)
+    assert (pixels[:, :PAD] == 255).all() and (pixels[:PAD] == 255).all()  # white margin
+    im = open_png(figures.montage(red[None], tmp_path / "r.png"))
+    assert (tile_at(im, 0, 0) == [255, 0, 0]).all()
+
+
+def test_cluster_montage_rows_hold_their_clusters(tmp_path):
+    """Cluster 0's images are red, cluster 1's blue: each row shows only its own."""
+    x = np.zeros((12, 3, 8, 8), np.float32)
+    ids = np.array([1, 0] * 6)
+    x[ids == 0, 0] = 1.0
+    x[ids == 1, 2] = 1.0
+    im = np.asarray(open_png(figures.cluster_montage(x, ids, tmp_path / "c.png")).convert("RGB"))
+    title = 18  # px above the first row
+    bands = [im[title + PAD + r * (TILE + PAD) :][:TILE] for r in range(2)]
+
+    def count(band, color) -> int:
+        return int((band == color).all(axis=-1).sum())
+
+    tile = TILE * TILE
+    assert count(bands[0], [255, 0, 0]) == 6 * tile and count(bands[0], [0, 0, 255]) == 0
+    assert count(bands[1], [0, 0, 255]) == 6 * tile and count(bands[1], [255, 0, 0]) == 0
+
+
+def test_reconstruction_grid_alternates_original_and_reconstruction(tmp_path):
+    white, black = np.ones((4, 8, 8)), np.zeros((4, 8, 8))
+    im = open_png(figures.reconstruction_grid(white, black, tmp_path / "r.png", per_row=4))
+    a = np.asarray(im.convert("RGB"))
+    right = a[:, -PAD - TILE : -PAD]  # the last column of tiles, right of the labels
+    assert (right[PAD : PAD + TILE] == 255).all()  # originals
+    assert (right[2 * PAD + TILE : 2 * PAD + 2 * TILE] == 0).all()  # reconstructions
+
+
+def test_contingency_heatmap_shows_the_table(tmp_path):
+    t = np.repeat(np.arange(4), 50)
+    perfect = t.copy()
+    mixed = np.random.default_rng(0).integers(0, 4, t.size)
+    a = np.asarray(open_png(figures.contingency_heatmap(t, perfect, tmp_path / "a.png")))
+    again = np.asarray(open_png(figures.contingency_heatmap(t, perfect, tmp_path / "b.png")))
+    b = np.asarray(open_png(figures.contingency_heatmap(t, mixed, tmp_path / "c.png")))
+    assert a.shape == b.shape and np.array_equal(a, again)  # deterministic
+    assert not np.array_equal(a, b)
+
+    # Blues: empty cells are near white, full ones dark; the perfect table has 12 of 16
+    # cells empty, the mixed one none
+    def pale(img) -> int:
+        return int((img[..., :3].astype(int).min(axis=-1) > 240).sum())
+
+    assert pale(a) > pale(b)
+
+
+def test_usage_histogram_shows_the_counts(tmp_path):
+    one = np.asarray(open_png(figures.usage_histogram([0, 0, 10, 0], tmp_path / "1.png")))
+    flat = np.asarray(open_png(figures.usage_histogram([10] * 4, tmp_path / "4.png")))
+    assert one.shape == flat.shape and not np.array_equal(one, flat)
+
+    def bar_pixels(img) -> int:  # matplotlib's tab:blue, (31, 119, 180)
+        return int((np.abs(img[..., :3].astype(int) - [31, 119, 180]).max(axis=-1) <= 2).sum())
+
+    assert bar_pixels(one) > 0
+    assert 3.5 < bar_pixels(flat) / bar_pixels(one) < 4.5  # four equal bars against one

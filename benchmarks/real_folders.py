@@ -1,0 +1,219 @@
+"""Real folders: the default ``discretae fit`` and ``evaluate`` on colour image folders,
+next to scikit-learn KMeans and clustimage in the same run.
+
+Needs Debian's packages (``apt-get install openclipart-png dataset-fashion-mnist``) and,
+for the clustimage peer, ``pip install clustimage`` in the same environment (it is
+skipped, and the JSON says so, when it is not installed).
+
+    python benchmarks/real_folders.py                      # both collections below
+    python benchmarks/real_folders.py --only openclipart   # 8,121 clip-art PNGs
+    python benchmarks/real_folders.py --only fashion-jpeg  # 2,000 32x32 RGB JPEGs
+
+- ``openclipart``: the PNGs of ``openclipart-png`` (RGBA, LA, palette; 32 px to 1,900 px
+  wide), its first-level folders (about 20 very unbalanced categories) used only to score;
+- ``fashion-jpeg``: the first 2,000 Fashion-MNIST training images (seed 0 shuffle), saved
+  as 32x32 RGB JPEGs in one folder per class, as a user's small folder would be.
+
+Each method clusters into the same number of clusters as discretae's default fit (its
+``--codes`` default), except clustimage, which picks its own number by silhouette (its
+default). Fit time and peak memory (the fit process's maximum resident set, from
+``wait4``) are measured around a real ``discretae fit`` subprocess. Writes
+``benchmarks/results/real_folders-<name>-cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import device_name, versions  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OPENCLIPART = Path("/usr/share/openclipart/png")
+
+
+def run_measured(cmd: list[str]) -> tuple[dict, float, float]:
+    """Run a discretae command that prints JSON; return (its JSON, seconds, peak RSS MB)."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate()
+    seconds = time.perf_counter() - start
+    # communicate() reaped the child; its rusage (and that of its waited-for children,
+    # the decoding workers) is in RUSAGE_CHILDREN, which only grows: take it per run
+    peak_mb = _children_peak_mb()
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {err.decode()[-2000:]}")
+    return json.loads(out), seconds, peak_mb
+
+
+def _children_peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def discretae_run(folder: Path, work: Path, seed: int) -> dict:
+    """The default fit and evaluate, through the installed CLI, each in its own process."""
+    model = work / f"model-{seed}.safetensors"
+    fit_cmd = ["discretae", "fit", str(folder), "--out", str(model), "--seed", str(seed)]
+    fit, fit_s, fit_mb = run_measured([*fit_cmd, "--json", "--quiet"])
+    ev_cmd = ["discretae", "evaluate", str(folder), "-m", str(model), "--json", "--quiet"]
+    report, ev_s, ev_mb = run_measured(ev_cmd)
+    scores = report.get("clustering") or {}
+    return {
+        "method": "discretae (default fit)",
+        "seed": seed,
+        "input_shape": fit.get("input_shape"),
+        "working_size": fit.get("working_size"),
+        "n_clusters": fit.get("n_clusters"),
+        "n_images": fit.get("n_images"),
+        "epochs": fit.get("epochs"),
+        "fit_seconds": fit_s,
+        "fit_peak_mb": fit_mb,
+        "evaluate_seconds": ev_s,
+        "evaluate_peak_mb": ev_mb,
+        **{k: scores.get(k) for k in ("nmi", "acc", "ari", "purity")},
+    }
+
+
+def kmeans_run(folder: Path, shape: list[int], k: int, seed: int) -> dict:
+    """KMeans(k, n_init=10) on the pixels, the images read as discretae reads them for
+    the model (same working size, background and aspect handling)."""
+    from sklearn.cluster import KMeans
+
+    from discretae.data import load_dataset
+    from discretae.evaluation.metrics import clustering_scores
+
+    c, h, w = shape
+    ds = load_dataset(str(folder), image_size=(h, w), channels=c, warn=lambda m: None)
+    start = time.perf_counter()
+    x = ds.to_array().reshape(len(ds), -1)
+    ids = KMeans(k, n_init=10, random_state=seed).fit_predict(x)
+    seconds = time.perf_counter() - start
+    return {
+        "method": f"KMeans({k}), pixels at {h}x{w}",
+        "seed": seed,
+        "seconds": seconds,
+        **clustering_scores(ds.labels, ids),
+    }
+
+
+def clustimage_run(folder: Path, shape: list[int]) -> dict:
+    """clustimage with its defaults (PCA features, agglomerative clustering, the number of
+    clusters by silhouette) on the same files, resized to the same working size."""
+    try:
+        from clustimage import Clustimage
+    except ImportError:
+        return {"method": "clustimage", "skipped": "clustimage is not installed"}
+    from discretae.data.readers import list_image_files
+    from discretae.evaluation.metrics import clustering_scores
+
+    names, _ = list_image_files(folder)
+    names = [n for n in names if n.lower().endswith((".png", ".jpg", ".jpeg"))]
+    top = sorted({n.split("/", 1)[0] for n in names})
+    index = {t: i for i, t in enumerate(top)}
+    start = time.perf_counter()
+    cl = Clustimage(method="pca", dim=tuple(shape[1:]), verbose="error")
+    results = cl.fit_transform([str(folder / n) for n in names])
+    seconds = time.perf_counter() - start
+    paths = results["pathnames"]
+    labels = np.array([index[Path(p).relative_to(folder).parts[0]] for p in paths])
+    ids = np.asarray(results["labels"])
+    return {
+        "method": "clustimage (pca, defaults)",
+        "seconds": seconds,
+        "n_images": len(paths),
+        "n_clusters": int(len(set(ids.tolist()))),
+        **clustering_scores(labels, ids),
+    }
+
+
+def fashion_jpeg_folder(root: Path, n: int = 2000) -> Path:
+    """The first ``n`` Fashion-MNIST training images (seed 0 shuffle) as 32x32 RGB JPEGs."""
+    from PIL import Image
+
+    from discretae.data import load_dataset
+
+    out = root / f"fashion-jpeg-{n}"
+    if out.is_dir():
+        return out
+    ds = load_dataset("fashion-mnist:train")
+    order = np.random.default_rng(0).permutation(len(ds))[:n]
+    x = ds.to_array()[order]
+    for i, (img, y) in enumerate(zip(x, ds.labels[order], strict=True)):
+        d = out / ds.label_names[y]
+        d.mkdir(parents=True, exist_ok=True)
+        a = (img[0] * 255).round().astype(np.uint8)
+        Image.fromarray(a).convert("RGB").resize((32, 32), Image.BILINEAR).save(
+            d / f"{i:05d}.jpg", quality=90
+        )
+    return out
+
+
+def bench(name: str, folder: Path, seeds: list[int], work: Path) -> dict:
+    rows = [discretae_run(folder, work, s) for s in seeds]
+    shape, k = rows[0]["input_shape"], int(rows[0]["n_clusters"])
+    peers = [kmeans_run(folder, shape, k, s) for s in seeds]
+    peers.append(clustimage_run(folder, shape))
+    return {
+        "name": name,
+        "folder": folder.name,
+        "device": device_name("cpu"),
+        "versions": versions("discretae", "torch", "scikit-learn", "pillow", "clustimage"),
+        "threads": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "discretae": rows,
+        "peers": peers,
+    }
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['name']}: {result['folder']}")
+    print(f"{'method':<40} {'NMI':>6} {'ACC':>6} {'ARI':>6} {'time s':>8} {'peak MB':>8}")
+    for r in result["discretae"]:
+        print(
+            f"{r['method'] + ' seed ' + str(r['seed']):<40} {r['nmi']:6.3f} {r['acc']:6.3f} "
+            f"{r['ari']:6.3f} {r['fit_seconds']:8.1f} {r['fit_peak_mb']:8.0f}"
+        )
+    for r in result["peers"]:
+        if "skipped" in r:
+            print(f"{r['method']:<40} skipped: {r['skipped']}")
+            continue
+        print(
+            f"{r['method']:<40} {r['nmi']:6.3f} {r['acc']:6.3f} {r['ari']:6.3f} "
+            f"{r['seconds']:8.1f} {'':>8}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=["openclipart", "fashion-jpeg"], default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp one)")
+    args = ap.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="discretae-real-"))
+    work.mkdir(parents=True, exist_ok=True)
+    todo = ["fashion-jpeg", "openclipart"] if args.only is None else [args.only]
+    RESULTS.mkdir(exist_ok=True)
+    for name in todo:
+        folder = OPENCLIPART if name == "openclipart" else fashion_jpeg_folder(work)
+        if not folder.is_dir():
+            raise SystemExit(f"{folder} is missing: apt-get install openclipart-png")
+        result = bench(name, folder, args.seeds, work)
+        print_table(result)
+        path = RESULTS / f"real_folders-{name}-cpu.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
