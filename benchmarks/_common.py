@@ -32,3 +32,16 @@ def versions(*dists: str) -> dict:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def cpu_header(benchmark: str, *dists: str) -> dict:
+    """The keys every CPU benchmark's JSON starts with: name, device, date and versions."""
+    import datetime as dt
+
+    return {
+        "benchmark": benchmark,
+        "device": device_name(),
+        "device_type": "cpu",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(*dists),
+    }

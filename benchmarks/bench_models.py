@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
+from _common import cpu_header  # sibling: scripts run as benchmarks/X.py
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import load_digits
 
@@ -177,14 +177,15 @@ def main(argv=None) -> int:
                     "is unmeasured"}  # fmt: skip
     now = dt.datetime.now(dt.timezone.utc)
     report = {
-        "benchmark": "models-digits",
-        "device": device_name(),
-        "device_type": "cpu",
-        "date": now.isoformat(timespec="seconds"),
-        "threads": torch.get_num_threads(),
-        "versions": versions(
-            "torch", "numpy", "scikit-learn", "vector-quantize-pytorch", "discretae"
+        **cpu_header(
+            "models-digits",
+            "torch",
+            "numpy",
+            "scikit-learn",
+            "vector-quantize-pytorch",
+            "discretae",
         ),
+        "threads": torch.get_num_threads(),
         "data": {"name": "sklearn digits", "n": int(len(X)), "shape": [8, 8], "classes": 10},
         "settings": "DiscreteAutoencoder defaults (epochs=30, batch_size=256, lr=1e-3, "
         "n_codes=10, n_bits=16, latent='global'); sklearn KMeans(10, n_init=10) on raw pixels",

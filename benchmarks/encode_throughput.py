@@ -26,7 +26,6 @@ shared, so the load average before and after is recorded with the figures.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import multiprocessing as mp
 import os
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
+from _common import cpu_header  # sibling: scripts run as benchmarks/X.py
 from PIL import Image
 
 TARGET_RATIO, TARGET_MEMORY_GB = 0.60, 1.5
@@ -277,11 +276,7 @@ def main(argv=None) -> int:
         "meets_memory_target": peak_mb < TARGET_MEMORY_GB * 1000,
     }
     result = {
-        "benchmark": "encode-throughput",
-        "device": device_name(),
-        "device_type": "cpu",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions("torch", "numpy", "pillow", "discretae"),
+        **cpu_header("encode-throughput", "torch", "numpy", "pillow", "discretae"),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "data": {k: info[k] for k in ("n", "source", "bytes")} | {"image": [SIDE, SIDE]},

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
+from _common import cpu_header  # sibling: scripts run as benchmarks/X.py
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
@@ -374,12 +374,8 @@ def main(argv=None) -> int:
     names = ["fashion-mnist", "digits"] if args.data == "both" else [args.data]
     date = dt.datetime.now(dt.timezone.utc)
     report = {
-        "benchmark": "rate_distortion",
-        "device": device_name(),
-        "device_type": "cpu",
-        "date": date.isoformat(timespec="seconds"),
+        **cpu_header("rate_distortion", "torch", "numpy", "pillow", "constriction", "discretae"),
         "threads": args.threads,
-        "versions": versions("torch", "numpy", "pillow", "constriction", "discretae"),
         "settings": {"common": COMMON, "psnr": "mean over images of 10 log10(255^2/MSE) "
                      f"on uint8, capped at {PSNR_CAP}", "target_range_db": TARGET_RANGE},
         "reference_measured_earlier": REFERENCE,

@@ -8,25 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from discretae.cli._options import (
-    BatchSize,
-    Data,
-    Device,
-    Json,
-    ModelPath,
-    Quiet,
-    Strict,
-)
 from discretae.cli._output import rows_table
-from discretae.cli.runner import run
+from discretae.cli.options import BatchSize, Data, Device, Json, ModelPath, Quiet, Strict, output
+from discretae.cli.runner import given_options, run
 
 
 def compress(
+    ctx: typer.Context,
     data: Data,
     model: ModelPath,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Where to write the archive (.dae).")
-    ] = Path("archive.dae"),
+    out: Annotated[Path, output("Where to write the archive (.dae).")] = Path("archive.dae"),
     levels: Annotated[
         int | None,
         typer.Option(
@@ -58,20 +49,7 @@ def compress(
     """
     from discretae.commands import compress as compress_command
 
-    run(
-        compress_command,
-        data,
-        model=model,
-        out=out,
-        levels=levels,
-        names=names,
-        batch_size=batch_size,
-        device=device,
-        strict=strict,
-        quiet=quiet,
-        json=json,
-        table=_table,
-    )
+    run(compress_command, **given_options(ctx), table=_table)
 
 
 def _table(result: dict) -> Table:

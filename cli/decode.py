@@ -5,27 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import typer
 from rich.table import Table
 
-from discretae.cli._options import (
-    BatchSize,
-    Device,
-    Json,
-    ModelPath,
-    Quiet,
-    image_output,
-    input_file,
-)
 from discretae.cli._output import rows_table
-from discretae.cli.runner import run
+from discretae.cli.options import BatchSize, Device, Json, ModelPath, Quiet, input_file, output
+from discretae.cli.runner import given_options, run
 
 
 def decode(
+    ctx: typer.Context,
     codes: Annotated[Path, input_file("Codes .npy from `discretae encode`.")],
     model: ModelPath,
-    out: Annotated[
-        Path, image_output("A folder (one PNG per row) or a .png file (one montage).")
-    ] = Path("recon"),
+    out: Annotated[Path, output("A folder (one PNG per row) or a .png file (one montage).")] = Path(
+        "recon"
+    ),
     batch_size: BatchSize = 256,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -44,17 +38,7 @@ def decode(
     """
     from discretae.commands import decode as decode_command
 
-    run(
-        decode_command,
-        codes,
-        model=model,
-        out=out,
-        batch_size=batch_size,
-        device=device,
-        quiet=quiet,
-        json=json,
-        table=_table,
-    )
+    run(decode_command, **given_options(ctx), table=_table)
 
 
 def _table(result: dict) -> Table:

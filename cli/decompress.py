@@ -8,24 +8,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from discretae.cli._options import (
-    BatchSize,
-    Device,
-    Json,
-    ModelPath,
-    Quiet,
-    image_output,
-    input_file,
-)
 from discretae.cli._output import rows_table
-from discretae.cli.runner import run
+from discretae.cli.options import BatchSize, Device, Json, ModelPath, Quiet, input_file, output
+from discretae.cli.runner import given_options, run
 
 
 def decompress(
+    ctx: typer.Context,
     archive: Annotated[Path, input_file("An archive from `discretae compress`.")],
     model: ModelPath,
     out: Annotated[
-        Path, image_output("A folder (one PNG per image) or a .png file (one montage).")
+        Path, output("A folder (one PNG per image) or a .png file (one montage).")
     ] = Path("recon"),
     codes: Annotated[
         Path | None,
@@ -49,18 +42,9 @@ def decompress(
     """
     from discretae.commands import decompress as decompress_command
 
-    run(
-        decompress_command,
-        archive,
-        model=model,
-        out=out,
-        codes_out=codes,
-        batch_size=batch_size,
-        device=device,
-        quiet=quiet,
-        json=json,
-        table=_table,
-    )
+    options = given_options(ctx)
+    options["codes_out"] = options.pop("codes")
+    run(decompress_command, **options, table=_table)
 
 
 def _table(result: dict) -> Table:

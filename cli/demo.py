@@ -9,12 +9,13 @@ import typer
 from rich.console import Group, RenderableType
 from rich.table import Table
 
-from discretae.cli._options import DemoModelKind, Device, Json, Quiet
 from discretae.cli._output import fmt
-from discretae.cli.runner import run
+from discretae.cli.options import DemoModelKind, Device, Json, Quiet
+from discretae.cli.runner import given_options, run
 
 
 def demo(
+    ctx: typer.Context,
     model: Annotated[
         DemoModelKind, typer.Option("--model", "-m", help="vq, gumbel (one-hot) or binary.")
     ] = DemoModelKind.gumbel,
@@ -44,18 +45,7 @@ def demo(
     """
     from discretae.commands import demo as demo_command
 
-    run(
-        demo_command,
-        model=model.value,
-        epochs=epochs,
-        seed=seed,
-        out_dir=out_dir,
-        device=device,
-        quiet=quiet,
-        json=json,
-        table=_comparison,
-        bar="fit",
-    )
+    run(demo_command, **given_options(ctx), table=_comparison, bar="fit")
 
 
 def _comparison(result: dict) -> RenderableType:

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from discretae.cli._options import (
+from discretae.cli._output import rows_table
+from discretae.cli.options import (
     BatchSize,
     Data,
     Device,
@@ -18,17 +19,16 @@ from discretae.cli._options import (
     Quiet,
     Strict,
     WithNames,
+    output,
 )
-from discretae.cli._output import rows_table
-from discretae.cli.runner import run
+from discretae.cli.runner import given_options, run
 
 
 def encode(
+    ctx: typer.Context,
     data: Data,
     model: ModelPath,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Where to write the codes (.npy).")
-    ] = Path("codes.npy"),
+    out: Annotated[Path, output("Where to write the codes (.npy).")] = Path("codes.npy"),
     clusters: Annotated[
         bool, typer.Option("--clusters", help="Write one cluster id per image instead of codes.")
     ] = False,
@@ -74,22 +74,7 @@ def encode(
     from discretae.commands import encode as encode_command
 
     _keep_freed_memory()
-    run(
-        encode_command,
-        data,
-        model=model,
-        out=out,
-        clusters=clusters,
-        with_names=with_names,
-        batch_size=batch_size,
-        device=device,
-        strict=strict,
-        shard=shard,
-        workers=workers,
-        quiet=quiet,
-        json=json,
-        table=_table,
-    )
+    run(encode_command, **given_options(ctx), table=_table)
 
 
 def _table(result: dict) -> Table:

@@ -10,9 +10,9 @@ import typer
 from rich.table import Table
 
 from discretae.cli._errors import UsageError
-from discretae.cli._options import DATA_HELP, BatchSize, Device, Json, Quiet, Strict
 from discretae.cli._output import rows_table
-from discretae.cli.runner import run
+from discretae.cli.options import DATA_HELP, BatchSize, Device, Json, Quiet, Strict, existing_file
+from discretae.cli.runner import given_options, run
 
 # evaluate's own options, named here so that its signature reads as a list
 DataOrNone = Annotated[
@@ -26,12 +26,7 @@ ModelOrNone = Annotated[
 ]
 SavedCodes = Annotated[
     Path | None,
-    typer.Option(
-        "--codes",
-        exists=True,
-        dir_okay=False,
-        help="Evaluate saved codes or cluster ids (.npy) without a model.",
-    ),
+    existing_file("--codes", help="Evaluate saved codes or cluster ids (.npy) without a model."),
 ]
 Labels = Annotated[
     Path | None,
@@ -53,6 +48,7 @@ Discriminator = Annotated[
 
 
 def evaluate(
+    ctx: typer.Context,
     data: DataOrNone = None,
     model: ModelOrNone = None,
     codes: SavedCodes = None,
@@ -88,22 +84,7 @@ def evaluate(
     from discretae.commands import evaluate as evaluate_command
 
     _check_inputs(data, model, codes, discriminator)
-    run(
-        evaluate_command,
-        data,
-        model=model,
-        codes=codes,
-        labels=labels,
-        report=report,
-        figures=figures,
-        batch_size=batch_size,
-        device=device,
-        strict=strict,
-        discriminator=discriminator,
-        quiet=quiet,
-        json=json,
-        table=partial(_table, report_path=report),
-    )
+    run(evaluate_command, **given_options(ctx), table=partial(_table, report_path=report))
 
 
 def _check_inputs(data: str | None, model, codes, discriminator: bool) -> None:

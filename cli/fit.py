@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from discretae.cli._options import (
+from discretae.cli._output import rows_table
+from discretae.cli.options import (
     BatchSize,
     Data,
     Device,
@@ -20,8 +21,8 @@ from discretae.cli._options import (
     ModelKind,
     Quiet,
     Strict,
+    output,
 )
-from discretae.cli._output import rows_table
 from discretae.cli.runner import run
 
 # fit's own options, named here so that its signature reads as a list
@@ -90,7 +91,7 @@ Labels = Annotated[
         "(default: DATA's own labels, if any).",
     ),
 ]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Where to write the model.")]
+Out = Annotated[Path, output("Where to write the model.")]
 CheckpointEvery = Annotated[
     int,
     typer.Option(

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from discretae.cli._options import Json, Quiet, WithNames
 from discretae.cli._output import rows_table
-from discretae.cli.runner import run
+from discretae.cli.options import Json, Quiet, WithNames, output
+from discretae.cli.runner import given_options, run
 
 
 def merge(
+    ctx: typer.Context,
     shards: Annotated[
         list[Path],
         typer.Argument(
@@ -23,9 +24,7 @@ def merge(
             show_default=False,
         ),
     ],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Where to write the merged codes (.npy).")
-    ] = Path("codes.npy"),
+    out: Annotated[Path, output("Where to write the merged codes (.npy).")] = Path("codes.npy"),
     with_names: WithNames = None,
     quiet: Quiet = False,
     json: Json = False,
@@ -44,16 +43,7 @@ def merge(
     """
     from discretae.commands import merge as merge_command
 
-    run(
-        merge_command,
-        shards,
-        out=out,
-        with_names=with_names,
-        quiet=quiet,
-        json=json,
-        table=_table,
-        bar="rows",
-    )
+    run(merge_command, **given_options(ctx), table=_table, bar="rows")
 
 
 def _table(result: dict) -> Table:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 import typer
@@ -61,6 +62,12 @@ def run(
         print_json(result)
     elif not quiet:
         print_table(table(result))
+
+
+def given_options(ctx: typer.Context) -> dict[str, Any]:
+    """The command line's parameters, named like the library's keyword options (each
+    CLI flag is named like the option it sets), enum choices by their value."""
+    return {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
 
 
 def _takes(command: Callable, name: str) -> bool:

@@ -316,34 +316,30 @@ FIND_ORIGINS = (
 )
 
 
+def find_origins(cwd: Path) -> list[Path]:
+    """Where ``python -S`` started in ``cwd`` finds discretae.kernels and discretae.cli."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", FIND_ORIGINS], cwd=cwd, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [Path(line) for line in done.stdout.split()]
+
+
 def test_checkout_finds_kernels_and_cli_without_an_install():
     """From a clone's root, its discretae/ shadows any installed copy, so it must find
     kernels/ and cli/ itself. -S: no site-packages, so no install can help."""
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", FIND_ORIGINS],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    origins = find_origins(ROOT)
     expected = [
         ROOT / "kernels" / "__init__.py",
         ROOT / "cli" / "__init__.py",
         ROOT / "cli" / "app.py",
     ]
-    assert [Path(line) for line in done.stdout.split()] == expected
+    assert origins == expected
 
 
 def test_installed_layout_uses_its_own_folders(installed_layout):
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", FIND_ORIGINS],
-        cwd=installed_layout,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    origins = find_origins(installed_layout)
     package = installed_layout / "discretae"
     expected = [package / "kernels" / "__init__.py", package / "cli" / "__init__.py"]
-    assert [Path(line) for line in done.stdout.split()][:2] == expected
+    assert origins[:2] == expected

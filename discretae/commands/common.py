@@ -80,6 +80,24 @@ def load_model_data(data: str, est, *, labels=None, strict: bool = False, warn: 
     return ds
 
 
+def model_batches(
+    ds, batch_size: int, *, stage: str, callback: Callback = None, workers: int | None = None
+) -> Iterator[tuple]:
+    """DATA's batches (images (B, *shape) float32, labels (B,)) for a model to encode,
+    the way encode, evaluate and compress all stream them: under ``torch.inference_mode``,
+    a color image for a gray model reported in the model's terms, and ``callback`` told
+    ``{"stage", "done", "total"}`` once each batch has been used."""
+    import torch
+
+    n, done = len(ds), 0
+    with torch.inference_mode(), refuse_color_for_gray_model():
+        for images, labels in ds.batches(batch_size, num_workers=workers):
+            yield images, labels
+            done += len(images)
+            if callback is not None:
+                callback({"stage": stage, "done": done, "total": n})
+
+
 @contextlib.contextmanager
 def refuse_color_for_gray_model() -> Iterator[None]:
     """Turn the reader's ColorImageError into a DiscretaeError that says, in the model's

@@ -11,7 +11,7 @@ from discretae.commands.common import (
     Warn,
     load_codec,
     load_model_data,
-    refuse_color_for_gray_model,
+    model_batches,
 )
 from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError
@@ -85,11 +85,8 @@ def compress(
 def _symbols(codec, ds, batch_size: int, callback) -> np.ndarray | None:
     """Stream DATA through the codec: symbols (N, h, w, T) int64, None when no image was
     readable."""
-    parts, done, n = [], 0, len(ds)
-    with refuse_color_for_gray_model():
-        for images, _ in ds.batches(batch_size):
-            parts.append(codec.encode_images(images))
-            done += len(images)
-            if callback is not None:
-                callback({"stage": "encode", "done": done, "total": n})
+    parts = [
+        codec.encode_images(images)
+        for images, _ in model_batches(ds, batch_size, stage="encode", callback=callback)
+    ]
     return np.concatenate(parts) if parts else None

@@ -17,7 +17,7 @@ from discretae.commands.common import (
     Warn,
     load_model,
     load_model_data,
-    refuse_color_for_gray_model,
+    model_batches,
 )
 from discretae.commands.shards import (
     file_sha256,
@@ -143,17 +143,15 @@ def _check_encode_args(out, with_names, shard, workers) -> tuple[int, int] | Non
 
 def _encode_into(out, part, est, dtype, row_shape, clusters, batch_size, workers, callback) -> int:
     """Stream ``part`` through the model into the .npy ``out``; returns the rows written."""
-    n, done = len(part), 0
     with atomic_path(out) as tmp, _threads_beside_workers(part, est, workers):
-        writer = NpyRowWriter(tmp, dtype, (n, *row_shape))
-        with torch.inference_mode(), refuse_color_for_gray_model():
-            for images, _ in part.batches(batch_size, num_workers=workers):
-                codes = est.encode_batch(images.to(est.device_))
-                rows = est.cluster_ids(codes) if clusters else codes.cpu().numpy()
-                writer.write(rows.astype(dtype, copy=False))
-                done += len(images)
-                if callback is not None:
-                    callback({"stage": "encode", "done": done, "total": n})
+        writer = NpyRowWriter(tmp, dtype, (len(part), *row_shape))
+        batches = model_batches(
+            part, batch_size, stage="encode", callback=callback, workers=workers
+        )
+        for images, _ in batches:
+            codes = est.encode_batch(images.to(est.device_))
+            rows = est.cluster_ids(codes) if clusters else codes.cpu().numpy()
+            writer.write(rows.astype(dtype, copy=False))
         writer.finish()
     return writer.done
 

@@ -15,7 +15,7 @@ from discretae.commands.common import (
     Warn,
     load_model,
     load_model_data,
-    refuse_color_for_gray_model,
+    model_batches,
 )
 from discretae.core.arrays import load_npy
 from discretae.core.errors import DiscretaeError
@@ -166,30 +166,26 @@ def _stream(ds, est, *, pictures: bool, discriminator: bool, batch_size: int, ca
     """Encode and decode DATA batch by batch, keeping codes, ids and samples."""
     from discretae.evaluation.samples import ClusterSamples, PairSample
 
-    n, done = len(ds), 0
+    n = len(ds)
     kept = _Pass(samples=ClusterSamples(n, tuple(ds.shape)) if pictures else None)
     kept.pairs = PairSample(n) if discriminator else None
-    with torch.inference_mode(), refuse_color_for_gray_model():
-        for images, y in ds.batches(batch_size):
-            x = images.to(est.device_)
-            c = est.encode_batch(x)
-            x_hat = est.decode_batch(c).float()
-            kept.sq_err += float(((x_hat - x) ** 2).sum(dtype=torch.float64))
-            kept.n_values += x.numel()
-            batch_ids = est.cluster_ids(c)  # from the codes, not a second encode
-            kept.codes.append(c.cpu().numpy())
-            kept.ids.append(batch_ids)
-            kept.labels.append(y.numpy())
-            if pictures:
-                kept.samples.add(images.numpy(), batch_ids)
-            if kept.pairs is not None:
-                kept.pairs.add(images.numpy(), kept.codes[-1])
-            if pictures and sum(map(len, kept.originals)) < RECON_SHOWN:
-                kept.originals.append(images.numpy())
-                kept.recons.append(x_hat.cpu().numpy())
-            done += len(images)
-            if callback is not None:
-                callback({"stage": "evaluate", "done": done, "total": n})
+    for images, y in model_batches(ds, batch_size, stage="evaluate", callback=callback):
+        x = images.to(est.device_)
+        c = est.encode_batch(x)
+        x_hat = est.decode_batch(c).float()
+        kept.sq_err += float(((x_hat - x) ** 2).sum(dtype=torch.float64))
+        kept.n_values += x.numel()
+        batch_ids = est.cluster_ids(c)  # from the codes, not a second encode
+        kept.codes.append(c.cpu().numpy())
+        kept.ids.append(batch_ids)
+        kept.labels.append(y.numpy())
+        if pictures:
+            kept.samples.add(images.numpy(), batch_ids)
+        if kept.pairs is not None:
+            kept.pairs.add(images.numpy(), kept.codes[-1])
+        if pictures and sum(map(len, kept.originals)) < RECON_SHOWN:
+            kept.originals.append(images.numpy())
+            kept.recons.append(x_hat.cpu().numpy())
     return kept
 
 

@@ -53,6 +53,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from discretae.core.arrays import read_npy
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import ArrayDataset, FolderDataset, ImageDataset, skip_message
 from discretae.data.readers import (
@@ -67,7 +68,6 @@ from discretae.data.readers import (
     read_idx,
     read_labels_csv,
     read_labels_npy,
-    read_npy,
     scan_folder,
 )
 

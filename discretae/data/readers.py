@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from discretae.core.arrays import read_npy
 from discretae.core.errors import DiscretaeError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -210,23 +211,6 @@ def unit_float(a: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- arrays (.npy and IDX)
-def read_npy(path: Path) -> np.ndarray:
-    """Memory-map a ``.npy`` file without unpickling anything."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Python objects" in str(e):
-            raise DiscretaeError(
-                f"{path}: holds Python objects (dtype object); expected a numeric array"
-            ) from None
-        raise DiscretaeError(f"{path}: not a valid .npy file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise DiscretaeError(f"{path}: cannot read as .npy ({e})") from None
-    if not isinstance(arr, np.ndarray):  # np.load gives an NpzFile for .npz archives
-        raise DiscretaeError(f"{path}: is a .npz archive; expected a single .npy array")
-    return arr
-
-
 def image_layout(shape: tuple[int, ...], what: str) -> tuple[str, tuple[int, ...]]:
     """Layout name and per-item shape: 'flat' (F,), 'nhw' / 'nhwc' / 'nchw' (C, H, W).
 

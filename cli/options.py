@@ -64,15 +64,15 @@ Strict = Annotated[
         "--strict", help="Fail on the first unreadable image instead of skipping it with a warning."
     ),
 ]
+
+
+def existing_file(*flags: str, help: str) -> typer.models.OptionInfo:
+    """An option that names an existing file, not a folder (a model, saved codes)."""
+    return typer.Option(*flags, exists=True, dir_okay=False, help=help)
+
+
 ModelPath = Annotated[
-    Path,
-    typer.Option(
-        "--model",
-        "-m",
-        exists=True,
-        dir_okay=False,
-        help="A model file written by `discretae fit`.",
-    ),
+    Path, existing_file("--model", "-m", help="A model file written by `discretae fit`.")
 ]
 WithNames = Annotated[
     Path | None,
@@ -85,6 +85,6 @@ def input_file(help: str) -> typer.models.ArgumentInfo:
     return typer.Argument(exists=True, dir_okay=False, help=help, show_default=False)
 
 
-def image_output(help: str) -> typer.models.OptionInfo:
-    """``--out``/``-o`` for a folder of PNGs or one montage; default ``recon``."""
+def output(help: str) -> typer.models.OptionInfo:
+    """``--out``/``-o``: where a command writes (a file, a folder of PNGs, a montage)."""
     return typer.Option("--out", "-o", help=help)
