@@ -20,6 +20,7 @@ from discretae.cli.options import (
     LrSchedule,
     ModelKind,
     Quiet,
+    ResizeMode,
     Strict,
     output,
 )
@@ -28,6 +29,8 @@ from discretae.cli.runner import run
 # fit's own options, named here so that its signature reads as a list
 Model = Annotated[
     ModelKind,
+    Quiet,
+    ResizeMode,
     typer.Option("--model", "-m", help="vq, gumbel (one-hot), binary, or rvq (residual VQ)."),
 ]
 Codes = Annotated[int, typer.Option("--codes", "-k", min=1, help="Codebook size (vq, gumbel).")]
@@ -71,6 +74,39 @@ Schedule = Annotated[
     ),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+ImageSize = Annotated[
+    str | None,
+    typer.Option(
+        "--image-size",
+        "-s",
+        help="Working size: HxW (e.g. 64x64), or one number for the longer side "
+        "[default: a folder's most common size, longer side brought down to 32 px; "
+        "arrays keep theirs].",
+        show_default=False,
+    ),
+]
+Resize = Annotated[
+    ResizeMode,
+    typer.Option(
+        "--resize", help="Keep the aspect ratio by padding or centre-cropping, or stretch."
+    ),
+]
+Background = Annotated[
+    str,
+    typer.Option(
+        "--background",
+        help="Colour under transparent pixels and in pad margins: white, black, gray or #RRGGBB.",
+    ),
+]
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory the fit may use, e.g. 4G; the working size (when not given) and then "
+        "the batch are halved until the estimate fits [default: 70% of available memory].",
+        show_default=False,
+    ),
+]
 Objectives = Annotated[
     str,
     typer.Option(
@@ -118,7 +154,15 @@ Resume = Annotated[
     ),
 ]
 # passed to the library as given; the settings (FIT_DEFAULTS) only when typed
-PASSED_AS_GIVEN = ("out", "device", "strict", "checkpoint", "checkpoint_every", "resume")
+PASSED_AS_GIVEN = (
+    "out",
+    "device",
+    "strict",
+    "checkpoint",
+    "checkpoint_every",
+    "resume",
+    "max_memory",
+)
 
 
 def fit(
@@ -137,6 +181,10 @@ def fit(
     device: Device = "auto",
     seed: Seed = 0,
     objectives: Objectives = "auto",
+    image_size: ImageSize = None,
+    resize: Resize = ResizeMode.pad,
+    background: Background = "white",
+    max_memory: MaxMemory = None,
     labels: Labels = None,
     out: Out = Path("model.safetensors"),
     checkpoint_every: CheckpointEvery = 0,
@@ -229,6 +277,8 @@ def _table(result: dict) -> Table:
     rows = [
         ("model", f"{result['model_type']}, {result['latent']} latent"),
         ("images", result["n_images"]),
+        ("working size", _working(result)),
+        ("memory (estimate)", _memory(result)),
         ("epochs", f"{result['epochs']}, learning rate {result['lr_schedule']}"),
         ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
         ("final loss", result["final_loss"]),
@@ -249,3 +299,16 @@ def _used(result: dict) -> str:
     if used is None or result["n_codes"] is None:
         return str(used)
     return f"{used} of {result['n_codes']}"
+
+
+def _working(result: dict) -> str:
+    size = result.get("working_size")
+    if not size:
+        return "flat vectors"
+    return f"{size[0]}x{size[1]}, {result['resize']} over {result['background']}"
+
+
+def _memory(result: dict) -> str:
+    budget = result.get("memory_budget_mb")
+    allowed = f" of {budget} MB allowed" if budget is not None else ""
+    return f"{result['memory_estimate_mb']} MB{allowed}, batch {result['batch_size']}"

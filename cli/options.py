@@ -41,6 +41,14 @@ class LrSchedule(str, Enum):
     hold_cosine = "hold-cosine"
 
 
+class ResizeMode(str, Enum):
+    """How `discretae fit` brings images to the working size (data.framing.RESIZE_MODES)."""
+
+    pad = "pad"
+    crop = "crop"
+    stretch = "stretch"
+
+
 class Latent(str, Enum):
     global_ = "global"
     grid = "grid"

@@ -45,7 +45,8 @@ def load_model_data(data: str, est, *, labels=None, strict: bool = False, warn: 
     take is refused.
 
     Channels are fixed by the model: a folder is listed, not probed, and each image is
-    made to fit as it is decoded (gray ones repeated into RGB, alpha dropped). Only color
+    made to fit as it is decoded (gray ones repeated into RGB; aspect and transparency
+    as the model was fitted, ``est.framing_``). Only color
     images for a gray model are refused, when the stream reaches the first of them: run
     the stream inside :func:`refuse_color_for_gray_model`.
     """
@@ -70,6 +71,7 @@ def load_model_data(data: str, est, *, labels=None, strict: bool = False, warn: 
             gray_from_color=False,
             strict=strict,
             warn=warn,
+            framing=est.framing_,
         )
     if len(ds.shape) != 3 or int(ds.shape[0]) != c:
         got = f"{ds.shape[0]} channel(s)" if len(ds.shape) == 3 else f"flat vectors {ds.shape}"

@@ -1,4 +1,16 @@
-"""``discretae fit``: fit a discrete autoencoder on DATA and save it (with its code prior)."""
+"""``discretae fit``: fit a discrete autoencoder on DATA and save it (with its code prior).
+
+Images are brought to one working size: ``image_size`` ("HxW", or one number for the
+longer side), else for a folder its most common size with the longer side brought down
+to 32 px when larger (arrays keep theirs). ``resize`` keeps the aspect ratio by padding
+("pad", the default) or centre-cropping ("crop"), or stretches ("stretch");
+transparency and pad margins take ``background`` ("white", "black", "gray" or
+"#RRGGBB"). The model stores all three, and encode, evaluate and compress frame every
+input the same way. Before training, the memory the fit needs is estimated
+(:mod:`discretae.models.memory`) and brought under ``max_memory`` ("2G", ...; default 70%
+of the memory available now) by halving the working size (when not given) and then the
+batch; when nothing fits, DiscretaeError says so before any work.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +39,9 @@ FIT_DEFAULTS = {
     "lr_schedule": None,  # the estimator's: cosine for the clustering recipe, else constant
     "seed": 0,
     "objectives": "auto",
+    "image_size": None,  # a folder: its most common size, longer side at most 32 px
+    "resize": "pad",
+    "background": "white",
 }
 # fit's setting -> the estimator parameter it sets
 _FIT_PARAMS = {
@@ -42,6 +57,9 @@ _FIT_PARAMS = {
     "lr_schedule": "lr_schedule",
     "seed": "random_state",
     "objectives": "objectives",
+    "image_size": "image_size",
+    "resize": "resize",
+    "background": "background",
 }
 
 
@@ -79,6 +97,10 @@ def fit(
     device: str = "auto",
     seed: int | None = None,
     objectives: str | None = None,
+    image_size: str | int | tuple[int, int] | None = None,
+    resize: str | None = None,
+    background: str | None = None,
+    max_memory: str | int | None = None,
     labels: str | None = None,
     strict: bool = False,
     checkpoint: str | os.PathLike | None = None,
@@ -96,6 +118,9 @@ def fit(
     information, InfoNCE, self-labelling, a content/style split), "none"
     reconstruction alone; ``lr_schedule`` its learning-rate curve.
 
+    ``image_size``, ``resize``, ``background`` and ``max_memory``: see the module's
+    docstring (the working size and the memory plan).
+
     Checkpoints: the training state is written to ``checkpoint`` (default
     :func:`default_checkpoint` of ``out``) every ``checkpoint_every`` optimisation steps
     (0: never) and on SIGINT/SIGTERM, which then raise ``TrainingInterrupted``.
@@ -103,18 +128,17 @@ def fit(
     differ from the checkpoint's are refused. A NaN or infinite loss raises
     ``TrainingDiverged`` naming the step, and leaves the last checkpoint as it was.
 
-    Launched by ``torchrun`` with more than one process, this trains with
-    DistributedDataParallel (nccl on GPUs, gloo on CPUs); ``batch_size`` is the global
-    batch, and only rank 0 writes the model and checkpoints (the others return
-    ``{"rank": r, "model": None}``).
-
-    Returns a summary: the model path, its settings, the number of images, the final
-    epoch's loss, code usage and perplexity, the fit time and the per-epoch history.
+    Under ``torchrun`` with several processes it trains with DistributedDataParallel;
+    ``batch_size`` is the global batch; only rank 0 writes (the others return
+    ``{"rank": r, "model": None}``). Returns a summary: the settings, the working size
+    and memory plan, the final loss, code usage, the fit time and the history.
     """
     check_output(out)
     check_device(device)
     given = {k: v for k, v in locals().items() if k in FIT_DEFAULTS}  # None: not given
     given["grid"] = parse_grid(grid) if isinstance(grid, str) else grid
+    given["image_size"] = _size_setting(image_size)
+    budget = _memory_budget(max_memory)
     settings = _fit_settings(given, resume)
     if settings["grid"] is not None and settings["latent"] != "grid":
         raise DiscretaeError(
@@ -133,6 +157,7 @@ def fit(
         resume=resume,
         callback=callback,
         warn=warn,
+        budget=budget,
     )
     if run.est is None:
         return {"rank": run.rank, "model": None}
@@ -181,41 +206,139 @@ class _Run:
     seconds: float
     world_size: int
     rank: int
+    plan: dict | None = None
 
 
 def _train_and_save(
-    data, settings, out, ckpt, *, device, labels, strict, checkpoint_every, resume, callback, warn
+    data,
+    settings,
+    out,
+    ckpt,
+    *,
+    device,
+    labels,
+    strict,
+    checkpoint_every,
+    resume,
+    callback,
+    warn,
+    budget,
 ) -> _Run:
-    """Load DATA, fit (under DDP when torchrun started several processes), and on rank 0
-    save the model with, for image models, the archive's code prior."""
+    """Load DATA at its working size, plan the memory, fit (under DDP when torchrun
+    started several processes), and on rank 0 save the model with, for image models,
+    the archive's code prior."""
     from discretae.core import distributed
-    from discretae.data import load_dataset
-    from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
     started = distributed.init_from_env(device)
     try:
-        ds = load_dataset(data, labels=labels, strict=strict, warn=warn)
+        ds, est, plan = _planned_fit(data, settings, labels, strict, warn, budget)
+        est.set_params(device=str(started) if started is not None else device)
+        est.set_params(callback=callback)
         x = ds.to_array()
-        est = DiscreteAutoencoder(
-            **{param: settings[k] for k, param in _FIT_PARAMS.items()},
-            device=str(started) if started is not None else device,
-            callback=callback,
-        )
         start = time.perf_counter()
         est.fit(x, checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resume)
         seconds = time.perf_counter() - start
         world = distributed.world_size()
         if not distributed.is_main():
-            return _Run(None, None, len(x), seconds, world, distributed.rank())
+            return _Run(None, None, len(x), seconds, world, distributed.rank(), plan)
         est.save(out)
         if len(est.input_shape_) == 3:  # image models: learn the archive's code prior now
             from discretae.compression.codec import fit_prior, save_prior
 
             save_prior(out, fit_prior(est, x))
-        return _Run(est, ds, len(x), seconds, world, 0)
+        return _Run(est, ds, len(x), seconds, world, 0, plan)
     finally:
         if started is not None:
             distributed.shutdown()
+
+
+def _planned_fit(data, settings, labels, strict, warn, budget):
+    """DATA at its working size and an estimator whose estimated memory fits ``budget``;
+    -> (dataset, estimator, the plan for the summary)."""
+    from discretae.data import load_dataset
+    from discretae.data.framing import Framing, default_working_size, parse_background
+
+    framing = Framing(settings["resize"], parse_background(settings["background"]))
+    ds = load_dataset(data, labels=labels, strict=strict, warn=warn, framing=framing)
+    size, given = _working_size(ds, settings["image_size"], default_working_size)
+    if size is not None and size != tuple(ds.shape[1:]):
+        ds = ds.at_size(size)
+    batch = int(settings["batch_size"])
+    while True:
+        est = _estimator(settings, size, batch)
+        need = est.fit_memory(tuple(ds.shape), len(ds))["total"]
+        if budget is None or need <= budget:
+            break
+        if size is not None and not given and max(size) > 16:
+            size = _halved(size)
+            ds = ds.at_size(size)
+        elif batch > 16:
+            batch //= 2
+        else:
+            raise DiscretaeError(
+                f"the fit needs about {need / 2**30:.1f} GiB ({len(ds)} images of "
+                f"{tuple(ds.shape)}, batch {batch}) but {budget / 2**30:.1f} GiB is "
+                "allowed; give a smaller --image-size or --batch-size, or more --max-memory"
+            )
+    plan = {
+        "working_size": list(size) if size is not None else None,
+        "batch_size": batch,
+        "memory_estimate_mb": round(need / 2**20),
+        "memory_budget_mb": round(budget / 2**20) if budget is not None else None,
+    }
+    return ds, est, plan
+
+
+def _estimator(settings, size, batch):
+    from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+
+    params = {param: settings[k] for k, param in _FIT_PARAMS.items()}
+    params.update(image_size=size, batch_size=batch)
+    return DiscreteAutoencoder(**params)
+
+
+def _working_size(ds, setting, default_working_size):
+    """-> (the working size (H, W) or None for flat vectors, whether the user gave it)."""
+    from discretae.data.framing import longer_side_to
+
+    if ds.flat:
+        if setting is not None:
+            raise DiscretaeError("--image-size applies to images, not to flat vectors")
+        return None, False
+    natural = tuple(int(v) for v in ds.shape[1:])
+    if setting is None:
+        folder = ds.names is not None
+        return (default_working_size(natural) if folder else natural), False
+    if isinstance(setting, int):
+        return longer_side_to(natural, setting), True
+    return tuple(setting), True
+
+
+def _halved(size: tuple[int, int]) -> tuple[int, int]:
+    return max(1, size[0] // 2), max(1, size[1] // 2)
+
+
+def _size_setting(image_size):
+    """``--image-size`` as (H, W), an int (the longer side), or None."""
+    from discretae.data.framing import check_size, parse_image_size
+
+    if image_size is None or isinstance(image_size, int):
+        if isinstance(image_size, int) and image_size < 1:
+            raise DiscretaeError(f"--image-size must be positive, got {image_size}")
+        return image_size
+    if isinstance(image_size, str):
+        return parse_image_size(image_size)
+    return check_size(image_size)
+
+
+def _memory_budget(max_memory) -> int | None:
+    """Bytes a fit may use: ``max_memory``, else 70% of what is available now."""
+    from discretae.models.memory import available_bytes, parse_bytes
+
+    if max_memory is not None:
+        return parse_bytes(max_memory) if isinstance(max_memory, str) else int(max_memory)
+    free = available_bytes()
+    return None if free is None else int(0.7 * free)
 
 
 def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
@@ -236,6 +359,9 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "n_images": int(run.n_images),
         "skipped": len(getattr(ds, "skipped", []) or []),
         "input_shape": [int(v) for v in est.input_shape_],
+        **(run.plan or {}),
+        "resize": s["resize"],
+        "background": s["background"],
         "device": str(est.device_),
         "world_size": run.world_size,
         "epochs": len(est.history_),

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from discretae.core.errors import DiscretaeError
+from discretae.data.framing import LEGACY_FRAMING, Framing, frame_tensor
 from discretae.data.readers import (
     ColorImageError,
+    bad_file_reason,
     image_layout,
     read_image,
     unit_float,
@@ -115,6 +116,16 @@ class ImageDataset(Dataset):
         part.skipped = list(self.skipped)  # the copy's pass appends its own failures
         return part
 
+    def at_size(self, size: tuple[int, int]) -> ImageDataset:
+        """The same images brought to ``size`` (H, W) as they are read (a shallow copy)."""
+        import copy
+
+        if self.flat:
+            raise DiscretaeError("flat vectors have no image size")
+        part = copy.copy(self)
+        part.shape = (self.shape[0], int(size[0]), int(size[1]))
+        return part
+
     def _slice_items(self, part: ImageDataset, start: int, stop: int) -> None:
         raise DiscretaeError(f"cannot shard a {type(self).__name__}")
 
@@ -142,8 +153,10 @@ class ArrayDataset(ImageDataset):
         label_names=None,
         source=None,
         gray_from_color=True,
+        framing: Framing = LEGACY_FRAMING,
     ):
         layout, item = image_layout(tuple(raw.shape), what)
+        self._framing = framing
         self._raw, self._layout, self._scale = raw, layout, unit_scale(raw, what)
         if layout == "flat":
             if image_size is not None or channels is not None:
@@ -179,9 +192,7 @@ class ArrayDataset(ImageDataset):
             x = x.permute(0, 3, 1, 2)
         x = _to_channels(x, self.shape[0])
         if tuple(x.shape[2:]) != self.shape[1:]:
-            x = F.interpolate(
-                x, size=self.shape[1:], mode="bilinear", antialias=True, align_corners=False
-            ).clamp_(0.0, 1.0)
+            x = frame_tensor(x, self.shape[1:], self._framing).clamp_(0.0, 1.0)
         return x.contiguous()
 
     def __getitem__(self, i) -> tuple[torch.Tensor, int]:
@@ -215,9 +226,10 @@ class _Decoder(Dataset):
     segment.
     """
 
-    def __init__(self, root, names, labels, size, channels, gray_from_color):
+    def __init__(self, root, names, labels, size, channels, gray_from_color, framing):
         self.root, self.names, self.labels = os.fspath(root), names, labels
         self.size, self.channels, self.gray_from_color = size, channels, gray_from_color
+        self.framing = framing
 
     def __len__(self) -> int:
         return len(self.names)
@@ -231,11 +243,13 @@ class _Decoder(Dataset):
         for i in indices:
             path = os.path.join(self.root, self.names[i])
             try:
-                a = read_image(path, size, channels, gray_from_color=gray_from_color)
+                a = read_image(
+                    path, size, channels, gray_from_color=gray_from_color, framing=self.framing
+                )
             except ColorImageError as e:  # not a bad file: the whole pass must stop
                 return None, np.zeros(0, np.int64), failed, (e.what, e.detail)
             except Exception as e:  # any decode failure is one bad file, not a crashed run
-                failed.append((i, f"cannot decode: {e}"))
+                failed.append((i, bad_file_reason(e)))
                 continue
             arrays.append(a)
             kept.append(i)
@@ -275,6 +289,7 @@ class FolderDataset(ImageDataset):
         strict,
         warn,
         gray_from_color=True,
+        framing: Framing = LEGACY_FRAMING,
     ):
         super().__init__(
             shape=(channels, *size),
@@ -286,6 +301,7 @@ class FolderDataset(ImageDataset):
         )
         self.root, self._strict, self._warn = root, strict, warn
         self._gray_from_color = gray_from_color
+        self.framing = framing
 
     def __len__(self) -> int:
         return len(self.names)
@@ -295,7 +311,13 @@ class FolderDataset(ImageDataset):
 
     def _decoder(self) -> _Decoder:
         return _Decoder(
-            self.root, self.names, self.labels, self.shape[1:], self.shape[0], self._gray_from_color
+            self.root,
+            self.names,
+            self.labels,
+            self.shape[1:],
+            self.shape[0],
+            self._gray_from_color,
+            self.framing,
         )
 
     def __getitem__(self, i) -> tuple[torch.Tensor, int]:

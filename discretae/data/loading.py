@@ -56,6 +56,7 @@ import numpy as np
 from discretae.core.arrays import read_npy
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import ArrayDataset, FolderDataset, ImageDataset, skip_message
+from discretae.data.framing import LEGACY_FRAMING, Framing
 from discretae.data.readers import (
     FASHION_MNIST_LABELS,
     GRAY_MODES,
@@ -127,7 +128,7 @@ def _labels_from_csv(path: Path, names: list[str], warn: Warn):
 
 
 def _load_folder(
-    root: Path, labels_path, image_size, channels, strict, warn, gray_from_color=True
+    root: Path, labels_path, image_size, channels, strict, warn, gray_from_color, framing
 ) -> FolderDataset:
     if channels not in (None, 1, 3):
         raise DiscretaeError(f"channels={channels} is not 1 or 3 for a folder of images")
@@ -176,6 +177,7 @@ def _load_folder(
         strict=strict,
         warn=warn,
         gray_from_color=gray_from_color,
+        framing=framing,
     )
 
 
@@ -245,6 +247,7 @@ def load_dataset(
     gray_from_color: bool = True,
     strict: bool = False,
     warn: Warn | None = None,
+    framing: Framing | None = None,
 ) -> ImageDataset:
     """Open a folder, ``.npy``, IDX file or folder, or a named dataset (see module docs).
 
@@ -255,15 +258,22 @@ def load_dataset(
     with ``ColorImageError``, to turn color images gray when ``channels`` is 1 (an array
     at once, a folder's file when the stream reaches it). strict: raise on the first
     unreadable file instead of skipping it. warn: called with each warning (default:
-    ``warnings.warn``).
+    ``warnings.warn``). framing: how images meet ``image_size`` (aspect, transparency;
+    :mod:`discretae.data.framing`); None keeps the legacy stretch with alpha dropped.
     """
     warn = warn or _default_warn
+    framing = framing or LEGACY_FRAMING
     _check_args(image_size, channels)
     size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
     lab = None if labels is None else Path(labels).expanduser()
     if lab is not None and not lab.is_file():
         raise DiscretaeError(f"labels file {str(lab)!r} does not exist")
-    kw = {"image_size": size, "channels": channels, "gray_from_color": gray_from_color}
+    kw = {
+        "image_size": size,
+        "channels": channels,
+        "gray_from_color": gray_from_color,
+        "framing": framing,
+    }
     text = os.fspath(spec)
     path = Path(text).expanduser()
     base, _, split = text.rpartition(":") if ":" in text else (text, "", None)
@@ -271,7 +281,7 @@ def load_dataset(
         if idx_image_files(path, None):
             ds = _load_idx_folder(path, None, str(path), **kw)
         else:
-            return _load_folder(path, lab, size, channels, strict, warn, gray_from_color)
+            return _load_folder(path, lab, size, channels, strict, warn, gray_from_color, framing)
     elif path.is_file():
         if path.suffix.lower() == ".npy":
             ds = ArrayDataset(read_npy(path), str(path), **kw)

@@ -7,6 +7,7 @@ that names the file and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import math
@@ -14,8 +15,10 @@ import os
 import re
 import struct
 import subprocess
+import warnings
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from discretae.core.arrays import read_npy
 from discretae.core.errors import DiscretaeError
+from discretae.data.framing import LEGACY_FRAMING, Framing, as_uint8_frame, composite, frame_pil
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Pillow modes that hold one gray channel (bit depth aside)
@@ -82,12 +86,6 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _open_error(e: Exception) -> str:
-    if isinstance(e, UnidentifiedImageError):
-        return "not an image"
-    return f"truncated or corrupt: {e}"
-
-
 def probe_image(path: Path, full: bool) -> tuple[tuple[int, int], str]:
     """Return ((H, W) after EXIF orientation, mode) reading only the header, or decoding
     everything when ``full``. Raises ``ValueError(reason)`` for a bad file."""
@@ -98,7 +96,7 @@ def probe_image(path: Path, full: bool) -> tuple[tuple[int, int], str]:
     if empty:
         raise ValueError("empty file")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             w, h = im.size
             # PNG getexif() decodes the whole image; ask only when the header has EXIF
             orient = im.getexif().get(0x0112, 1) if _may_be_rotated(im) else 1
@@ -106,7 +104,7 @@ def probe_image(path: Path, full: bool) -> tuple[tuple[int, int], str]:
                 im.load()
             mode = im.mode
     except Exception as e:  # Pillow raises many types for broken files
-        raise ValueError(_open_error(e)) from None
+        raise ValueError(bad_file_reason(e)) from None
     return ((w, h) if orient in (5, 6, 7, 8) else (h, w)), mode
 
 
@@ -167,42 +165,70 @@ def _may_be_rotated(im: Image.Image) -> bool:
 
 
 def read_image(
-    path: str | os.PathLike, size: tuple[int, int], channels: int, *, gray_from_color=True
+    path: str | os.PathLike,
+    size: tuple[int, int],
+    channels: int,
+    *,
+    gray_from_color=True,
+    framing: Framing = LEGACY_FRAMING,
 ) -> np.ndarray:
     """Decode one file to (channels, H, W), ``size`` = (H, W): uint8 0..255 from 8-bit
     images, float32 in [0, 1] from 16-bit and float gray ones (scaled by 1/65535, or
     clipped).
 
-    EXIF orientation is applied; alpha is dropped; other modes go through Pillow's L or
-    RGB conversion. Resizing is bilinear, which Pillow antialiases when shrinking. With
-    ``channels`` 1 and ``gray_from_color`` False, a color image raises
-    :class:`ColorImageError` instead of becoming its luma.
+    EXIF orientation is applied; transparency is composited over ``framing.background``
+    (dropped with the legacy framing); the image is brought to ``size`` by
+    ``framing.resize`` (see :mod:`discretae.data.framing`); a JPEG is decoded at a
+    reduced scale when much larger than ``size``; an animated file gives its first
+    frame; other modes go through Pillow's L or RGB conversion. Resizing is bilinear,
+    which Pillow antialiases when shrinking. With ``channels`` 1 and ``gray_from_color``
+    False, a color image raises :class:`ColorImageError` instead of becoming its luma.
+    Images over Pillow's pixel limit raise ``ValueError`` (see :func:`bad_file_reason`).
     """
-    h, w = size
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if channels == 1 and not gray_from_color and im.mode not in GRAY_MODES:
             raise ColorImageError(os.fspath(path), f"mode {im.mode}, 3 channels")
+        if im.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that is enough
+            side = max(size)
+            im.draft(im.mode, (side, side))
         im.load()
         if _may_be_rotated(im):
             ImageOps.exif_transpose(im, in_place=True)
         if im.mode in _HIGH_BIT_MODES:
             a = np.asarray(im, dtype=np.float32)
             a = np.clip(a if im.mode == "F" else a / 65535.0, 0.0, 1.0)
-            if a.shape != (h, w):
-                a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR), np.float32)
-            a = a[None]
+            a = np.asarray(frame_pil(Image.fromarray(a), size, framing), np.float32)[None]
             return np.repeat(a, channels, axis=0) if channels != 1 else a
-        if im.mode == "P" and "transparency" in im.info:
+        if framing.background is None and im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")  # Pillow's advice for palette transparency
+        im = composite(im, framing)
         target = "L" if channels == 1 else "RGB"
         if im.mode != target:
             # L from color: via RGB, so CMYK/YCbCr/LAB get the same luminance weights
             im = im.convert(target if target == "RGB" or im.mode in GRAY_MODES else "RGB")
             im = im.convert(target) if im.mode != target else im
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.BILINEAR)
-        a = np.asarray(im)
-    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+        a = np.asarray(frame_pil(im, size, framing))
+    return as_uint8_frame(a)
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``Image.open`` that treats an image over Pillow's pixel limit
+    (``Image.MAX_IMAGE_PIXELS``) as an error, not a warning, so it is never decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
+        yield im
+
+
+def bad_file_reason(e: Exception) -> str:
+    """Why a file could not be read, in the words of the skip warning."""
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"over Pillow's pixel limit of {Image.MAX_IMAGE_PIXELS} pixels ({e})"
+    return f"truncated or corrupt: {e}"
 
 
 def unit_float(a: np.ndarray) -> np.ndarray:

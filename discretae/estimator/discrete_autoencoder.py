@@ -27,10 +27,12 @@ from discretae.core import distributed
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.files import check_writable
 from discretae.core.serialization import read_model_file, write_model_file
+from discretae.data.framing import frame_tensor
 from discretae.estimator.fitted import (
     FittedCodes,
     as_images,
     attach_fitted,
+    framing_from_params,
     resolve_device,
 )
 from discretae.estimator.parameters import Integer, check_parameters
@@ -47,6 +49,7 @@ from discretae.models.checkpoint import (
     restore_rng,
     restore_train_state,
 )
+from discretae.models.memory import fit_bytes
 from discretae.models.objectives import OBJECTIVES, VIEW_TERMS
 from discretae.models.training import (
     TrainingDiverged,
@@ -148,6 +151,9 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         objectives: str = "auto",
         objective_options: dict | None = None,
         lr_schedule: str | None = None,
+        image_size=None,
+        resize: str = "pad",
+        background: str = "white",
     ) -> None:
         self.model = model
         self.n_codes = n_codes
@@ -168,6 +174,9 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         self.objectives = objectives
         self.objective_options = objective_options
         self.lr_schedule = lr_schedule
+        self.image_size = image_size
+        self.resize = resize
+        self.background = background
 
     not_fitted_error = EstimatorNotFittedError
 
@@ -321,7 +330,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
                 was written first when ``checkpoint`` is set.
         """
         ck = self._check_fit_call(checkpoint, checkpoint_every, resume)
-        data = as_images(X)
+        data = self._at_working_size(as_images(X))
         fingerprint = data_fingerprint(data)
         if ck is not None:
             check_same_data(ck, fingerprint)
@@ -343,6 +352,26 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         self._set_fitted(state, tuple(data.shape[1:]), device)
         self._fit_clusters(self._encode(data), seed)
         return self
+
+    def fit_memory(self, input_shape: tuple[int, ...], n_images: int) -> dict:
+        """What fitting ``n_images`` images of ``input_shape`` with these settings is
+        estimated to need, in bytes by part (see :mod:`discretae.models.memory`)."""
+        model = self._build(tuple(int(v) for v in input_shape))
+        views = 2 if model.objectives is not None else 1
+        batch = min(int(self.batch_size), max(1, int(n_images)))
+        return fit_bytes(model, model.input_shape, batch=batch, views=views, n_images=n_images)
+
+    def _at_working_size(self, data: torch.Tensor) -> torch.Tensor:
+        """Images brought to ``image_size`` (H, W) by the framing (aspect by ``resize``,
+        margins in ``background``); flat vectors and images already at size unchanged."""
+        self.framing_ = framing_from_params(self.get_params(deep=False))
+        if self.image_size is None or data.ndim != 4:
+            return data
+        size = tuple(int(v) for v in self.image_size)
+        if tuple(data.shape[-2:]) == size:
+            return data
+        x = data.float().div_(255.0) if data.dtype == torch.uint8 else data
+        return frame_tensor(x, size, self.framing_).clamp_(0.0, 1.0)
 
     def _check_fit_call(self, checkpoint, checkpoint_every, resume) -> Checkpoint | None:
         """Check the parameters and fit's own arguments before any data is read; ->

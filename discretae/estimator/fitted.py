@@ -18,6 +18,7 @@ import torch
 from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.serialization import read_model_file
+from discretae.data.framing import LEGACY_FRAMING, Framing, parse_background
 from discretae.models.autoencoder import build_autoencoder
 from discretae.models.training import to_unit_float
 from discretae.quantizers.kmeans import KMeans
@@ -266,6 +267,14 @@ class FittedCodes:
         return self.model_.decode(codes.to(self.device_)).to(codes.device)
 
 
+def framing_from_params(params: dict) -> Framing:
+    """How the model's images are framed: from its ``resize`` and ``background``, or the
+    legacy stretch (alpha dropped) for a model file written before they existed."""
+    if "resize" not in params:
+        return LEGACY_FRAMING
+    return Framing(resize=params["resize"], background=parse_background(params["background"]))
+
+
 def attach_fitted(obj, tensors: dict, config: dict, path, device):
     """Set ``obj``'s fitted attributes from a model file's tensors and config."""
     try:
@@ -277,6 +286,7 @@ def attach_fitted(obj, tensors: dict, config: dict, path, device):
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise DiscretaeError(f"{str(path)!r} holds an inconsistent model: {e}") from None
     obj.device_ = resolve_device(device)
+    obj.framing_ = framing_from_params(config.get("params") or {})
     obj.model_ = model.to(obj.device_).eval()
     obj.input_shape_ = input_shape
     obj.n_features_in_ = int(np.prod(input_shape))

@@ -15,6 +15,7 @@ import numpy as np
 
 from discretae.core.checks import check_int
 from discretae.core.errors import DiscretaeError
+from discretae.data.framing import RESIZE_MODES, check_size, parse_background
 from discretae.estimator.fitted import resolve_device
 from discretae.models.autoencoder import LATENTS, MODEL_KINDS
 from discretae.models.training import check_lr_schedule
@@ -117,6 +118,9 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, object], None]] = {
     "random_state": Seed(),
     "callback": CallableOrNone(),
     "device": CheckedBy(resolve_device),
+    "image_size": CheckedBy(check_size, allow_none=True),
+    "resize": Options(RESIZE_MODES),
+    "background": CheckedBy(parse_background),
     "grid": WhenBuilt("build_autoencoder: it must fit the image"),
     "loss": WhenBuilt("build_autoencoder"),
     "quantizer_options": WhenBuilt("the quantizer's constructor"),
