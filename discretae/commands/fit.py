@@ -145,20 +145,11 @@ def fit(
             f"--grid {grid!r} needs --latent grid (got --latent {settings['latent']})"
         )
     ckpt = _checkpoint_path(out, checkpoint, checkpoint_every)
+    io = {"device": device, "labels": labels, "strict": strict, "resume": resume}
     run = _train_and_save(
-        data,
-        settings,
-        out,
-        ckpt,
-        device=device,
-        labels=labels,
-        strict=strict,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        callback=callback,
-        warn=warn,
-        budget=budget,
-    )
+        data, settings, out, ckpt, **io, checkpoint_every=checkpoint_every,
+        callback=callback, warn=warn, budget=budget,
+    )  # fmt: skip
     if run.est is None:
         return {"rank": run.rank, "model": None}
     return _summary(run, settings, data=data, out=out, ckpt=ckpt, resume=resume)
