@@ -134,5 +134,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically. File names that are not UTF-8 (kept by Python as
+    surrogate escapes) are written back as the bytes they were on disk."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
