@@ -171,8 +171,9 @@ def _fit_settings(given: dict, resume) -> dict:
     from discretae.models.checkpoint import read_checkpoint
 
     params = read_checkpoint(resume).config["params"]
-    # a checkpoint from before a setting existed had its default
-    settings = {k: params.get(p, FIT_DEFAULTS[k]) for k, p in _FIT_PARAMS.items()}
+    # a checkpoint from before a setting existed had its default (stretch, for resize)
+    before = {**FIT_DEFAULTS, "resize": "stretch"}
+    settings = {k: params.get(p, before[k]) for k, p in _FIT_PARAMS.items()}
     settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
     clash = [
         f"--{k.replace('_', '-')} {v} (checkpoint: {settings[k]})"

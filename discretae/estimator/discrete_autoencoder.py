@@ -288,8 +288,9 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         params = self.get_params(deep=False)
         for key in ("callback", "device"):
             params.pop(key)
-        if params["grid"] is not None:
-            params["grid"] = [int(g) for g in params["grid"]]
+        for key in ("grid", "image_size"):  # JSON keeps lists, not tuples
+            if params[key] is not None:
+                params[key] = [int(g) for g in params[key]]
         return params
 
     @classmethod
