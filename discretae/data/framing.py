@@ -16,7 +16,6 @@ Files go through Pillow (:func:`frame_pil`); arrays (``.npy``, IDX) through torc
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -179,11 +178,11 @@ def check_size(size) -> tuple[int, int]:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
         raise DiscretaeError(f"image size {size!r} should be (H, W)") from None
-    if h < 1 or w < 1 or not math.isfinite(h * w):
+    if h < 1 or w < 1:
         raise DiscretaeError(f"image size {size!r} should be positive")
     return h, w
 
 
-def as_uint8_frame(a: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) uint8 -> (C, H, W), the layout readers return."""
+def channels_first(a: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (C, H, W), the layout readers return."""
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from discretae.core.arrays import read_npy
 from discretae.core.errors import DiscretaeError
-from discretae.data.framing import LEGACY_FRAMING, Framing, as_uint8_frame, composite, frame_pil
+from discretae.data.framing import LEGACY_FRAMING, Framing, channels_first, composite, frame_pil
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Pillow modes that hold one gray channel (bit depth aside)
@@ -208,7 +208,7 @@ def read_image(
             im = im.convert(target if target == "RGB" or im.mode in GRAY_MODES else "RGB")
             im = im.convert(target) if im.mode != target else im
         a = np.asarray(frame_pil(im, size, framing))
-    return as_uint8_frame(a)
+    return channels_first(a)
 
 
 @contextlib.contextmanager
