@@ -19,6 +19,7 @@ from discretae.cli.compress import compress
 from discretae.cli.decode import decode
 from discretae.cli.decompress import decompress
 from discretae.cli.demo import demo
+from discretae.cli.doctor import doctor
 from discretae.cli.encode import encode
 from discretae.cli.evaluate import evaluate
 from discretae.cli.fit import fit
@@ -44,7 +45,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for command in (fit, encode, decode, evaluate, demo, merge, compress, decompress):
+for command in (fit, encode, decode, evaluate, demo, merge, compress, decompress, doctor):
     app.command(name=command.__name__)(command)
 
 

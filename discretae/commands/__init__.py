@@ -22,6 +22,7 @@ from discretae.commands.compress import compress
 from discretae.commands.decode import decode
 from discretae.commands.decompress import decompress
 from discretae.commands.demo import demo
+from discretae.commands.doctor import doctor
 from discretae.commands.encode import encode
 from discretae.commands.evaluate import evaluate
 from discretae.commands.fit import FIT_DEFAULTS, default_checkpoint, fit
@@ -35,6 +36,7 @@ __all__ = [
     "decompress",
     "default_checkpoint",
     "demo",
+    "doctor",
     "encode",
     "env_rank",
     "evaluate",

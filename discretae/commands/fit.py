@@ -168,12 +168,13 @@ def _fit_settings(given: dict, resume) -> dict:
     """Settings from the arguments (None: not given), the defaults, or the checkpoint."""
     if resume is None:
         return {k: FIT_DEFAULTS[k] if v is None else v for k, v in given.items()}
+    from discretae.data.framing import LEGACY_PARAMS
     from discretae.models.checkpoint import read_checkpoint
 
     params = read_checkpoint(resume).config["params"]
-    # a checkpoint from before a setting existed had its default (stretch, for resize)
-    before = {**FIT_DEFAULTS, "resize": "stretch"}
-    settings = {k: params.get(p, before[k]) for k, p in _FIT_PARAMS.items()}
+    # a checkpoint from before the framing settings had the legacy ones
+    params = {**LEGACY_PARAMS, **params}
+    settings = {k: params.get(p, FIT_DEFAULTS[k]) for k, p in _FIT_PARAMS.items()}
     settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
     clash = [
         f"--{k.replace('_', '-')} {v} (checkpoint: {settings[k]})"

@@ -56,8 +56,10 @@ class Framing:
         return int(round(0.299 * r + 0.587 * g + 0.114 * b))
 
 
-# what model files written before these settings existed did
+# what model files and checkpoints written before these settings existed did: stretch
+# to the data's own size, alpha dropped (their params read as LEGACY_PARAMS)
 LEGACY_FRAMING = Framing(resize="stretch", background=None)
+LEGACY_PARAMS = {"image_size": None, "resize": "stretch", "background": "white"}
 
 
 def parse_background(text: str) -> tuple[int, int, int]:

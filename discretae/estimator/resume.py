@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from discretae.core.errors import DiscretaeError
+from discretae.data.framing import LEGACY_PARAMS
 from discretae.models.checkpoint import write_checkpoint
 from discretae.models.training import TrainState
 
@@ -52,14 +53,11 @@ def check_same_data(ck, fingerprint: dict) -> None:
     )
 
 
-LEGACY_SETTINGS = {"image_size": None, "resize": "stretch", "background": "white"}
-
-
 def check_same_settings(settings: dict, ck) -> None:
     """Refuse to resume checkpoint ``ck`` with ``settings`` (an estimator's model and
     training parameters) other than its own."""
     # a checkpoint from before the framing settings: its images were stretched as read
-    theirs = {**LEGACY_SETTINGS, **ck.config["params"]}
+    theirs = {**LEGACY_PARAMS, **ck.config["params"]}
     diff = [
         f"{k}={settings.get(k)!r} (checkpoint: {theirs.get(k)!r})"
         for k in sorted(set(settings) | set(theirs))
