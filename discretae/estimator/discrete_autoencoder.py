@@ -14,8 +14,6 @@ tells a 6 from a 9) and lets similar codebook vectors count as close.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import sklearn.exceptions
 import torch
@@ -36,6 +34,14 @@ from discretae.estimator.fitted import (
     resolve_device,
 )
 from discretae.estimator.parameters import Integer, check_parameters
+from discretae.estimator.recipe import (
+    RECIPE_LR,
+    RECIPE_LR_SCHEDULE,
+    objective_config,
+    objective_names,
+    recipe_applies,
+    recipe_epochs,
+)
 from discretae.estimator.resume import (
     CheckpointWriter,
     check_same_data,
@@ -50,7 +56,6 @@ from discretae.models.checkpoint import (
     restore_train_state,
 )
 from discretae.models.memory import fit_bytes
-from discretae.models.objectives import OBJECTIVES, VIEW_TERMS
 from discretae.models.training import (
     TrainingDiverged,
     TrainState,
@@ -73,19 +78,6 @@ def _rank_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-# Optimisation steps of the clustering recipe when epochs are not given: measured on
-# digits (seed 0), 250 epochs of 8 steps scored NMI 0.93 where 150 scored 0.88.
-RECIPE_STEPS = 2000
-# The recipe's learning-rate curve. Checked without labels by seed agreement (the NMI
-# between the cluster ids of seeds 0, 1 and 2 on digits): cosine 0.937, constant 0.896,
-# hold-cosine 0.898, so cosine stays, although the labels prefer constant there (NMI
-# 0.909 / ACC 0.914 against 0.873 / 0.873; benchmarks/clustering.py).
-RECIPE_LR_SCHEDULE = "cosine"
-# The recipe's objectives. Self-labelling joined by the same label-free rule (seed
-# agreement on digits, seeds 0-2, must not fall): 0.938 with it, 0.937 without.
-RECIPE_OBJECTIVES = ("mi", "contrastive", "selflabel", "style")
-
-
 class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator):
     """A discrete autoencoder (vq, gumbel or binary) with scikit-learn conventions.
 
@@ -100,7 +92,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         epochs, batch_size, lr: Adam training schedule. None: 30 epochs at lr 1e-3; with
             view objectives (the clustering recipe) lr 2e-3 and the epochs that make
             about ``RECIPE_STEPS`` steps, at least 12 and at most 300. The recipe's
-            learning rate decays to 0 along a cosine.
+            learning rate decays to 0 along a cosine (``discretae.estimator.recipe``).
         lr_schedule: the learning-rate curve, "constant", "cosine" or "hold-cosine"
             (flat for 80% of the steps, then half a cosine); None: cosine for the recipe,
             constant otherwise.
@@ -200,55 +192,19 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
 
     # ---------------------------------------------------------------- fitting
     def _objective_names(self, input_shape) -> list[str]:
-        text = self.objectives
-        if not isinstance(text, str):
-            raise DiscretaeError(f"objectives must be a string, got {text!r}")
-        if text == "auto":
-            groups = (self.quantizer_options or {}).get("groups", 1)
-            recipe = (
-                self.model == "gumbel"
-                and self.latent == "global"
-                and groups == 1
-                and len(input_shape) == 3
-            )
-            return list(RECIPE_OBJECTIVES) if recipe else []
-        names = [] if text.strip() == "none" else [t.strip() for t in text.split(",")]
-        bad = [n for n in names if n not in OBJECTIVES]
-        if bad or len(set(names)) != len(names):
-            raise DiscretaeError(
-                f"objectives={text!r}: give 'auto', 'none' or a comma list of distinct "
-                f"names from {', '.join(OBJECTIVES)}"
-            )
-        return names
-
-    def _objective_config(self, input_shape) -> tuple[int, dict]:
-        """-> (style_dim, the objectives dict of ``build_autoencoder``)."""
-        names = self._objective_names(input_shape)
-        options = dict(self.objective_options or {})
-        style_dim = options.pop("style_dim", 8)
-        if "style" not in names:
-            style_dim = 0
-        views = [n for n in names if n != "style"]
-        if not views:
-            if options:
-                raise DiscretaeError(
-                    f"objective_options {sorted(options)} given, but no view objective is on"
-                )
-            return style_dim, {}
-        # a named objective weighs 1 unless told; the others are off
-        weights = {k: options.pop(k, 1.0) if k in views else 0.0 for k in VIEW_TERMS}
-        return style_dim, {**options, **weights}
+        recipe = recipe_applies(self.model, self.latent, self.quantizer_options, input_shape)
+        return objective_names(self.objectives, recipe)
 
     def _schedule(self, model: torch.nn.Module, n: int) -> tuple[int, float]:
         """(epochs, lr) for ``model`` on ``n`` inputs: the given ones, or the defaults."""
         recipe = model.objectives is not None
-        lr = self.lr if self.lr is not None else (2e-3 if recipe else 1e-3)
+        lr = self.lr if self.lr is not None else (RECIPE_LR if recipe else 1e-3)
         if self.epochs is not None:
             return int(self.epochs), float(lr)
         if not recipe:
             return 30, float(lr)
         steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
-        return min(300, max(12, math.ceil(RECIPE_STEPS / max(steps, 1)))), float(lr)
+        return recipe_epochs(steps), float(lr)
 
     def lr_schedule_used(self, model: torch.nn.Module) -> str:
         """The learning-rate curve: the given one, else ``RECIPE_LR_SCHEDULE`` for the
@@ -258,7 +214,8 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         return RECIPE_LR_SCHEDULE if model.objectives is not None else "constant"
 
     def _build(self, input_shape) -> torch.nn.Module:
-        style_dim, objectives = self._objective_config(input_shape)
+        names = self._objective_names(input_shape)
+        style_dim, objectives = objective_config(names, self.objective_options)
         return build_autoencoder(
             self.model,
             input_shape,
