@@ -14,6 +14,7 @@ from discretae.cli._output import rows_table
 from discretae.cli.options import (
     BatchSize,
     Data,
+    DecoderKind,
     Device,
     Json,
     Latent,
@@ -89,6 +90,14 @@ Resize = Annotated[
     ResizeMode,
     typer.Option(
         "--resize", help="Keep the aspect ratio by padding or centre-cropping, or stretch."
+    ),
+]
+Decoder = Annotated[
+    DecoderKind,
+    typer.Option(
+        "--decoder",
+        help="full, or light: no full-resolution decoder stage, about twice as fast to "
+        "train on 32x32 colour images on a CPU.",
     ),
 ]
 Background = Annotated[
@@ -184,6 +193,7 @@ def fit(
     image_size: ImageSize = None,
     resize: Resize = ResizeMode.pad,
     background: Background = "white",
+    decoder: Decoder = DecoderKind.full,
     max_memory: MaxMemory = None,
     labels: Labels = None,
     out: Out = Path("model.safetensors"),

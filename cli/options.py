@@ -49,6 +49,13 @@ class ResizeMode(str, Enum):
     stretch = "stretch"
 
 
+class DecoderKind(str, Enum):
+    """The conv decoder (models.autoencoder.DECODERS)."""
+
+    full = "full"
+    light = "light"
+
+
 class Latent(str, Enum):
     global_ = "global"
     grid = "grid"

@@ -285,3 +285,31 @@ def test_autoencoder_bf16_autocast_has_no_nans():
         assert torch.isfinite(loss)
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_light_decoder_trains_saves_and_is_smaller(tmp_path):
+    from discretae.core.serialization import read_model_file, write_model_file
+
+    x = np.random.default_rng(0).random((64, 16, 16, 3)).astype(np.float32)
+    light = DiscreteAutoencoder("vq", n_codes=4, epochs=1, batch_size=32, decoder="light").fit(x)
+    full = DiscreteAutoencoder("vq", n_codes=4, epochs=1, batch_size=32).fit(x)
+    assert light.model_.config["decoder"] == "light" and full.model_.config["decoder"] == "full"
+    # no full-resolution stage: the last layer is the transposed convolution to RGB
+    last = light.model_.decoder.body[-1]
+    assert isinstance(last, torch.nn.ConvTranspose2d) and last.out_channels == 3
+    n_params = [sum(p.numel() for p in e.model_.decoder.parameters()) for e in (light, full)]
+    assert n_params[0] < n_params[1]
+    assert light.inverse_transform(light.transform(x)).shape == (64, 16, 16, 3)
+    path = tmp_path / "light.safetensors"
+    light.save(path)
+    again = DiscreteAutoencoder.load(path)
+    assert again.decoder == "light"
+    np.testing.assert_array_equal(again.transform(x), light.transform(x))
+    # a model file from before the setting has no "decoder" in its config: the full one
+    full.save(path)
+    tensors, config = read_model_file(path)
+    del config["model"]["decoder"]
+    write_model_file(path, tensors, config)
+    np.testing.assert_array_equal(DiscreteAutoencoder.load(path).transform(x), full.transform(x))
+    with pytest.raises(DiscretaeError, match="decoder='tiny'"):
+        DiscreteAutoencoder(decoder="tiny", epochs=1).fit(x)

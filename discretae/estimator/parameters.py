@@ -17,7 +17,7 @@ from discretae.core.checks import check_int
 from discretae.core.errors import DiscretaeError
 from discretae.data.framing import RESIZE_MODES, check_size, parse_background
 from discretae.estimator.fitted import resolve_device
-from discretae.models.autoencoder import LATENTS, MODEL_KINDS
+from discretae.models.autoencoder import DECODERS, LATENTS, MODEL_KINDS
 from discretae.models.training import check_lr_schedule
 
 
@@ -121,6 +121,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, object], None]] = {
     "image_size": CheckedBy(check_size, allow_none=True),
     "resize": Options(RESIZE_MODES),
     "background": CheckedBy(parse_background),
+    "decoder": Options(DECODERS),
     "grid": WhenBuilt("build_autoencoder: it must fit the image"),
     "loss": WhenBuilt("build_autoencoder"),
     "quantizer_options": WhenBuilt("the quantizer's constructor"),

@@ -56,8 +56,9 @@ def check_same_data(ck, fingerprint: dict) -> None:
 def check_same_settings(settings: dict, ck) -> None:
     """Refuse to resume checkpoint ``ck`` with ``settings`` (an estimator's model and
     training parameters) other than its own."""
-    # a checkpoint from before the framing settings: its images were stretched as read
-    theirs = {**LEGACY_PARAMS, **ck.config["params"]}
+    # a checkpoint from before the framing settings (its images were stretched as read)
+    # or before the decoder setting (the full decoder)
+    theirs = {**LEGACY_PARAMS, "decoder": "full", **ck.config["params"]}
     diff = [
         f"{k}={settings.get(k)!r} (checkpoint: {theirs.get(k)!r})"
         for k in sorted(set(settings) | set(theirs))

@@ -113,7 +113,16 @@ class ConvEncoder(_ConvNet):
 
 
 class ConvDecoder(_ConvNet):
-    """latent (B, D) or (B, h, w, D) -> logits (B, C, H, W); mirrors ``ConvEncoder``."""
+    """latent (B, D) or (B, h, w, D) -> logits (B, C, H, W); mirrors ``ConvEncoder``.
+
+    ``light``: the last transposed convolution gives the image's channels directly,
+    without the full-resolution stage (a 3x3 convolution of ``width`` channels, its norm
+    and the output convolution), which costs over half of a training step on the CPU.
+    """
+
+    def __init__(self, *args, light: bool = False, **kwargs) -> None:
+        self.light = light
+        super().__init__(*args, **kwargs)
 
     def _build(self, channels: int, dim: int, width: int, hidden: int) -> None:
         chans = _stage_channels(self.n_down, width)[::-1]
@@ -129,11 +138,20 @@ class ConvDecoder(_ConvNet):
                 nn.SiLU(),
             )
         layers: list[nn.Module] = []
-        for co in chans[1:] + [width]:
-            layers += [nn.Conv2d(c, c, 3, 1, 1), _norm(c), nn.SiLU()]
-            layers += [nn.ConvTranspose2d(c, co, 4, 2, 1), _norm(co), nn.SiLU()]
-            c = co
-        layers.append(nn.Conv2d(c, channels, 3, 1, 1))
+        if self.light:
+            # the last up-sampling stage gives the image itself: no full-resolution stage
+            for i, co in enumerate(chans[1:] + [channels]):
+                layers += [nn.Conv2d(c, c, 3, 1, 1), _norm(c), nn.SiLU()]
+                layers.append(nn.ConvTranspose2d(c, co, 4, 2, 1))
+                if i < len(chans) - 1:
+                    layers += [_norm(co), nn.SiLU()]
+                c = co
+        else:
+            for co in chans[1:] + [width]:
+                layers += [nn.Conv2d(c, c, 3, 1, 1), _norm(c), nn.SiLU()]
+                layers += [nn.ConvTranspose2d(c, co, 4, 2, 1), _norm(co), nn.SiLU()]
+                c = co
+            layers.append(nn.Conv2d(c, channels, 3, 1, 1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
