@@ -45,3 +45,18 @@ def cpu_header(benchmark: str, *dists: str) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(*dists),
     }
+
+
+def write_report(report: dict, folder, stem: str) -> Path:
+    """Write ``report`` as ``folder/STEM-<device slug>-<date>.json``; -> its path."""
+    import json
+    import re
+
+    from discretae.core.files import write_text_atomic
+
+    slug = re.sub(r"[^a-z0-9]+", "-", str(report["device"]).lower()).strip("-")[:40]
+    path = Path(folder) / f"{stem}-{slug}-{report['date'][:10]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    return path

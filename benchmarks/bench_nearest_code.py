@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
-import re
 import statistics
 import subprocess
 import sys
@@ -35,10 +33,9 @@ import time
 from pathlib import Path
 
 import torch
-from _common import device_name, versions  # sibling: scripts run as benchmarks/X.py
+from _common import device_name, versions, write_report  # sibling: scripts run as benchmarks/X.py
 
 from discretae import nearest_code
-from discretae.core.files import write_text_atomic
 
 GPU_SHAPES = [
     (65536, 512, 64),
@@ -370,12 +367,8 @@ def main(argv=None) -> int:
         "ratios": shape_ratios,
         "cpu_targets": targets,
     }
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
     kind = "cuda" if on_gpu else f"cpu-{torch.get_num_threads()}t"
-    path = Path(args.out) / f"nearest_code-{kind}-{slug}-{now:%Y-%m-%d}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_report(report, args.out, f"nearest_code-{kind}")
     return 0
 
 

@@ -113,3 +113,97 @@ def _error_bound64(x_norm: torch.Tensor, c_norm_max: float, d: int) -> torch.Ten
     """``error_bound`` for a float64 evaluation of ``||c||^2 - 2 x.c``."""
     gamma = (d + 4) * U64 / (1.0 - (d + 4) * U64)
     return 1.25 * gamma * (2.0 * x_norm * c_norm_max + c_norm_max * c_norm_max) + 1e-300
+
+
+# ------------------------------------------------------------------ top-k (nearest_codes)
+def direct_slack(d: int) -> float:
+    """Relative error bound of a float64 ``sum((x - c)^2)`` over D terms, with margin.
+
+    The float64 reference ranks codes by direct differences, whose value is within this
+    factor of the true squared distance; the top-k margins add it so that they cover the
+    reference's own rounding as well as the first pass's.
+    """
+    return 1.25 * (d + 2) * U64 / (1.0 - (d + 2) * U64)
+
+
+def topk_margin(kth, bound, xx, d: int):
+    """How close two first-pass values may lie before their float64 order is in doubt.
+
+    kth: the k-th smallest first-pass value ``||c||^2 - 2 x.c`` of each row; bound: the
+    pass's error bound per code; xx: ``||x||^2``. Two codes whose first-pass values differ
+    by more than this are in the same order in the float64 reference (``nearest_codes``
+    proves it in ``kernels/topk.py``). Non-finite ``kth`` gives a non-finite margin.
+    """
+    return 2.0 * bound + 3.0 * direct_slack(d) * (kth.abs() + bound + xx)
+
+
+def _finite_codes(codebook: torch.Tensor):
+    """float64 codebook with non-finite rows zeroed, their mask, norms (+inf there), max norm."""
+    c64 = codebook.to(torch.float64)
+    finite = c64.abs().amax(1).isfinite()
+    c64 = torch.where(finite.unsqueeze(1), c64, 0.0)
+    cc = (c64 * c64).sum(1).masked_fill_(~finite, math.inf)
+    return c64, finite, cc, float(cc.masked_fill(~finite, 0.0).max().sqrt())
+
+
+def _direct(xr, c64, finite, pr, pk) -> torch.Tensor:
+    """float64 ``sum((x[pr] - c[pk])^2)`` per pair, +inf for non-finite codes; bounded pieces."""
+    out = torch.empty(pr.numel(), dtype=torch.float64, device=xr.device)
+    step = max(1, (1 << 20) // c64.shape[1])
+    for p0 in range(0, pr.numel(), step):
+        diff = xr[pr[p0 : p0 + step]] - c64[pk[p0 : p0 + step]]
+        torch.sum(diff.square_(), 1, out=out[p0 : p0 + step])
+    return out.masked_fill_(~finite[pk], math.inf)
+
+
+def rerank_rows(x, codebook, rows, cand, k):
+    """Top-k of ``rows`` of x among candidate codes ``cand`` (R, C), by float64 direct differences.
+
+    Candidates ``>= K`` stand for no code (padding) and are never chosen unless a row
+    has fewer than k others. Ties go to the lowest index. Returns indices (R, k) int64 and
+    squared distances (R, k) float64.
+    """
+    k_codes = codebook.shape[0]
+    c64, finite, _, _ = _finite_codes(codebook)
+    cand, _ = cand.sort(1)  # index order, so a stable sort by distance breaks ties low
+    r_n, c_n = cand.shape
+    pk = cand.clamp(max=k_codes - 1).reshape(-1)
+    pr = torch.arange(r_n, device=x.device).repeat_interleave(c_n)
+    dist = _direct(x[rows].to(torch.float64), c64, finite, pr, pk).view(r_n, c_n)
+    dist.masked_fill_(cand >= k_codes, math.inf)
+    order = dist.argsort(dim=1, stable=True)[:, :k]
+    return cand.gather(1, order), dist.gather(1, order)
+
+
+def topk_rows64(x, codebook, rows, k):
+    """Top-k of ``rows`` of x over the whole codebook in float64: (R, k) int64, (R, k) float64.
+
+    A float64 expansion ``||c||^2 - 2 x.c`` keeps every code within its error margin of
+    the k-th value; those are ranked by direct differences, ties to the lowest index.
+    A row without k comparable values (one holding NaN) gets indices 0..k-1 and NaN.
+    """
+    k_codes, d = codebook.shape
+    c64, finite, cc, c_norm_max = _finite_codes(codebook)
+    dev = x.device
+    idx = torch.arange(k, device=dev).repeat(rows.numel(), 1)
+    dist = torch.full((rows.numel(), k), math.nan, dtype=torch.float64, device=dev)
+    step = max(1, min(rows.numel(), (1 << 21) // k_codes))
+    for start in range(0, rows.numel(), step):
+        xr = x[rows[start : start + step]].to(torch.float64)
+        m = xr.shape[0]
+        expansion = torch.addmm(cc, xr, c64.T, alpha=-2.0)  # (m, K)
+        kth = expansion.topk(k, 1, largest=False).values[:, -1:]
+        x_norm = torch.linalg.vector_norm(xr, dim=1, keepdim=True)
+        bound = _error_bound64(x_norm, c_norm_max, d)
+        keep = expansion <= kth + topk_margin(kth, bound, x_norm.square(), d)
+        pr, pk = torch.nonzero(keep, as_tuple=True)  # row-major: index order inside a row
+        exact = _direct(xr, c64, finite, pr, pk)
+        order = exact.argsort(stable=True)
+        order = order[pr[order].argsort(stable=True)]  # by row, then distance, then index
+        counts = torch.bincount(pr, minlength=m)
+        ok = counts >= k
+        first = (counts.cumsum(0) - counts)[ok]
+        pick = order[first.unsqueeze(1) + torch.arange(k, device=dev)]
+        out = torch.nonzero(ok).squeeze(1) + start
+        idx[out], dist[out] = pk[pick], exact[pick]
+    return idx, dist

@@ -7,6 +7,7 @@ import os
 import torch
 
 from ._common import check_inputs
+from .topk import nearest_codes_torch
 from .torch_backend import nearest_code_torch
 
 
@@ -124,3 +125,56 @@ def nearest_code_with_sums(
         counts: (K,) float32, how many rows each code got.
     """
     return _run(x, codebook, precision, backend, with_sums=True)
+
+
+def nearest_codes(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    k: int,
+    *,
+    precision: str = "exact",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest codebook rows for every row of ``x``, nearest first: an exact k-NN search.
+
+    Args:
+        x: (..., D) float32, float16 or bfloat16.
+        codebook: (K, D), same device as ``x``.
+        k: how many codes per row, 1 <= k <= K.
+        precision: ``"exact"`` (default) returns what a float64 computation returns: the
+            k codes with the smallest float64 ``sum((x - c)^2)``, in that order, ties to
+            the lowest index (``kernels/topk.py`` proves it). A float32 first pass keeps a
+            few more than k candidates per row; rows whose order float32 cannot decide
+            are ranked again in float64, among the candidates or, when the doubt reaches
+            past them, over the whole codebook. ``"fast"`` skips that: the i-th distance
+            then exceeds the true i-th smallest by at most twice the pass's error bound
+            (as for ``nearest_code``).
+        backend: accepted and checked as for ``nearest_code``, but there is no Triton
+            top-k kernel yet: every backend, CUDA tensors included, runs the chunked
+            torch path (on a GPU: cuBLAS GEMMs per tile, then the same reductions).
+
+    Returns:
+        indices: (..., k) int64 in [0, K); ``indices[..., 0]`` is ``nearest_code``'s index.
+        sq_dist: (..., k) float32, nondecreasing along the last axis up to float32 error
+            (float64 values, rounded, on rows decided in float64).
+
+    Never builds the N x K distance matrix: it holds one tile of (rows x codes) plus a
+    few more than k candidates per row.
+
+    A codebook row holding NaN or inf comes after every finite one (distance +inf, in
+    index order). A row of ``x`` holding NaN gets NaN distances and indices that are in
+    range but meaningless.
+
+    Raises:
+        ValueError: k not an int in [1, K], and everything ``nearest_code`` raises for.
+    """
+    check_inputs(x, codebook, precision, backend)
+    k_codes = codebook.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= k_codes:
+        raise ValueError(f"k must be an int with 1 <= k <= K={k_codes}, got k={k!r}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    exact = precision == "exact"
+    _pick_backend(x, backend)  # same checks as nearest_code; every backend runs torch's path
+    indices, sq_dist = nearest_codes_torch(x2, codebook, k, exact=exact)
+    return indices.reshape(*lead, k), sq_dist.reshape(*lead, k)

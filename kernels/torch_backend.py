@@ -3,7 +3,7 @@
 Rows of ``x`` go through in chunks and codes in tiles of S * G codes (G = 32 groups of S
 consecutive codes). One GEMM per tile, ``[x, 1] @ [-2 c, ||c||^2]^T``, gives
 ``||c||^2 - 2 x.c`` (rows x codes); on CPU it is oneDNN's packed linear where torch has
-it (see ``_tile_gemms``). Extra memory stays at one tile, ``rows * S * G`` floats, plus
+it (see ``tile_gemms``). Extra memory stays at one tile, ``rows * S * G`` floats, plus
 O(N) however large N and K are. Torch's row-wise min-with-index costs
 about as much as the GEMM, so each tile is reduced in three cheap steps:
 
@@ -37,7 +37,7 @@ TILE_CODES = 8192
 MAX_ROWS = 8192
 # floats of per-row bookkeeping (group minima, best-group values) held between reductions
 BATCH_FLOATS = 1 << 20
-# oneDNN's packed linear for the CPU GEMM when available (see _tile_gemms)
+# oneDNN's packed linear for the CPU GEMM when available (see tile_gemms)
 USE_ONEDNN = True
 # groups per tile: torch's vertical amin runs at memory speed when the kept (inner)
 # dimension is 32 floats, and 10-30x slower below that (measured, torch 2.13)
@@ -56,7 +56,7 @@ def _plan(k: int) -> tuple[int, int, int, int, int]:
     return s, g, kt, n_tiles, rows
 
 
-def _code_tiles(c: torch.Tensor, s: int, g: int, n_tiles: int) -> list[torch.Tensor]:
+def code_tiles(c: torch.Tensor, s: int, g: int, n_tiles: int) -> list[torch.Tensor]:
     """c: (K, D) float32 -> one (S * G, D + 1) operand per tile.
 
     Columns 0..D-1 hold -2 c and column D holds ||c||^2, so ``[x, 1] @ operand^T`` is
@@ -87,7 +87,7 @@ def _mm_gemms(tiles: list[torch.Tensor], rows: int) -> list:
     ]
 
 
-def _tile_gemms(tiles: list[torch.Tensor], rows: int) -> list:
+def tile_gemms(tiles: list[torch.Tensor], rows: int) -> list:
     """One ``f(xa (m, D+1)) -> (m, Kt) float32`` per tile, m <= rows.
 
     On CPU, oneDNN's packed linear runs about twice as fast as torch.mm (MKL sgemm) on an
@@ -133,7 +133,7 @@ def nearest_code_torch(
     per_row = n_tiles * (s + 2 + (g if exact else 0))
     batch = min(n, max(rows, BATCH_FLOATS // per_row // rows * rows))
     c32 = codebook.to(torch.float32)
-    gemms = _tile_gemms(_code_tiles(c32, s, g, n_tiles), rows)
+    gemms = tile_gemms(code_tiles(c32, s, g, n_tiles), rows)
     # reused buffers: a chunk of rows of [x, 1] and the per-batch reductions
     xa = torch.ones(rows, d + 1, **f32)
     gmin = torch.empty(batch, n_tiles * g, **f32) if exact else torch.empty(rows, g, **f32)
