@@ -25,8 +25,8 @@ from rich.progress import (
 from ._output import fmt
 
 Callback = Callable[[dict], None]
-# what a bar counts: images or rows of a stream, or the optimisation steps of a fit
-BarKind = Literal["images", "rows", "fit"]
+# what a bar counts: images or rows of a stream, doctor's checks, or the steps of a fit
+BarKind = Literal["images", "rows", "checks", "fit"]
 
 
 def _ignore(event: dict) -> None:

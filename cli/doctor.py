@@ -50,7 +50,7 @@ def doctor(
         result.update(doctor_command(**options))
         return result
 
-    run(keep, **given_options(ctx), table=_report, bar="rows")
+    run(keep, **given_options(ctx), table=_report, bar="checks")
     require_passed(result)
 
 
