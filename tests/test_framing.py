@@ -212,3 +212,25 @@ def test_names_that_are_not_utf8_come_back_as_their_bytes(tmp_path):
     assert r.returncode == 0, r.stderr
     assert b"caf\xe9.png\n" in names.read_bytes()
 
+
+
+def test_a_model_with_a_working_size_frames_arrays_of_other_sizes(tmp_path):
+    from discretae.estimator.fitted import FittedModel
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 16, 16, 3)).astype(np.float32)
+    est = DiscreteAutoencoder("vq", n_codes=4, epochs=1, batch_size=32, image_size=(16, 16))
+    est.fit(x)
+    tall = rng.random((6, 40, 20, 3)).astype(np.float32)
+    # what the model sees: padded to a square over white, then brought to 16x16
+    framed = frame_tensor(
+        torch.from_numpy(tall).permute(0, 3, 1, 2), (16, 16), Framing("pad", (255, 255, 255))
+    )
+    np.testing.assert_array_equal(est.transform(tall), est.transform(framed.clamp(0, 1).numpy()))
+    path = tmp_path / "m.safetensors"
+    est.save(path)
+    np.testing.assert_array_equal(FittedModel.load(path).predict(tall), est.predict(tall))
+    # without a working size, another size is still refused
+    plain = DiscreteAutoencoder("vq", n_codes=4, epochs=1, batch_size=32).fit(x)
+    with pytest.raises(DiscretaeError, match="expecting 768 features"):
+        plain.transform(tall)

@@ -18,7 +18,7 @@ import torch
 from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.serialization import read_model_file
-from discretae.data.framing import LEGACY_FRAMING, Framing, parse_background
+from discretae.data.framing import LEGACY_FRAMING, Framing, frame_tensor, parse_background
 from discretae.models.autoencoder import build_autoencoder
 from discretae.models.training import to_unit_float
 from discretae.quantizers.kmeans import KMeans
@@ -170,6 +170,9 @@ class FittedCodes:
         shape = tuple(data.shape[1:])
         if shape == self.input_shape_:
             return data
+        if self._frames_other_sizes(shape):
+            x = data.float().div_(255.0) if data.dtype == torch.uint8 else data
+            return frame_tensor(x, self.input_shape_[1:], self.framing_).clamp_(0.0, 1.0)
         n_features = int(np.prod(shape))
         where = f"per-sample shape {shape} (as (C, H, W) or (F,))"
         if n_features == self.n_features_in_:
@@ -180,6 +183,14 @@ class FittedCodes:
             f"{self.n_features_in_} features as input ({where}; this model was fitted on "
             f"{self.input_shape_})"
         )
+
+    def _frames_other_sizes(self, shape: tuple[int, ...]) -> bool:
+        """Images of another size are brought to the model's working size, as the CLI
+        brings files, when the model was fitted with one (``image_size``) and the
+        channels match."""
+        size = getattr(self, "image_size", None)
+        ours = self.input_shape_
+        return size is not None and len(shape) == 3 and len(ours) == 3 and shape[0] == ours[0]
 
     def _encode(self, data: torch.Tensor) -> torch.Tensor:
         """data: (N, *input_shape_) uint8/float32 on CPU -> codes on CPU."""
