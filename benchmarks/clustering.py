@@ -105,7 +105,10 @@ def schedule_of(variant: str, x) -> str:
     model = est._build(shape)
     epochs, lr = est._schedule(model, len(x))
     names = ",".join(sorted(est._objective_names(shape))) or "none"
-    return f"objectives {names}; {epochs} epochs, lr {lr:g}, {est.lr_schedule_used(model)}"
+    decoder = model.config["decoder"]
+    schedule = f"{epochs} epochs, lr {lr:g}, {est.lr_schedule_used(model)}"
+    # runs from before the decoder setting had the full decoder, and no mention of it
+    return f"objectives {names}; {schedule}" + ("" if decoder == "full" else f"; {decoder} decoder")
 
 
 def run_kmeans(x, y, seed: int) -> dict:

@@ -34,7 +34,16 @@ Model = Annotated[
     ResizeMode,
     typer.Option("--model", "-m", help="vq, gumbel (one-hot), binary, or rvq (residual VQ)."),
 ]
-Codes = Annotated[int, typer.Option("--codes", "-k", min=1, help="Codebook size (vq, gumbel).")]
+Codes = Annotated[
+    int | None,
+    typer.Option(
+        "--codes",
+        "-k",
+        min=1,
+        help="Codebook size (vq, gumbel), or codes per level (rvq) [default: 10; 256 for rvq].",
+        show_default=False,
+    ),
+]
 Bits = Annotated[int, typer.Option("--bits", min=1, help="Bits per code (binary).")]
 LatentOption = Annotated[
     Latent, typer.Option("--latent", help="One code per image, or a grid of codes.")
@@ -96,8 +105,9 @@ Decoder = Annotated[
     DecoderKind,
     typer.Option(
         "--decoder",
-        help="full, or light: no full-resolution decoder stage, about twice as fast to "
-        "train on 32x32 colour images on a CPU.",
+        help="full, light (no full-resolution decoder stage: about twice as fast to "
+        "train on 32x32 colour images on a CPU), or auto: light for the clustering "
+        "recipe, full otherwise.",
     ),
 ]
 Background = Annotated[
@@ -178,7 +188,7 @@ def fit(
     ctx: typer.Context,
     data: Data,
     model: Model = ModelKind.gumbel,
-    codes: Codes = 10,
+    codes: Codes = None,
     bits: Bits = 16,
     latent: LatentOption = Latent.global_,
     grid: Grid = None,
@@ -193,7 +203,7 @@ def fit(
     image_size: ImageSize = None,
     resize: Resize = ResizeMode.pad,
     background: Background = "white",
-    decoder: Decoder = DecoderKind.full,
+    decoder: Decoder = DecoderKind.auto,
     max_memory: MaxMemory = None,
     labels: Labels = None,
     out: Out = Path("model.safetensors"),

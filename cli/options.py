@@ -50,8 +50,9 @@ class ResizeMode(str, Enum):
 
 
 class DecoderKind(str, Enum):
-    """The conv decoder (models.autoencoder.DECODERS)."""
+    """The conv decoder (models.autoencoder.DECODERS, or auto)."""
 
+    auto = "auto"
     full = "full"
     light = "light"
 

@@ -194,6 +194,60 @@ def test_fit_progress_bar_and_table(work):
     assert out.is_file()
 
 
+@pytest.fixture(scope="module")
+def idx28(work) -> Path:
+    """24 images of 28x28 as an IDX file, the size of Fashion-MNIST's."""
+    images, _ = make_images(24, size=28)
+    write_idx(work / "small-images-idx3-ubyte", images)
+    return work / "small-images-idx3-ubyte"
+
+
+def test_fit_rvq_grid_alone_makes_the_compression_model(work, idx28):
+    """`fit DATA --model rvq --latent grid` with no --codes or --grid, in a real process:
+    256 codes per level, the encoder's 7x7 feature map, 4 levels and a code prior."""
+    from discretae import DiscreteAutoencoder
+    from discretae.compression.codec import load_prior
+    from discretae.core.serialization import read_model_file
+
+    out = work / "compressor.safetensors"
+    r = run("fit", idx28, "--model", "rvq", "--latent", "grid", "--epochs", 1,
+            "--batch-size", 8, "--device", "cpu", "--out", out, "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["n_codes"] == 256 and summary["grid"] == [7, 7]
+    est = DiscreteAutoencoder.load(out)
+    assert est.n_codes == 256 and est.model_.config["n_codes"] == 256
+    assert est.model_.config["grid"] == [7, 7] and est.code_shape_ == (7, 7, 4)
+    prior = load_prior(out)
+    assert (prior.grid, prior.n_levels, prior.n_codes) == ((7, 7), 4, 256)
+    assert "prior.counts.gaps" in read_model_file(out)[0]  # the compact layout
+
+
+def test_codes_default_is_per_model_and_resume_keeps_it(work, idx28):
+    """Without --codes other models keep 10; a resumed rvq run keeps its 256 and refuses
+    another --codes."""
+    r = cli("fit", idx28, "--model", "vq", "--epochs", 1, "--out", work / "vq10.safetensors",
+            "--json")  # fmt: skip
+    ok(r)
+    assert json.loads(r.stdout)["n_codes"] == 10
+    out = work / "rvq-resume.safetensors"
+    ckpt = work / "rvq-resume.ckpt.safetensors"
+    ok(cli("fit", idx28, "--model", "rvq", "--latent", "grid", "--epochs", 1, "--batch-size",
+           12, "--checkpoint-every", 1, "--out", out, "-q"))  # fmt: skip
+    r = cli("fit", idx28, "--resume", ckpt, "--out", work / "resumed.safetensors", "--json")
+    ok(r)
+    summary = json.loads(r.stdout)
+    assert summary["model_type"] == "rvq" and summary["n_codes"] == 256
+    r = cli("fit", idx28, "--resume", ckpt, "--codes", 10, "--out", work / "x.safetensors")
+    assert r.exit_code != 0 and "--codes 10 (checkpoint: 256)" in r.stderr
+
+
+def test_fit_help_names_the_codes_defaults():
+    r = cli("fit", "--help")
+    ok(r)
+    assert "[default: 10; 256 for rvq]" in " ".join(re.sub(r"[│\s]+", " ", r.stdout).split())
+
+
 # ---------------------------------------------------------------------------- encode
 def test_encode_codes(work, pngs, model):
     out = work / "codes.npy"

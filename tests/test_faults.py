@@ -251,3 +251,43 @@ def test_sigint_in_process_stops_after_the_step(tmp_path, digits):
     assert info.value.step == 4 and info.value.checkpointed
     assert read_checkpoint(ckpt).step == 4
     assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_a_checkpoint_from_before_the_decoder_and_framing_settings_resumes(tmp_path, digits):
+    """A recipe checkpoint written before decoder, image_size, resize and background
+    existed holds the full decoder's weights: it resumes with them, bit for bit."""
+    from discretae.core.serialization import read_tagged_file, write_tagged_file
+    from discretae.models.checkpoint import FORMAT, FORMAT_VERSION
+
+    kw = dict(n_codes=8, epochs=2, batch_size=64, device="cpu", random_state=1)
+    whole = DiscreteAutoencoder(**kw, decoder="full").fit(digits)
+    steps = []
+
+    def stop_at_9(event):
+        steps.append(event)
+        if len(steps) == 9:
+            raise _Stop
+
+    ckpt = tmp_path / "old.ckpt.safetensors"
+    with pytest.raises(_Stop):
+        DiscreteAutoencoder(**kw, decoder="full", callback=stop_at_9).fit(
+            digits, checkpoint=ckpt, checkpoint_every=4
+        )
+    tensors, config = read_tagged_file(ckpt, fmt=FORMAT, version=FORMAT_VERSION, what="checkpoint")
+    for key in ("decoder", "image_size", "resize", "background"):
+        del config["params"][key]
+    config["model"].pop("decoder", None)
+    write_tagged_file(ckpt, tensors, config, fmt=FORMAT, version=FORMAT_VERSION)
+    resumed = DiscreteAutoencoder.from_checkpoint(ckpt, device="cpu")
+    assert resumed.decoder == "full"  # not today's "auto", which is light for the recipe
+    resumed.fit(digits, resume=ckpt)
+    assert same_weights(whole.model_.state_dict(), resumed.model_.state_dict())
+    # and through the CLI, whose --decoder default is auto
+    data = tmp_path / "digits.npy"
+    np.save(data, digits)
+    out = tmp_path / "m.safetensors"
+    r = CliRunner().invoke(
+        app, ["fit", str(data), "--resume", str(ckpt), "--out", str(out), "--json", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    assert DiscreteAutoencoder.load(out).model_.config["decoder"] == "full"

@@ -28,7 +28,7 @@ from discretae.core.files import check_output
 # fit's settings when not given (None); a resumed run takes the checkpoint's instead
 FIT_DEFAULTS = {
     "model": "gumbel",
-    "codes": 10,
+    "codes": None,  # the model's: MODEL_CODES, else 10
     "bits": 16,
     "latent": "global",
     "grid": None,
@@ -42,8 +42,12 @@ FIT_DEFAULTS = {
     "image_size": None,  # a folder: its most common size, longer side at most 32 px
     "resize": "pad",
     "background": "white",
-    "decoder": "full",
+    "decoder": "auto",  # the estimator's: light for the clustering recipe, else full
 }
+# codes per level when --codes is not given, by model (others: 10): 256 makes rvq a
+# compressor by itself (benchmarks/rate_distortion.py fits 7x7 grids of 256 codes)
+MODEL_CODES = {"rvq": 256}
+OTHER_CODES = 10
 # fit's setting -> the estimator parameter it sets
 _FIT_PARAMS = {
     "model": "model",
@@ -114,13 +118,14 @@ def fit(
 ) -> dict:
     """Fit a discrete autoencoder on DATA and save it to ``out`` (.safetensors).
 
-    Settings left at None take ``FIT_DEFAULTS`` (model gumbel, 10 codes, batch 256,
-    seed 0, objectives "auto", the estimator's epochs and lr, ...), or the checkpoint's
-    when resuming. ``objectives`` is :class:`DiscreteAutoencoder`'s: "auto" makes a
-    global gumbel code on images the clustering recipe (two augmented views, IIC mutual
-    information, InfoNCE, self-labelling, a content/style split), "none"
-    reconstruction alone; ``lr_schedule`` its learning-rate curve; ``decoder`` "full"
-    or "light" (no full-resolution decoder stage: about twice as fast on 32x32 colour).
+    Settings left at None take ``FIT_DEFAULTS`` (model gumbel, 10 codes or 256 for rvq,
+    batch 256, seed 0, objectives "auto", the estimator's epochs and lr, ...), or the
+    checkpoint's when resuming. ``objectives`` is :class:`DiscreteAutoencoder`'s:
+    "auto" makes a global gumbel code on images the clustering recipe (two augmented
+    views, IIC mutual information, InfoNCE, self-labelling, a content/style split),
+    "none" reconstruction alone; ``lr_schedule`` its learning-rate curve; ``decoder`` "auto"
+    (light for the clustering recipe, else full), "full" or "light" (no full-resolution
+    decoder stage: about twice as fast on 32x32 colour).
 
     ``image_size``, ``resize``, ``background`` and ``max_memory``: see the module's
     docstring (the working size and the memory plan).
@@ -171,13 +176,14 @@ def _checkpoint_path(out, checkpoint, checkpoint_every: int) -> Path:
 def _fit_settings(given: dict, resume) -> dict:
     """Settings from the arguments (None: not given), the defaults, or the checkpoint."""
     if resume is None:
-        return {k: FIT_DEFAULTS[k] if v is None else v for k, v in given.items()}
-    from discretae.data.framing import LEGACY_PARAMS
+        settings = {k: FIT_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        if settings["codes"] is None:
+            settings["codes"] = MODEL_CODES.get(settings["model"], OTHER_CODES)
+        return settings
+    from discretae.estimator.resume import checkpoint_params
     from discretae.models.checkpoint import read_checkpoint
 
-    params = read_checkpoint(resume).config["params"]
-    # a checkpoint from before the framing settings had the legacy ones
-    params = {**LEGACY_PARAMS, **params}
+    params = checkpoint_params(read_checkpoint(resume).config)
     settings = {k: params.get(p, FIT_DEFAULTS[k]) for k, p in _FIT_PARAMS.items()}
     settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
     clash = [
@@ -190,7 +196,7 @@ def _fit_settings(given: dict, resume) -> dict:
             f"cannot resume from {str(resume)!r} with other settings: {', '.join(clash)}; "
             "a resumed run keeps the settings it started with, so leave them out"
         )
-    return settings
+    return {**settings, "resumed": True}
 
 
 @dataclass
@@ -290,7 +296,10 @@ def _estimator(settings, size, batch):
     from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
     params = {param: settings[k] for k, param in _FIT_PARAMS.items()}
-    params.update(image_size=size, batch_size=batch)
+    # a resumed checkpoint without a working size (an estimator's fit on arrays, or one
+    # from before the setting) keeps none: the data's own size
+    keep_none = settings.get("resumed") and settings["image_size"] is None
+    params.update(image_size=None if keep_none else size, batch_size=batch)
     return DiscreteAutoencoder(**params)
 
 
@@ -350,7 +359,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "latent": s["latent"],
         "n_codes": s["codes"] if s["model"] != "binary" else None,
         "n_bits": s["bits"] if s["model"] == "binary" else None,
-        "grid": list(s["grid"]) if s["grid"] else None,
+        "grid": est.model_.config.get("grid"),  # given, or the encoder's feature map
         "n_clusters": int(est.n_clusters_),
         "data": str(data),
         "n_images": int(run.n_images),
@@ -359,7 +368,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         **(run.plan or {}),
         "resize": s["resize"],
         "background": s["background"],
-        "decoder": s["decoder"],
+        "decoder": est.model_.config.get("decoder", "full"),
         "device": str(est.device_),
         "world_size": run.world_size,
         "epochs": len(est.history_),

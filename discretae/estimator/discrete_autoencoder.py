@@ -32,6 +32,7 @@ from discretae.estimator.fitted import (
     attach_fitted,
     framing_from_params,
     resolve_device,
+    stored_params,
 )
 from discretae.estimator.parameters import Integer, check_parameters
 from discretae.estimator.recipe import (
@@ -40,12 +41,14 @@ from discretae.estimator.recipe import (
     objective_config,
     objective_names,
     recipe_applies,
+    recipe_decoder,
     recipe_epochs,
 )
 from discretae.estimator.resume import (
     CheckpointWriter,
     check_same_data,
     check_same_settings,
+    checkpoint_params,
     data_fingerprint,
 )
 from discretae.models.autoencoder import build_autoencoder
@@ -116,9 +119,10 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         objective_options: overrides of ``OBJECTIVE_DEFAULTS`` (weights, entropy_weight,
             overcluster, temperature, embed_dim, ``augment`` ranges such as
             ``{"flip": 0.5}``) and ``style_dim``.
-        decoder: "full", or "light": the conv decoder without its full-resolution stage,
-            about twice as fast to train on 32x32 colour images on the CPU
-            (``benchmarks/fit_step.py``); its effect on clustering is not measured yet.
+        decoder: "full", "light" (the conv decoder without its full-resolution stage,
+            about twice as fast to train on 32x32 colour images on the CPU;
+            ``benchmarks/fit_step.py``) or "auto": light for the clustering recipe
+            (``RECIPE_DECODER``), full otherwise.
 
     Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
     ``n_features_in_``, ``code_shape_``, ``history_``, ``n_clusters_``, ``labels_``,
@@ -149,7 +153,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         image_size=None,
         resize: str = "pad",
         background: str = "white",
-        decoder: str = "full",
+        decoder: str = "auto",
     ) -> None:
         self.model = model
         self.n_codes = n_codes
@@ -234,7 +238,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             width=int(self.width),
             loss=self.loss,
             quantizer_options=self.quantizer_options,
-            decoder=self.decoder,
+            decoder=recipe_decoder(self.decoder, objectives),
         )
 
     def _uses_codes_as_clusters(self) -> bool:
@@ -266,7 +270,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             raise DiscretaeError(
                 f"from_checkpoint takes only device and callback, got {sorted(unknown)}"
             )
-        params = dict(read_checkpoint(path).config["params"])
+        params = checkpoint_params(read_checkpoint(path).config)
         return cls(**params, **overrides)
 
     def fit(
@@ -455,8 +459,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         """Read a model written by ``save``; ``device`` says where it runs."""
         tensors, config = read_model_file(path)
         try:
-            params = dict(config["params"])
-            params["device"] = device
+            params = {**stored_params(config["params"]), "device": device}
             est = cls(**params)
         except (KeyError, TypeError, ValueError) as e:
             raise DiscretaeError(f"{str(path)!r} holds an inconsistent model: {e}") from None

@@ -278,6 +278,17 @@ class FittedCodes:
         return self.model_.decode(codes.to(self.device_)).to(codes.device)
 
 
+# parameters added after model files were first written: what files from before did
+# (the framing settings are read by framing_from_params and LEGACY_PARAMS)
+EARLIER_DEFAULTS = {"decoder": "full"}
+
+
+def stored_params(params: dict) -> dict:
+    """A model file's or checkpoint's parameters, with what files written before a
+    parameter existed did."""
+    return {**EARLIER_DEFAULTS, **params}
+
+
 def framing_from_params(params: dict) -> Framing:
     """How the model's images are framed: from its ``resize`` and ``background``, or the
     legacy stretch (alpha dropped) for a model file written before they existed."""
@@ -333,4 +344,5 @@ class FittedModel(FittedCodes):
         params = config.get("params")
         if not isinstance(params, dict):
             raise DiscretaeError(f"{str(path)!r} holds an inconsistent model: no parameters")
-        return attach_fitted(cls({**params, "device": device}), tensors, config, path, device)
+        params = {**stored_params(params), "device": device}
+        return attach_fitted(cls(params), tensors, config, path, device)

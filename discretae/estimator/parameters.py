@@ -121,7 +121,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, object], None]] = {
     "image_size": CheckedBy(check_size, allow_none=True),
     "resize": Options(RESIZE_MODES),
     "background": CheckedBy(parse_background),
-    "decoder": Options(DECODERS),
+    "decoder": Options(("auto", *DECODERS)),
     "grid": WhenBuilt("build_autoencoder: it must fit the image"),
     "loss": WhenBuilt("build_autoencoder"),
     "quantizer_options": WhenBuilt("the quantizer's constructor"),

@@ -11,6 +11,7 @@ import torch
 
 from discretae.core.errors import DiscretaeError
 from discretae.data.framing import LEGACY_PARAMS
+from discretae.estimator.fitted import stored_params
 from discretae.models.checkpoint import write_checkpoint
 from discretae.models.training import TrainState
 
@@ -53,12 +54,18 @@ def check_same_data(ck, fingerprint: dict) -> None:
     )
 
 
+def checkpoint_params(config: dict) -> dict:
+    """A checkpoint's estimator parameters (from its ``config``), with what checkpoints
+    written before a parameter existed did: stretch as read, the full decoder."""
+    return {**LEGACY_PARAMS, **stored_params(config["params"])}
+
+
 def check_same_settings(settings: dict, ck) -> None:
     """Refuse to resume checkpoint ``ck`` with ``settings`` (an estimator's model and
     training parameters) other than its own."""
     # a checkpoint from before the framing settings (its images were stretched as read)
     # or before the decoder setting (the full decoder)
-    theirs = {**LEGACY_PARAMS, "decoder": "full", **ck.config["params"]}
+    theirs = checkpoint_params(ck.config)
     diff = [
         f"{k}={settings.get(k)!r} (checkpoint: {theirs.get(k)!r})"
         for k in sorted(set(settings) | set(theirs))
