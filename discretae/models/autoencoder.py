@@ -86,15 +86,34 @@ class Autoencoder(nn.Module):
             quantized = torch.cat([quantized, style.to(quantized.dtype)], -1)
         return self.decoder(quantized)
 
-    def forward(self, x: torch.Tensor) -> dict:
-        """x: (B, *input_shape) in [0, 1] -> dict(x_hat, codes, aux_loss, stats, recon_loss)."""
+    @property
+    def mining(self):
+        """The neighbour mining the training loop does for this model (a
+        :class:`~discretae.models.neighbours.NeighbourMining`), or None."""
+        return self.objectives.mining if self.objectives is not None else None
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, *input_shape) in [0, 1] -> (B, E) the contrastive embeddings, L2-normalised
+        (what neighbour mining searches; the caller sets eval mode)."""
+        return F.normalize(self._split(self.encoder(x))[3].float(), dim=-1)
+
+    def forward(self, x: torch.Tensor, neighbours: torch.Tensor | None = None) -> dict:
+        """x: (B, *input_shape) in [0, 1] -> dict(x_hat, codes, aux_loss, stats, recon_loss).
+
+        ``neighbours`` (B, *input_shape): a mined neighbour of each image, for the
+        neighbours objective (training with view objectives only); it is augmented and
+        encoded with the two views, and only that term uses it.
+        """
         two_views = self.training and self.objectives is not None
-        target = x
+        target, b = x, x.shape[0]
         if two_views:
-            x = torch.cat([augment(x, self.augment), augment(x, self.augment)])
-            target = x[: x.shape[0] // 2]
+            views = [augment(x, self.augment), augment(x, self.augment)]
+            if neighbours is not None:
+                views.append(augment(neighbours, self.augment))
+            x = torch.cat(views)
+            target = x[:b]
         z, mu, logvar, h = self._split(self.encoder(x))
-        b = target.shape[0]
         quantized, codes, aux_loss, stats = self.quantizer(z[:b])
         style = None
         if self.style_dim:
@@ -106,7 +125,9 @@ class Autoencoder(nn.Module):
             aux_loss = aux_loss + kl
             stats = {**stats, "style_kl": kl.detach()}
         if two_views:
-            extra, parts = self.objectives(self.quantizer.logits(z)[..., 0, :], z, h)
+            view_logits = self.quantizer.logits(z)[..., 0, :]
+            nb = view_logits[2 * b :] if neighbours is not None else None
+            extra, parts = self.objectives(view_logits[: 2 * b], z[: 2 * b], h[: 2 * b], nb)
             aux_loss = aux_loss + extra
             stats = {**stats, **parts}
         logits = self._decode_logits(quantized, style)

@@ -5,7 +5,8 @@ A checkpoint holds everything a run needs to continue as if it had not stopped:
 - tensors: the model's weights and buffers (``model.*``), the optimizer's per-parameter
   state (``optim.<param>.<name>``), the torch CPU and CUDA RNG states, the data
   generator's current state and the state its current epoch's shuffle was drawn from,
-  and the code keys the current epoch has produced so far;
+  the code keys the current epoch has produced so far, and the mined neighbour table
+  (``train.neighbours``) when the neighbours objective has mined one;
 - metadata ``config`` (JSON): whatever the caller passes (the estimator's settings,
   the model config, a fingerprint of the data) plus the counters (epoch, step, batch in
   epoch), history, running epoch sums, the optimizer's param groups, and the numpy and
@@ -88,6 +89,8 @@ def write_checkpoint(path: str | os.PathLike, state: TrainState, config: dict) -
     tensors.update(rng_tensors)
     if state.epoch_keys:
         tensors["epoch.keys"] = torch.cat([k.cpu() for k in state.epoch_keys])
+    if state.neighbours is not None:
+        tensors["train.neighbours"] = state.neighbours.cpu()
     full = {
         **config,
         "discretae_version": __version__,
@@ -98,6 +101,7 @@ def write_checkpoint(path: str | os.PathLike, state: TrainState, config: dict) -
             "history": state.history,
             "epoch_sums": state.epoch_sums,
             "epoch_seconds": state.epoch_seconds,
+            "neighbours_epoch": state.neighbours_epoch,
         },
         "optimizer": optim_values,
         "rng": rng_values,
@@ -152,6 +156,8 @@ def restore_train_state(ck: Checkpoint, state: TrainState) -> None:
     state.epoch_rng = t.get("rng.data_epoch")
     keys = t.get("epoch.keys")
     state.epoch_keys = [keys] if keys is not None else []
+    state.neighbours = t.get("train.neighbours")
+    state.neighbours_epoch = int(train.get("neighbours_epoch", 0))
 
 
 def restore_rng(ck: Checkpoint) -> None:

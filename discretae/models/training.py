@@ -27,6 +27,7 @@ import torch
 
 from discretae.core import distributed
 from discretae.core.errors import DiscretaeError
+from discretae.models.neighbours import draw_neighbours, mine_neighbours
 from discretae.quantizers import perplexity_from_counts
 
 _SUMS = ("loss", "recon", "aux")
@@ -62,7 +63,9 @@ class TrainState:
     ``epoch_rng`` the generator state its shuffle was drawn from, ``epoch_sums`` running
     loss sums, ``epoch_keys`` the code keys seen so far, ``epoch_seen`` the distinct
     ones (kept for the progress callback; None: not gathered yet), ``epoch_seconds``
-    time spent before a resume.
+    time spent before a resume. Neighbour mining (a model whose ``mining`` is set):
+    ``neighbours`` the (N, k) table last mined (None: not yet), ``neighbours_epoch``
+    the epoch it was mined in.
     """
 
     model: torch.nn.Module
@@ -77,6 +80,8 @@ class TrainState:
     epoch_keys: list[torch.Tensor] = field(default_factory=list)
     epoch_seen: torch.Tensor | None = None
     epoch_seconds: float = 0.0
+    neighbours: torch.Tensor | None = None
+    neighbours_epoch: int = 0
 
 
 def make_train_state(model: torch.nn.Module, *, lr: float = 1e-3, seed: int = 0) -> TrainState:
@@ -280,6 +285,9 @@ def train(
     steps = steps_per_epoch(data.shape[0], batch_size, world)
     if steps == 0:
         raise DiscretaeError(f"{data.shape[0]} inputs cannot be shared by {world} processes")
+    mining = getattr(state.model, "mining", None)
+    if mining is not None:
+        mining.check(data.shape[0])
     run = _Run(
         data=data,
         epochs=epochs,
@@ -293,6 +301,7 @@ def train(
         callback=callback,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
+        mining=mining,
     )
     net = _wrap(state.model, device)
     state.model.train()
@@ -320,6 +329,7 @@ class _Run:
     callback: Callable[[dict], None] | None
     checkpoint: Callable[[TrainState], None] | None
     checkpoint_every: int
+    mining: object = None  # the model's NeighbourMining, or None
 
 
 def _run_epoch(state: TrainState, net: torch.nn.Module, run: _Run, stop: _StopSignals) -> None:
@@ -356,7 +366,7 @@ def _step(
     model.set_progress(state.step / run.total_steps)
     if run.hold is not None:
         _set_cosine_lr(state.optimizer, state.step / run.total_steps, run.hold)
-    out = net(to_unit_float(run.data[mine].to(run.device)))
+    out = net(to_unit_float(run.data[mine].to(run.device)), **_neighbour_inputs(state, run, mine))
     loss = out["recon_loss"] + out["aux_loss"]
     # one all-reduce: the global batch's losses, and whether a rank was signalled
     parts = [loss, out["recon_loss"], out["aux_loss"]]
@@ -380,6 +390,33 @@ def _step(
         state.epoch_sums[k] += v
     state.epoch_keys.append(model.quantizer.code_keys(out["codes"].detach()))
     return out, values
+
+
+def _neighbour_inputs(state: TrainState, run: _Run, mine: torch.Tensor) -> dict:
+    """The forward's extra inputs for neighbour mining: ``{"neighbours": one mined
+    neighbour of each of this rank's rows}``, mining the table first when it is due;
+    {} without mining or before the first one. Under DDP every rank mines over all the
+    data (the same data and weights), so no collective is needed."""
+    if run.mining is None:
+        return {}
+    mined = state.neighbours_epoch if state.neighbours is not None else None
+    where = dict(step=state.step, epoch=state.epoch, batch=state.batch)
+    if run.mining.due(**where, total_steps=run.total_steps, mined_epoch=mined):
+        model = state.model
+        model.eval()
+        try:
+            state.neighbours = mine_neighbours(
+                lambda i, j: model.embed(to_unit_float(run.data[i:j].to(run.device))),
+                run.data.shape[0],
+                run.mining.k,
+            )
+        finally:
+            model.train()
+        state.neighbours_epoch = state.epoch
+    if state.neighbours is None:
+        return {}
+    picked = draw_neighbours(state.neighbours, mine).to(run.data.device)
+    return {"neighbours": to_unit_float(run.data[picked].to(run.device))}
 
 
 def _progress(state: TrainState, run: _Run, out: dict, loss: float) -> dict:
