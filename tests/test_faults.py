@@ -31,13 +31,8 @@ from discretae.models.training import TrainingDiverged, TrainingInterrupted, mak
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocesses run one thread; equal thread counts give bitwise-equal CPU math."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one thread, as the subprocesses: equal thread counts give bitwise-equal CPU math
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,8 @@ from discretae.models.training import make_train_state, train
 OPTS = {"neighbour_start": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one thread, as the subprocesses: equal thread counts give bitwise-equal CPU math
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
