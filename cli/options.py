@@ -57,6 +57,14 @@ class DecoderKind(str, Enum):
     light = "light"
 
 
+class Precision(str, Enum):
+    """What the networks train in (core.devices.PRECISIONS)."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 class Latent(str, Enum):
     global_ = "global"
     grid = "grid"

@@ -162,7 +162,18 @@ def test_fit_json_summary(work, pngs):
     assert 1 <= summary["codes_used"] <= 3
     assert summary["clustering"] is not None  # subfolders are labels
     assert summary["lr_schedule"] == "cosine"  # the clustering recipe's
+    assert summary["precision"] in ("float32", "bfloat16")  # auto: what this CPU has
     assert "━" not in r.stderr  # no progress bar with --json
+
+
+def test_fit_takes_a_precision(work, pngs):
+    out = work / "fit-f32.safetensors"
+    r = cli("fit", pngs, "--epochs", 1, "--codes", 3, "--precision", "float32", "--out", out,
+            "--json")  # fmt: skip
+    ok(r)
+    assert json.loads(r.stdout)["precision"] == "float32"
+    r = cli("fit", pngs, "--epochs", 1, "--precision", "half", "--out", out)
+    assert r.exit_code != 0 and "half" in r.stderr
 
 
 def test_fit_takes_a_learning_rate_curve(work, pngs):

@@ -313,3 +313,65 @@ def test_light_decoder_trains_saves_and_is_smaller(tmp_path):
     np.testing.assert_array_equal(DiscreteAutoencoder.load(path).transform(x), full.transform(x))
     with pytest.raises(DiscretaeError, match="decoder='tiny'"):
         DiscreteAutoencoder(decoder="tiny", epochs=1).fit(x)
+
+
+def test_precision_bfloat16_trains_the_networks_in_bfloat16_and_repeats(tmp_path):
+    from discretae.core.devices import training_dtype
+
+    x = np.random.default_rng(0).random((64, 16, 16, 3)).astype(np.float32)
+    seen = []
+
+    def fit(precision):
+        est = DiscreteAutoencoder("gumbel", n_codes=4, epochs=2, batch_size=32, precision=precision)
+        return est.fit(x)
+
+    # what the first convolution computes in, during training and after it
+    hook = torch.nn.Conv2d.forward
+
+    def spy(self, inp):
+        out = hook(self, inp)
+        seen.append((self.training, out.dtype))
+        return out
+
+    torch.nn.Conv2d.forward = spy
+    try:
+        a = fit("bfloat16")
+        trained, seen[:] = set(seen), []
+        codes = a.transform(x)
+        encoded = set(seen)
+    finally:
+        torch.nn.Conv2d.forward = hook
+    # fit trains in bfloat16, then encodes its data in float32 for the labels
+    assert trained == {(True, torch.bfloat16), (False, torch.float32)}
+    assert encoded == {(False, torch.float32)}
+    assert a.model_.low_precision is None  # only while training
+    np.testing.assert_array_equal(fit("bfloat16").transform(x), codes)  # a seed repeats
+    path = tmp_path / "bf.safetensors"
+    a.save(path)
+    assert DiscreteAutoencoder.load(path).precision == "bfloat16"
+    assert training_dtype("auto", "cuda") is None
+    assert training_dtype("float32", "cpu") is None
+    assert training_dtype("bfloat16", "cpu") is torch.bfloat16
+    with pytest.raises(DiscretaeError, match="precision='half'"):
+        DiscreteAutoencoder(precision="half", epochs=1).fit(x)
+
+
+def test_recipe_steps_are_capped_by_pixels_and_large_data_keeps_its_epochs():
+    from discretae.estimator.recipe import (
+        RECIPE_MAX_PIXELS,
+        RECIPE_MIN_EPOCHS,
+        RECIPE_STEPS,
+        recipe_epochs,
+    )
+
+    # 8x8 digits: under the cap, the full 2000 steps (8 steps an epoch)
+    assert recipe_epochs(8, 256, 64) * 8 == RECIPE_STEPS
+    # 32x32: the cap, rounded up to whole epochs
+    capped = RECIPE_MAX_PIXELS // (256 * 1024)
+    assert capped < RECIPE_STEPS
+    assert capped <= recipe_epochs(8, 256, 1024) * 8 < capped + 8
+    # a smaller batch takes more steps for the same pixels
+    assert recipe_epochs(16, 128, 1024) * 16 >= 2 * capped
+    # large data: at least RECIPE_MIN_EPOCHS epochs whatever the cap
+    assert recipe_epochs(274, 256, 784) == RECIPE_MIN_EPOCHS
+    assert recipe_epochs(391, 256, 4096) == RECIPE_MIN_EPOCHS

@@ -213,7 +213,6 @@ def test_names_that_are_not_utf8_come_back_as_their_bytes(tmp_path):
     assert b"caf\xe9.png\n" in names.read_bytes()
 
 
-
 def test_a_model_with_a_working_size_frames_arrays_of_other_sizes(tmp_path):
     from discretae.estimator.fitted import FittedModel
 

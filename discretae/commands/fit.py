@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from discretae.commands.common import Callback, Warn
-from discretae.core.devices import check_device
+from discretae.core.devices import check_device, training_dtype
 from discretae.core.errors import DiscretaeError
 from discretae.core.files import check_output
 
@@ -43,6 +43,7 @@ FIT_DEFAULTS = {
     "resize": "pad",
     "background": "white",
     "decoder": "auto",  # the estimator's: light for the clustering recipe, else full
+    "precision": "auto",  # the estimator's: bfloat16 on a CPU that has it, else float32
 }
 # codes per level when --codes is not given, by model (others: 10): 256 makes rvq a
 # compressor by itself (benchmarks/rate_distortion.py fits 7x7 grids of 256 codes)
@@ -66,6 +67,7 @@ _FIT_PARAMS = {
     "resize": "resize",
     "background": "background",
     "decoder": "decoder",
+    "precision": "precision",
 }
 
 
@@ -107,6 +109,7 @@ def fit(
     resize: str | None = None,
     background: str | None = None,
     decoder: str | None = None,
+    precision: str | None = None,
     max_memory: str | int | None = None,
     labels: str | None = None,
     strict: bool = False,
@@ -125,7 +128,9 @@ def fit(
     views, IIC mutual information, InfoNCE, self-labelling, a content/style split),
     "none" reconstruction alone; ``lr_schedule`` its learning-rate curve; ``decoder`` "auto"
     (light for the clustering recipe, else full), "full" or "light" (no full-resolution
-    decoder stage: about twice as fast on 32x32 colour).
+    decoder stage: about twice as fast on 32x32 colour); ``precision`` "auto" (bfloat16
+    networks on a CPU that computes bfloat16 in hardware, else float32), "float32" or
+    "bfloat16".
 
     ``image_size``, ``resize``, ``background`` and ``max_memory``: see the module's
     docstring (the working size and the memory plan).
@@ -369,6 +374,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "resize": s["resize"],
         "background": s["background"],
         "decoder": est.model_.config.get("decoder", "full"),
+        "precision": _precision_used(est),
         "device": str(est.device_),
         "world_size": run.world_size,
         "epochs": len(est.history_),
@@ -393,3 +399,9 @@ def _objectives_in(model) -> list[str]:
     views = model.config.get("objectives") or {}
     names = [k for k in VIEW_TERMS if views.get(k)]
     return names + (["style"] if model.config.get("style_dim") else [])
+
+
+def _precision_used(est) -> str:
+    """What the networks trained in: the estimator's precision on the fit's device."""
+    dtype = training_dtype(est.precision, est.device_)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")

@@ -14,6 +14,8 @@ tells a 6 from a 9) and lets similar codebook vectors count as close.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import sklearn.exceptions
 import torch
@@ -22,6 +24,7 @@ from sklearn.utils import Tags
 
 from discretae._version import __version__
 from discretae.core import distributed
+from discretae.core.devices import training_dtype
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.files import check_writable
 from discretae.core.serialization import read_model_file, write_model_file
@@ -94,7 +97,8 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             latent (the code is the cluster) and 10 otherwise (k-means on codes).
         epochs, batch_size, lr: Adam training schedule. None: 30 epochs at lr 1e-3; with
             view objectives (the clustering recipe) lr 2e-3 and the epochs that make
-            about ``RECIPE_STEPS`` steps, at least 12 and at most 300. The recipe's
+            about ``RECIPE_STEPS`` steps (fewer on larger images: ``RECIPE_MAX_PIXELS``),
+            at least 12 and at most 300. The recipe's
             learning rate decays to 0 along a cosine (``discretae.estimator.recipe``).
         lr_schedule: the learning-rate curve, "constant", "cosine" or "hold-cosine"
             (flat for 80% of the steps, then half a cosine); None: cosine for the recipe,
@@ -123,6 +127,11 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             about twice as fast to train on 32x32 colour images on the CPU;
             ``benchmarks/fit_step.py``) or "auto": light for the clustering recipe
             (``RECIPE_DECODER``), full otherwise.
+        precision: what the encoder and decoder networks train in: "float32",
+            "bfloat16" (autocast; the quantizer, objectives and losses stay float32) or
+            "auto": bfloat16 on a CPU that computes it in hardware, where a step takes
+            about half the time, else float32 (``discretae.core.devices.training_dtype``).
+            Encoding and decoding always run in float32.
 
     Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
     ``n_features_in_``, ``code_shape_``, ``history_``, ``n_clusters_``, ``labels_``,
@@ -154,6 +163,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         resize: str = "pad",
         background: str = "white",
         decoder: str = "auto",
+        precision: str = "auto",
     ) -> None:
         self.model = model
         self.n_codes = n_codes
@@ -178,6 +188,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         self.resize = resize
         self.background = background
         self.decoder = decoder
+        self.precision = precision
 
     not_fitted_error = EstimatorNotFittedError
 
@@ -213,7 +224,8 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         if not recipe:
             return 30, float(lr)
         steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
-        return recipe_epochs(steps), float(lr)
+        pixels = math.prod(model.input_shape[1:])  # the recipe is on images (C, H, W)
+        return recipe_epochs(steps, int(self.batch_size), pixels), float(lr)
 
     def lr_schedule_used(self, model: torch.nn.Module) -> str:
         """The learning-rate curve: the given one, else ``RECIPE_LR_SCHEDULE`` for the
@@ -390,6 +402,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
     ) -> None:
         """Run ``train``, with ``writer`` writing the checkpoints; a divergence names the
         last good checkpoint, if there is one."""
+        state.model.low_precision = training_dtype(self.precision, device)
         try:
             train(
                 state,
@@ -407,6 +420,8 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
                 raise
             last = f"{str(writer.last_path)!r} (step {writer.last_step})"
             raise TrainingDiverged(f"{e}; the last good checkpoint is {last}", e.step) from None
+        finally:
+            state.model.low_precision = None
 
     def _set_fitted(self, state: TrainState, input_shape: tuple, device: torch.device) -> None:
         """The fitted attributes of the trained model, clusters aside."""

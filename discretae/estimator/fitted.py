@@ -280,7 +280,7 @@ class FittedCodes:
 
 # parameters added after model files were first written: what files from before did
 # (the framing settings are read by framing_from_params and LEGACY_PARAMS)
-EARLIER_DEFAULTS = {"decoder": "full"}
+EARLIER_DEFAULTS = {"decoder": "full", "precision": "float32"}
 
 
 def stored_params(params: dict) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from discretae.core.checks import check_int
+from discretae.core.devices import PRECISIONS
 from discretae.core.errors import DiscretaeError
 from discretae.data.framing import RESIZE_MODES, check_size, parse_background
 from discretae.estimator.fitted import resolve_device
@@ -122,6 +123,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, object], None]] = {
     "resize": Options(RESIZE_MODES),
     "background": CheckedBy(parse_background),
     "decoder": Options(("auto", *DECODERS)),
+    "precision": Options(PRECISIONS),
     "grid": WhenBuilt("build_autoencoder: it must fit the image"),
     "loss": WhenBuilt("build_autoencoder"),
     "quantizer_options": WhenBuilt("the quantizer's constructor"),

@@ -69,6 +69,14 @@ class Autoencoder(nn.Module):
         self.style_dim = int(config.get("style_dim", 0))
         opts = config.get("objectives") or {}
         self.augment = AugmentConfig(**opts.get("augment", {})) if objectives is not None else None
+        # the dtype the encoder and decoder networks train in under autocast (None: their
+        # own, float32); the quantizer, the objectives and the losses stay float32
+        self.low_precision: torch.dtype | None = None
+
+    def _networks_cast(self, x: torch.Tensor):
+        """Autocast to ``low_precision`` around a network, in training only."""
+        dtype = self.low_precision if self.training else None
+        return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None)
 
     def set_progress(self, frac: float) -> None:
         """Training progress in [0, 1], for schedules such as the Gumbel temperature."""
@@ -84,7 +92,8 @@ class Autoencoder(nn.Module):
             if style is None:
                 style = quantized.new_zeros(*quantized.shape[:-1], self.style_dim)
             quantized = torch.cat([quantized, style.to(quantized.dtype)], -1)
-        return self.decoder(quantized)
+        with self._networks_cast(quantized):
+            return self.decoder(quantized).float()
 
     @property
     def mining(self):
@@ -113,7 +122,9 @@ class Autoencoder(nn.Module):
                 views.append(augment(neighbours, self.augment))
             x = torch.cat(views)
             target = x[:b]
-        z, mu, logvar, h = self._split(self.encoder(x))
+        with self._networks_cast(x):
+            encoded = self.encoder(x).float()
+        z, mu, logvar, h = self._split(encoded)
         quantized, codes, aux_loss, stats = self.quantizer(z[:b])
         style = None
         if self.style_dim:
