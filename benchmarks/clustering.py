@@ -98,7 +98,6 @@ def estimator(variant: str, seed: int = 0, device: str = "cpu"):
 def schedule_of(variant: str, x) -> str:
     """What a variant's fit on x trains with: its objectives, epochs, learning rate and
     its curve. Cached runs of another schedule (an older default) are run again."""
-    from discretae.core.devices import training_dtype
     from discretae.estimator.fitted import as_images
 
     est = estimator(variant)
@@ -110,7 +109,7 @@ def schedule_of(variant: str, x) -> str:
     schedule = f"{epochs} epochs, lr {lr:g}, {est.lr_schedule_used(model)}"
     # runs from before the decoder and precision settings had the full decoder and
     # float32, and no mention of either
-    dtype = training_dtype(est.precision, est.device)
+    dtype = est.training_dtype(model, est.device)
     return (
         f"objectives {names}; {schedule}"
         + ("" if decoder == "full" else f"; {decoder} decoder")

@@ -117,7 +117,8 @@ PrecisionOption = Annotated[
     typer.Option(
         "--precision",
         help="What the encoder and decoder train in: float32, bfloat16, or auto: bfloat16 "
-        "on a CPU that computes it in hardware (about twice as fast), else float32.",
+        "for the clustering recipe on a CPU that computes it in hardware (about twice as "
+        "fast), else float32.",
     ),
 ]
 Background = Annotated[

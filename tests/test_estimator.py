@@ -350,6 +350,8 @@ def test_precision_bfloat16_trains_the_networks_in_bfloat16_and_repeats(tmp_path
     a.save(path)
     assert DiscreteAutoencoder.load(path).precision == "bfloat16"
     assert training_dtype("auto", "cuda") is None
+    assert training_dtype("auto", "cpu", recipe=False) is None  # compression models: float32
+    assert DiscreteAutoencoder("vq", epochs=1).fit(x).history_  # auto, not the recipe
     assert training_dtype("float32", "cpu") is None
     assert training_dtype("bfloat16", "cpu") is torch.bfloat16
     with pytest.raises(DiscretaeError, match="precision='half'"):

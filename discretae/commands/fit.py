@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from discretae.commands.common import Callback, Warn
-from discretae.core.devices import check_device, training_dtype
+from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError
 from discretae.core.files import check_output
 
@@ -43,7 +43,7 @@ FIT_DEFAULTS = {
     "resize": "pad",
     "background": "white",
     "decoder": "auto",  # the estimator's: light for the clustering recipe, else full
-    "precision": "auto",  # the estimator's: bfloat16 on a CPU that has it, else float32
+    "precision": "auto",  # the estimator's: bfloat16 for the recipe on a CPU that has it
 }
 # codes per level when --codes is not given, by model (others: 10): 256 makes rvq a
 # compressor by itself (benchmarks/rate_distortion.py fits 7x7 grids of 256 codes)
@@ -129,7 +129,8 @@ def fit(
     "none" reconstruction alone; ``lr_schedule`` its learning-rate curve; ``decoder`` "auto"
     (light for the clustering recipe, else full), "full" or "light" (no full-resolution
     decoder stage: about twice as fast on 32x32 colour); ``precision`` "auto" (bfloat16
-    networks on a CPU that computes bfloat16 in hardware, else float32), "float32" or
+    networks for the clustering recipe on a CPU that computes bfloat16 in hardware, else
+    float32), "float32" or
     "bfloat16".
 
     ``image_size``, ``resize``, ``background`` and ``max_memory``: see the module's
@@ -403,5 +404,5 @@ def _objectives_in(model) -> list[str]:
 
 def _precision_used(est) -> str:
     """What the networks trained in: the estimator's precision on the fit's device."""
-    dtype = training_dtype(est.precision, est.device_)
+    dtype = est.training_dtype(est.model_, est.device_)
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")

@@ -39,13 +39,18 @@ def native_bf16_cpu() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def training_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+def training_dtype(
+    precision: str, device: torch.device | str, recipe: bool = True
+) -> torch.dtype | None:
     """The dtype the networks train in under autocast for ``precision`` on ``device``,
-    or None for float32. "auto": bfloat16 on a CPU with native bfloat16
-    (``benchmarks/fit_step.py``: a recipe step on 32x32 colour takes half the time),
-    float32 elsewhere (CUDA included: not measured there yet)."""
+    or None for float32. "auto": bfloat16 for the clustering recipe (``recipe``) on a CPU
+    with native bfloat16 (``benchmarks/fit_step.py``: a recipe step on 32x32 colour takes
+    half the time; seed agreement and Fashion-MNIST scores measured in
+    ``benchmarks/results/clustering-*``), float32 elsewhere: other models, whose
+    reconstructions are the product, and CUDA, not measured yet."""
     if precision not in PRECISIONS:
         raise DiscretaeError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cpu" and native_bf16_cpu() else None
+        cpu = torch.device(device).type == "cpu"
+        return torch.bfloat16 if recipe and cpu and native_bf16_cpu() else None
     return torch.bfloat16 if precision == "bfloat16" else None

@@ -129,8 +129,9 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             (``RECIPE_DECODER``), full otherwise.
         precision: what the encoder and decoder networks train in: "float32",
             "bfloat16" (autocast; the quantizer, objectives and losses stay float32) or
-            "auto": bfloat16 on a CPU that computes it in hardware, where a step takes
-            about half the time, else float32 (``discretae.core.devices.training_dtype``).
+            "auto": bfloat16 for the clustering recipe on a CPU that computes it in
+            hardware, where a step takes about half the time, else float32
+            (``discretae.core.devices.training_dtype``).
             Encoding and decoding always run in float32.
 
     Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
@@ -226,6 +227,11 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
         pixels = math.prod(model.input_shape[1:])  # the recipe is on images (C, H, W)
         return recipe_epochs(steps, int(self.batch_size), pixels), float(lr)
+
+    def training_dtype(self, model: torch.nn.Module, device) -> torch.dtype | None:
+        """What ``model``'s networks train in on ``device`` (None: float32): the given
+        precision, or for "auto" bfloat16 for the recipe on a CPU that has it."""
+        return training_dtype(self.precision, device, recipe=model.objectives is not None)
 
     def lr_schedule_used(self, model: torch.nn.Module) -> str:
         """The learning-rate curve: the given one, else ``RECIPE_LR_SCHEDULE`` for the
@@ -402,7 +408,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
     ) -> None:
         """Run ``train``, with ``writer`` writing the checkpoints; a divergence names the
         last good checkpoint, if there is one."""
-        state.model.low_precision = training_dtype(self.precision, device)
+        state.model.low_precision = self.training_dtype(state.model, device)
         try:
             train(
                 state,
