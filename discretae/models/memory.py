@@ -3,13 +3,17 @@
 The estimate counts, for one image, the bytes of every layer's output in a forward pass
 (measured with hooks on a 2-image probe, so it follows the real network), and scales
 them by the batch, the number of augmented views, and a factor for what autograd keeps
-and the backward pass allocates. It adds the parameters with their gradients and Adam's
-two moments, and the training array itself. It is meant to be generous: a fit that it
-says fits does, and the figures it gives are printed so a user can check them.
+and the backward pass allocates. A model with the neighbours objective (its ``mining``
+set) encodes a third view each step, a mined neighbour of every image: the encoder's
+share of the bytes counts once more for it, and the (N, k) int64 neighbour table is
+added. It adds the parameters with their gradients and Adam's two moments, and the
+training array itself. It is meant to be generous: a fit that it says fits does, and the
+figures it gives are printed so a user can check them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -23,6 +27,7 @@ from discretae.core.errors import DiscretaeError
 # above the baseline was 1.6x the summed layer outputs at 32x32 and 1.1x at 64x64.
 BACKWARD_FACTOR = 2.0
 FLOAT_BYTES = 4
+INDEX_BYTES = 8  # int64, the neighbour table's entries
 # interpreter, torch and the libraries: 293 MB in a bare script; a whole `discretae fit`
 # of 70 clip-art images peaked at 700 MB for an estimate of 704 MB with 400 MB here
 BASELINE_BYTES = 500 * 2**20
@@ -30,42 +35,69 @@ BASELINE_BYTES = 500 * 2**20
 
 def activation_bytes_per_image(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Bytes of every module's output for one image in a training-mode forward pass."""
-    total = 0
+    return _probe(model, input_shape)[0]
 
-    def count(_module, _inputs, output) -> None:
-        nonlocal total
+
+def encoder_bytes_per_image(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The encoder's share of :func:`activation_bytes_per_image`: the bytes of its
+    modules' outputs for one image (0 for a model without an ``encoder``)."""
+    return _probe(model, input_shape)[1]
+
+
+def _probe(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """-> (bytes of every leaf module's output, bytes of the encoder's leaves' outputs)
+    per image, from one forward pass of 2 images in eval mode."""
+    encoder = getattr(model, "encoder", None)
+    in_encoder = {id(m) for m in encoder.modules()} if isinstance(encoder, nn.Module) else set()
+    totals = [0, 0]
+
+    def count(module, _inputs, output) -> None:
         outs = output if isinstance(output, (tuple, list)) else (output,)
-        total += sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
+        n = sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
+        totals[0] += n
+        if id(module) in in_encoder:
+            totals[1] += n
 
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count) for m in leaves]
     was_training = model.training
     try:
-        model.eval()  # no augmentation or second view: those are counted by the caller
+        model.eval()  # no augmentation or further views: those are counted by the caller
         with torch.no_grad():
             model(torch.rand(2, *input_shape))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return total * FLOAT_BYTES // 2
+    return totals[0] * FLOAT_BYTES // 2, totals[1] * FLOAT_BYTES // 2
 
 
 def fit_bytes(
     model: nn.Module, input_shape: tuple[int, ...], *, batch: int, views: int, n_images: int
 ) -> dict:
     """The estimate, by part, in bytes: ``{"activations", "parameters", "data",
-    "baseline", "total"}``."""
-    per_image = activation_bytes_per_image(model, input_shape)
-    activations = int(per_image * batch * views * BACKWARD_FACTOR)
+    "baseline", "total"}``, and ``"neighbours"`` (the mined (N, k) int64 table) for a
+    model with neighbour mining.
+
+    ``views`` is the number of augmented views of every image (2 with view objectives);
+    with neighbour mining the encoder also runs on a neighbour of each image, so its
+    share of the activations counts for ``views + 1`` images.
+    """
+    per_image, encoder_per_image = _probe(model, input_shape)
+    mining = getattr(model, "mining", None)
+    activations = per_image * batch * views
+    if mining is not None:
+        activations += encoder_per_image * batch  # the neighbour view: encoder only
     parameters = sum(p.numel() for p in model.parameters()) * FLOAT_BYTES * 4
-    data = n_images * int(torch.tensor(input_shape).prod()) * FLOAT_BYTES
+    data = n_images * math.prod(input_shape) * FLOAT_BYTES
     parts = {
-        "activations": activations,
+        "activations": int(activations * BACKWARD_FACTOR),
         "parameters": parameters,
         "data": data,
         "baseline": BASELINE_BYTES,
     }
+    if mining is not None:
+        parts["neighbours"] = n_images * mining.k * INDEX_BYTES
     return {**parts, "total": sum(parts.values())}
 
 
