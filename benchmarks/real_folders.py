@@ -17,7 +17,9 @@ skipped, and the JSON says so, when it is not installed).
 Each method clusters into the same number of clusters as discretae's default fit (its
 ``--codes`` default), except clustimage, which picks its own number by silhouette (its
 default). Fit time and peak memory (the fit process's maximum resident set, from
-``wait4``) are measured around a real ``discretae fit`` subprocess. Writes
+``wait4``) are measured around a real ``discretae fit`` subprocess. With several seeds,
+the seed agreement (the mean NMI between the cluster ids of every pair of seeds, from
+``discretae encode --clusters``) says how stable the fit is without labels. Writes
 ``benchmarks/results/real_folders-<name>-cpu.json``.
 """
 
@@ -77,13 +79,16 @@ def run_measured(cmd: list[str]) -> tuple[dict, float, float]:
 
 def discretae_run(folder: Path, work: Path, seed: int) -> dict:
     """The default fit and evaluate, through the installed CLI, each in its own process."""
-    model = work / f"model-{seed}.safetensors"
+    model = work / f"{folder.name}-model-{seed}.safetensors"
     load_before = os.getloadavg()[0]
     fit_cmd = ["discretae", "fit", str(folder), "--out", str(model), "--seed", str(seed)]
     fit, fit_s, fit_mb = run_measured([*fit_cmd, "--json", "--quiet"])
     ev_cmd = ["discretae", "evaluate", str(folder), "-m", str(model), "--json", "--quiet"]
     report, ev_s, ev_mb = run_measured(ev_cmd)
     scores = report.get("clustering") or {}
+    ids = work / f"{folder.name}-clusters-{seed}.npy"
+    enc_cmd = ["discretae", "encode", str(folder), "-m", str(model), "--clusters"]
+    run_measured([*enc_cmd, "--out", str(ids), "--json", "--quiet"])
     return {
         "method": "discretae (default fit)",
         "seed": seed,
@@ -98,7 +103,22 @@ def discretae_run(folder: Path, work: Path, seed: int) -> dict:
         "evaluate_seconds": ev_s,
         "evaluate_peak_mb": ev_mb,
         **{k: scores.get(k) for k in ("nmi", "acc", "ari", "purity")},
+        "clusters": str(ids),
     }
+
+
+def seed_agreement(rows: list[dict]) -> float | None:
+    """The mean NMI between the cluster ids of every pair of seeds (no labels needed);
+    None with one seed."""
+    from itertools import combinations
+
+    from sklearn.metrics import normalized_mutual_info_score
+
+    ids = [np.load(r.pop("clusters")) for r in rows]
+    pairs = list(combinations(ids, 2))
+    if not pairs:
+        return None
+    return float(np.mean([normalized_mutual_info_score(a, b) for a, b in pairs]))
 
 
 def kmeans_run(folder: Path, shape: list[int], k: int, seed: int) -> dict:
@@ -189,6 +209,7 @@ def bench(name: str, folder: Path, seeds: list[int], work: Path) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "targets": TARGETS.get(name),
         "summary": summary(rows),
+        "seed_agreement": seed_agreement(rows),
         "discretae": rows,
         "peers": peers,
     }
@@ -221,6 +242,8 @@ def print_table(result: dict) -> None:
             f"{'  mean over seeds':<40} {m['nmi']:6.3f} {m['acc']:6.3f} {m['ari']:6.3f} "
             f"{m['fit_seconds']:8.1f} {m['fit_peak_mb']:8.0f}"
         )
+    if result.get("seed_agreement") is not None:
+        print(f"{'  seed agreement (NMI between seeds)':<40} {result['seed_agreement']:6.3f}")
     for r in result["peers"]:
         if "skipped" in r:
             print(f"{r['method']:<40} skipped: {r['skipped']}")

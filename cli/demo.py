@@ -21,7 +21,12 @@ def demo(
     ] = DemoModelKind.gumbel,
     epochs: Annotated[
         int | None,
-        typer.Option("--epochs", "-e", min=1, help="Passes over digits (default 30)."),
+        typer.Option(
+            "--epochs",
+            "-e",
+            min=1,
+            help="Passes over digits (default: 53 for gumbel, 30 for vq and binary).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (model and k-means).")] = 0,
     out_dir: Annotated[
