@@ -144,9 +144,11 @@ Objectives = Annotated[
         help="What trains the code besides reconstruction: a comma list of mi (IIC "
         "mutual information between two augmented views), contrastive (InfoNCE), "
         "critic (the code discriminator), selflabel (a view's confident code is "
-        "the other view's target), style (a continuous style latent beside the "
-        "code); 'none'; or 'auto' = mi,contrastive,selflabel,style for a global "
-        "gumbel code on images, else none.",
+        "the other view's target), neighbours (SCAN: an image's code should match "
+        "that of one of its 10 nearest neighbours in the contrastive embedding; "
+        "opt-in), style (a continuous style latent beside the code); 'none'; or "
+        "'auto' = mi,contrastive,selflabel,style for a global gumbel code on images, "
+        "else none.",
     ),
 ]
 Labels = Annotated[
