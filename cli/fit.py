@@ -332,6 +332,9 @@ def _used(result: dict) -> str:
     used = result["codes_used"]
     if used is None or result["n_codes"] is None:
         return str(used)
+    levels = result.get("levels")
+    if levels and levels > 1:  # rvq counts tuples, one code of n_codes per level
+        return f"{used} of {result['n_codes']}^{levels} ({levels}-level tuples)"
     return f"{used} of {result['n_codes']}"
 
 

@@ -225,13 +225,25 @@ def test_fit_rvq_grid_alone_makes_the_compression_model(work, idx28):
             "--batch-size", 8, "--device", "cpu", "--out", out, "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["n_codes"] == 256 and summary["grid"] == [7, 7]
+    assert summary["n_codes"] == 256 and summary["grid"] == [7, 7] and summary["levels"] == 4
     est = DiscreteAutoencoder.load(out)
     assert est.n_codes == 256 and est.model_.config["n_codes"] == 256
     assert est.model_.config["grid"] == [7, 7] and est.code_shape_ == (7, 7, 4)
     prior = load_prior(out)
     assert (prior.grid, prior.n_levels, prior.n_codes) == ((7, 7), 4, 256)
     assert "prior.counts.gaps" in read_model_file(out)[0]  # the compact layout
+
+
+def test_fit_table_counts_rvq_codes_as_level_tuples():
+    """rvq's codes used are distinct tuples of one code per level, so the table must not
+    read "9263 of 256"; a one-level or other model keeps "used of n_codes"."""
+    from cli.fit import _used
+
+    assert _used({"codes_used": 9263, "n_codes": 256, "levels": 4}) == (
+        "9263 of 256^4 (4-level tuples)"
+    )
+    assert _used({"codes_used": 7, "n_codes": 10, "levels": None}) == "7 of 10"
+    assert _used({"codes_used": 7, "n_codes": 10}) == "7 of 10"
 
 
 def test_codes_default_is_per_model_and_resume_keeps_it(work, idx28):

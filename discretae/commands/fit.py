@@ -365,6 +365,8 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "latent": s["latent"],
         "n_codes": s["codes"] if s["model"] != "binary" else None,
         "n_bits": s["bits"] if s["model"] == "binary" else None,
+        # rvq: codes_used and perplexity count distinct tuples of one code per level
+        "levels": getattr(est.model_.quantizer, "levels", None),
         "grid": est.model_.config.get("grid"),  # given, or the encoder's feature map
         "n_clusters": int(est.n_clusters_),
         "data": str(data),
