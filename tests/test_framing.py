@@ -182,7 +182,9 @@ def test_fit_plans_memory_and_refuses_before_work(tmp_path):
         rgba_disk(folder / "a" / f"{i}.png", size=(100, 60))
     out = tmp_path / "m.safetensors"
     r = run_cli("fit", folder, "--out", out, "--epochs", "1", "--max-memory", "100M", cwd=tmp_path)
-    assert r.returncode == 1 and "GiB" in r.stderr and "--max-memory" in r.stderr
+    assert r.returncode == 1 and "--max-memory" in r.stderr
+    # the budget in the units it was given in, not "0.1 GiB"
+    assert "but 100 MB is allowed" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
     r = run_cli(
         "fit", folder, "--out", out, "--epochs", "1", "--codes", "2", "--json", cwd=tmp_path

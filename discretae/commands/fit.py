@@ -285,8 +285,8 @@ def _planned_fit(data, settings, labels, strict, warn, budget):
             batch //= 2
         else:
             raise DiscretaeError(
-                f"the fit needs about {need / 2**30:.1f} GiB ({len(ds)} images of "
-                f"{tuple(ds.shape)}, batch {batch}) but {budget / 2**30:.1f} GiB is "
+                f"the fit needs about {need / 2**20:.0f} MB ({len(ds)} images of "
+                f"{tuple(ds.shape)}, batch {batch}) but {budget / 2**20:.0f} MB is "
                 "allowed; give a smaller --image-size or --batch-size, or more --max-memory"
             )
     plan = {
