@@ -317,15 +317,12 @@ def main(argv: list[str] | None = None) -> None:
         if name == "demo":
             result = demo_bench(args.seeds)
             print_demo(result)
-            path = RESULTS / "real_folders-demo-cpu.json"
-            path.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"wrote {path}")
-            continue
-        folder = OPENCLIPART if name == "openclipart" else fashion_jpeg_folder(work)
-        if not folder.is_dir():
-            raise SystemExit(f"{folder} is missing: apt-get install openclipart-png")
-        result = bench(name, folder, args.seeds, work)
-        print_table(result)
+        else:
+            folder = OPENCLIPART if name == "openclipart" else fashion_jpeg_folder(work)
+            if not folder.is_dir():
+                raise SystemExit(f"{folder} is missing: apt-get install openclipart-png")
+            result = bench(name, folder, args.seeds, work)
+            print_table(result)
         path = RESULTS / f"real_folders-{name}-cpu.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
