@@ -27,6 +27,17 @@ def compress(
             help="Keep only the first levels of an rvq model: fewer bytes, coarser images.",
         ),
     ] = None,
+    max_error: Annotated[
+        int | None,
+        typer.Option(
+            "--max-error",
+            "-e",
+            min=0,
+            max=127,
+            help="Add a refinement: no pixel value off by more than this (0: lossless). "
+            "Smaller values cost more bytes; without it the archive holds the codes alone.",
+        ),
+    ] = None,
     names: Annotated[
         bool, typer.Option("--names/--no-names", help="Store the images' file names.")
     ] = True,
@@ -39,13 +50,16 @@ def compress(
     """Compress DATA into one archive: its codes, entropy-coded with the model's prior.
 
     The archive records a hash of the model, so only the same model decodes it. Images are
-    resized to the model's input size.
+    resized to the model's input size. --levels and --max-error are the rate knob: fewer
+    levels for fewer bytes, a refinement for any quality up to lossless.
 
     **Examples**
 
       discretae compress images/ --model model.safetensors --out images.dae
 
       discretae compress fashion-mnist:test -m rvq.safetensors --levels 2 -o test.dae
+
+      discretae compress images/ -m rvq.safetensors --max-error 4 -o near-lossless.dae
     """
     from discretae.commands import compress as compress_command
 
@@ -59,6 +73,7 @@ def _table(result: dict) -> Table:
         ("bytes per image", f"{result['bytes_per_image']:.2f}"),
         ("bits per image", f"{result['bits_per_image']:.1f}"),
         ("levels", f"{result['levels']} of {result['max_levels']}"),
+        ("max error", "codes only" if result["max_error"] is None else result["max_error"]),
         ("prior", result["prior"]),
         ("saved to", result["out"]),
     ]

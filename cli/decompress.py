@@ -53,6 +53,7 @@ def _table(result: dict) -> Table:
         ("images", result["n_images"]),
         ("image shape", tuple(result["image_shape"])),
         ("levels", result["levels"]),
+        ("max error", "codes only" if result["max_error"] is None else result["max_error"]),
         ("saved to", result["out"]),
     ]
     if result["codes"]:

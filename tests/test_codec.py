@@ -162,7 +162,7 @@ def test_other_model_or_prior_is_refused(rvq, codec, digits, small_archive):
 def test_future_version_is_refused(codec, small_archive):
     data = bytearray(small_archive)
     data[len(MAGIC)] = FORMAT_VERSION + 1
-    with pytest.raises(DiscretaeError, match="format version 2.*upgrade"):
+    with pytest.raises(DiscretaeError, match=f"format version {FORMAT_VERSION + 1}.*upgrade"):
         codec.decode_archive(bytes(data))
 
 
@@ -374,6 +374,11 @@ def test_subprocess_compress_decompress(digits, tmp_path):
     run("compress", tmp_path / "x.npy", "-m", model, "-o", tmp_path / "a.dae", "-q")
     run("decompress", tmp_path / "a.dae", "-m", model, "-o", tmp_path / "rec", "-q")
     assert len(list((tmp_path / "rec").glob("*.png"))) == 200
+    # the fit stored a refinement table: --max-error 0 gives back every pixel
+    run("compress", tmp_path / "x.npy", "-m", model, "-o", tmp_path / "l.dae", "-e", "0", "-q")
+    run("decompress", tmp_path / "l.dae", "-m", model, "-o", tmp_path / "lossless", "-q")
+    back = [np.asarray(Image.open(tmp_path / "lossless" / f"{i:06d}.png")) for i in range(200)]
+    np.testing.assert_array_equal(np.stack(back), digits[:200, 0])
     r2 = tmp_path / "r2"
     bad = [*cmd, "decompress", str(tmp_path / "x.npy"), "-m", str(model), "-o", str(r2)]
     r = subprocess.run(bad, capture_output=True, text=True, timeout=300)

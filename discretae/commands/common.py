@@ -34,10 +34,10 @@ def load_model(path: str | os.PathLike, device: str = "auto", *, inference_only:
 
 def load_codec(model: str | os.PathLike, device: str = "auto"):
     """The :class:`~discretae.compression.codec.Codec` of a model file: its estimator and
-    its stored code prior (the uniform prior when it has none)."""
-    from discretae.compression.codec import Codec, load_prior
+    its stored code prior (the uniform prior when it has none) and refinement table."""
+    from discretae.compression.codec import Codec, load_prior, load_refinement
 
-    return Codec(load_model(model, device), load_prior(model))
+    return Codec(load_model(model, device), load_prior(model), load_refinement(model))
 
 
 def load_model_data(data: str, est, *, labels=None, strict: bool = False, warn: Warn = None):

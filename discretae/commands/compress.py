@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 from discretae.commands.common import (
     Callback,
@@ -24,6 +25,7 @@ def compress(
     model: str | os.PathLike,
     out: str | os.PathLike,
     levels: int | None = None,
+    max_error: int | None = None,
     names: bool = True,
     batch_size: int = 256,
     device: str = "auto",
@@ -35,14 +37,19 @@ def compress(
 
     DATA is fitted to the model as ``encode`` fits it (resized; gray images repeated into
     RGB for an RGB model; color refused for a gray one). ``levels`` keeps the first levels
-    of a residual (rvq) model: fewer bytes, a coarser image. ``names`` stores the images'
-    file names when DATA has them (folders). Returns the archive's size, bytes and bits
-    per image (header amortised), and more.
+    of a residual (rvq) model: fewer bytes, a coarser image. ``max_error`` adds a
+    refinement: no pixel value of the decoded images is off by more than it from the
+    images as the model reads them (0: lossless), more bytes the smaller it is. ``names``
+    stores the images' file names when DATA has them (folders). Returns the archive's
+    size, bytes and bits per image (header amortised), and more.
     """
     from discretae.compression.archive import parse_archive
+    from discretae.compression.refine import check_max_error
 
     check_output(out)
     check_device(device)
+    if max_error is not None:
+        check_max_error(max_error)
     codec = load_codec(model, device)
     levels = codec.check_levels(levels)
     if codec.uniform and warn is not None:
@@ -51,7 +58,7 @@ def compress(
             "bits each; fit_prior/save_prior add one"
         )
     ds = load_model_data(data, codec.est, strict=strict, warn=warn)
-    sym = _symbols(codec, ds, batch_size, callback)
+    sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, max_error)
     if sym is None:
         raise DiscretaeError(f"no readable images in {data!r}")
     stored = ds.names if names else None  # after the pass: files that failed are gone
@@ -59,7 +66,10 @@ def compress(
         stored = None
         if warn is not None:
             warn("a file name holds a line break: names are not stored")
-    archive = codec.encode_codes(codec.to_codes(sym), names=stored, levels=levels)
+    refine = None if max_error is None else (max_error, refine_words)
+    archive = codec.encode_codes(
+        codec.to_codes_prefix(sym[..., :levels]), names=stored, levels=levels, refine=refine
+    )
     with atomic_path(out) as tmp:
         tmp.write_bytes(archive)
     n = len(sym)
@@ -74,6 +84,7 @@ def compress(
         "header_bytes": header_bytes,
         "levels": levels,
         "max_levels": codec.n_levels,
+        "max_error": max_error,
         "code_shape": [*codec.grid, levels],
         "n_codes": codec.n_codes,
         "prior": "uniform" if codec.uniform else "context",
@@ -82,11 +93,28 @@ def compress(
     }
 
 
-def _symbols(codec, ds, batch_size: int, callback) -> np.ndarray | None:
-    """Stream DATA through the codec: symbols (N, h, w, T) int64, None when no image was
-    readable."""
-    parts = [
-        codec.encode_images(images)
-        for images, _ in model_batches(ds, batch_size, stage="encode", callback=callback)
-    ]
-    return np.concatenate(parts) if parts else None
+def _symbols(codec, ds, batch_size: int, callback, levels: int, max_error: int | None):
+    """Stream DATA through the codec: (symbols (N, h, w, T) int64 or None when no image
+    was readable, the refinement's words per archive block when ``max_error`` is set).
+    Images wait for the refinement a block at a time."""
+    from discretae.compression.codec import BLOCK
+
+    parts, words, pending, pending_sym = [], [], [], []
+
+    def flush(final: bool) -> None:
+        while pending and (final or sum(len(p) for p in pending) >= BLOCK):
+            x, sym = np.concatenate(pending), np.concatenate(pending_sym)
+            words.append(codec.refine_block(x[:BLOCK], sym[:BLOCK, ..., :levels], max_error))
+            pending[:] = [x[BLOCK:]] if len(x) > BLOCK else []
+            pending_sym[:] = [sym[BLOCK:]] if len(x) > BLOCK else []
+
+    for images, _ in model_batches(ds, batch_size, stage="encode", callback=callback):
+        sym = codec.encode_images(images)
+        parts.append(sym)
+        if max_error is not None:
+            pending.append(torch.round(images.float().clamp(0, 1) * 255).to(torch.uint8).numpy())
+            pending_sym.append(sym)
+            flush(final=False)
+    if max_error is not None:
+        flush(final=True)
+    return (np.concatenate(parts) if parts else None), words

@@ -73,6 +73,7 @@ def decompress(
         "n_images": n,
         "image_shape": list(header.shape),
         "levels": header.levels,
+        "max_error": header.max_error,
         "names": files is not None,
         "codes": str(codes_out) if codes_out is not None else None,
         "archive_bytes": len(data),
@@ -108,11 +109,11 @@ def _decoded(
     """Yield (index of the first image, images (B, C, H, W) uint8), batch by batch; the
     symbols of each block go to ``symbols`` when it is a list."""
     done = 0
-    for sym in codec.decode_blocks(header, blocks):
+    for sym, block_images in codec.decode_image_blocks(header, blocks):
         if symbols is not None:
             symbols.append(sym)
         for start in range(0, len(sym), batch_size):
-            images = codec.decode_images(sym[start : start + batch_size])
+            images = block_images[start : start + batch_size]
             yield done, images
             done += len(images)
             if callback is not None:

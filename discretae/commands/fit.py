@@ -252,9 +252,13 @@ def _train_and_save(
             return _Run(None, None, len(x), seconds, world, distributed.rank(), plan)
         est.save(out)
         if len(est.input_shape_) == 3:  # image models: learn the archive's code prior now
-            from discretae.compression.codec import fit_prior, save_prior
+            from discretae.compression.codec import fit_prior, fit_refinement, save_prior
 
-            save_prior(out, fit_prior(est, x))
+            # a grid model compresses: it also gets the refinement table (compress
+            # --max-error); a global code is for clustering, and codes every residual
+            # value with one distribution
+            grid = est.model_.latent_shape is not None
+            save_prior(out, fit_prior(est, x), refinement=fit_refinement(est, x) if grid else None)
         return _Run(est, ds, len(x), seconds, world, 0, plan)
     finally:
         if started is not None:

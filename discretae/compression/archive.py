@@ -1,15 +1,17 @@
 """The ``.dae`` code archive: a binary container for entropy-coded codes.
 
-Format version 1. Integers are little-endian; a *varint* is an unsigned LEB128 integer of
-at most 10 bytes.
+Format version 2 (an archive without refinement is written as version 1, which version 2
+only extends). Integers are little-endian; a *varint* is an unsigned LEB128 integer of at
+most 10 bytes.
 
 =========  =======  ===================================================================
 field      size     meaning
 =========  =======  ===================================================================
 magic      4        ``b"\\x89DAE"``
-version    1        format version, 1
+version    1        format version: 1, or 2 when flag bit 2 is set
 flags      1        bit 0: file names follow; bit 1: codes coded with the uniform prior
-                    (the model had none); other bits are 0
+                    (the model had none); bit 2 (version 2): a refinement follows the
+                    codes; other bits are 0
 model      16       the first 16 bytes of the sha256 of the model that made the codes
                     (``discretae.compression.codec.model_digest``: network config, every tensor,
                     and the code prior); decoding with another model is refused
@@ -20,11 +22,16 @@ levels     varint   code symbols coded per cell: all T of the model, or the firs
                     a residual (rvq) model
 n_codes    varint   alphabet size A of every symbol
 block      varint   images per block (the last block may hold fewer)
+max_error  varint   only with flag bit 2: the refinement's maximum error E, <= 127
+                    (``discretae.compression.refine``)
 names_len  varint   only with flag bit 0: byte length of the names field
 words      varint   one per block: its payload length in 32-bit words
+refine     varint   only with flag bit 2, one per block: the refinement's length in words
 names      names_   only with flag bit 0: zlib-compressed UTF-8 file names, one per
            len      image, joined by ``"\\n"``
-payload    4/word   each block's ANS words (``discretae.compression.prior``), uint32, block by block
+payload    4/word   each block's ANS words (``discretae.compression.prior``), uint32, block by
+                    block; with flag bit 2, each block's code words are followed by its
+                    refinement words (``discretae.compression.refine``)
 crc32      4        CRC-32 (zlib) of every byte before it
 =========  =======  ===================================================================
 
@@ -36,6 +43,7 @@ there, before anything is allocated or decoded.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
@@ -45,10 +53,12 @@ import numpy as np
 from discretae.core.errors import DiscretaeError
 
 MAGIC = b"\x89DAE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HASH_BYTES = 16
 FLAG_NAMES = 1
 FLAG_UNIFORM = 2
+FLAG_REFINE = 4  # version 2
+MAX_ERROR = 127
 _FIXED = len(MAGIC) + 2 + HASH_BYTES
 _CRC = 4
 MAX_SIDE = 2**16  # image and grid sides
@@ -67,6 +77,10 @@ class ArchiveHeader:
     n_codes: int
     block: int
     uniform_prior: bool = False
+    # the refinement's maximum error, None without one; then per block its length in
+    # words (filled by parse_archive; pack_archive takes the words themselves)
+    max_error: int | None = None
+    refine_words: tuple[int, ...] = ()
 
     @property
     def n_blocks(self) -> int:
@@ -111,17 +125,27 @@ class _Reader:
 
 
 def pack_archive(
-    header: ArchiveHeader, blocks: list[np.ndarray], names: list[str] | None = None
+    header: ArchiveHeader,
+    blocks: list[np.ndarray],
+    names: list[str] | None = None,
+    refine: list[np.ndarray] | None = None,
 ) -> bytes:
-    """Serialise a header, one uint32 word array per block and optional names."""
+    """Serialise a header, one uint32 word array per block, optional names and, when
+    ``header.max_error`` is set, one refinement word array per block."""
     if len(blocks) != header.n_blocks:
         raise ValueError(f"{len(blocks)} payload blocks for {header.n_blocks} blocks of images")
     if len(header.model_hash) != HASH_BYTES:
         raise ValueError(f"model_hash must be {HASH_BYTES} bytes")
+    refined = header.max_error is not None
+    if refined != (refine is not None) or (refined and len(refine) != header.n_blocks):
+        raise ValueError("a refinement needs max_error and one word array per block")
     flags = (FLAG_NAMES if names is not None else 0) | (FLAG_UNIFORM if header.uniform_prior else 0)
-    parts = [MAGIC, bytes([FORMAT_VERSION, flags]), header.model_hash]
+    flags |= FLAG_REFINE if refined else 0
+    parts = [MAGIC, bytes([2 if refined else 1, flags]), header.model_hash]
     fields = [header.n_images, *header.shape, *header.grid, header.levels, header.n_codes]
     fields.append(header.block)
+    if refined:
+        fields.append(header.max_error)
     packed_names = b""
     if names is not None:
         if len(names) != header.n_images:
@@ -129,15 +153,21 @@ def pack_archive(
         packed_names = zlib.compress("\n".join(names).encode("utf-8"), 9)
         fields.append(len(packed_names))
     fields += [len(words) for words in blocks]
+    fields += [len(words) for words in refine or []]
     parts += [_varint(v) for v in fields]
     parts.append(packed_names)
-    parts += [np.asarray(words, dtype="<u4").tobytes() for words in blocks]
+    for b, words in enumerate(blocks):
+        parts.append(np.asarray(words, dtype="<u4").tobytes())
+        if refined:
+            parts.append(np.asarray(refine[b], dtype="<u4").tobytes())
     body = b"".join(parts)
     return body + zlib.crc32(body).to_bytes(_CRC, "little")
 
 
 def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np.ndarray]]:
-    """Bytes -> (header, names or None, uint32 words per block), fully validated.
+    """Bytes -> (header, names or None, uint32 words per block), fully validated. With a
+    refinement, a block's words are its code words followed by its refinement words
+    (``header.refine_words`` of them).
 
     Raises:
         DiscretaeError: not an archive, a newer format version, a checksum mismatch
@@ -158,7 +188,8 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
         raise DiscretaeError("truncated or corrupt archive: the checksum does not match")
     if version < 1:
         raise DiscretaeError(f"corrupt archive: invalid format version {version}")
-    if flags & ~(FLAG_NAMES | FLAG_UNIFORM):
+    known = FLAG_NAMES | FLAG_UNIFORM | (FLAG_REFINE if version >= 2 else 0)
+    if flags & ~known:
         raise DiscretaeError(f"corrupt archive: unknown flags {flags:#04x}")
     model_hash = bytes(data[len(MAGIC) + 2 : _FIXED])
     r = _Reader(data, _FIXED, body_end)
@@ -170,6 +201,9 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
         raise DiscretaeError("corrupt archive: a count in the header is zero")
     if shape[0] not in (1, 3, 4) or not all(1 <= s <= MAX_SIDE for s in shape[1:] + grid):
         raise DiscretaeError(f"corrupt archive: image shape {shape} or grid {grid} is invalid")
+    max_error = r.varint("maximum error") if flags & FLAG_REFINE else None
+    if max_error is not None and max_error > MAX_ERROR:
+        raise DiscretaeError(f"corrupt archive: maximum error {max_error} is above {MAX_ERROR}")
     header = ArchiveHeader(
         model_hash, n_images, shape, grid, levels, n_codes, block, bool(flags & FLAG_UNIFORM)
     )
@@ -178,6 +212,11 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
     if header.n_blocks > r.end - r.pos:
         raise DiscretaeError(f"corrupt archive: {n_images} images cannot fit in this file")
     words = [r.varint("block length") for _ in range(header.n_blocks)]
+    extra = []
+    if max_error is not None:
+        extra = [r.varint("refinement length") for _ in range(header.n_blocks)]
+    header = dataclasses.replace(header, max_error=max_error, refine_words=tuple(extra))
+    words = [w + e for w, e in zip(words, extra, strict=True)] if extra else words
     payload = 4 * sum(words)
     if (names_len or 0) + payload != r.end - r.pos:
         raise DiscretaeError("truncated or corrupt archive: field lengths disagree with its size")

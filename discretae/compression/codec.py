@@ -13,7 +13,11 @@ file (what ``discretae evaluate`` reports as archive bits).
 
 Rate control: a model's codebook size and grid fix its rate; a residual (``rvq``) model
 can also keep only its first ``levels`` levels per cell, fewer bits for a coarser image.
-The binary format is documented in :mod:`discretae.compression.archive`.
+Above the codes' own quality, ``max_error`` adds a refinement
+(:mod:`discretae.compression.refine`): the residual to the image, coded so that no value
+is off by more than ``max_error`` (0: lossless). Its table is fitted with the prior
+(:func:`fit_refinement`) and stored beside it (tensors ``refine.*``, config key
+``refinement``). The binary format is documented in :mod:`discretae.compression.archive`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 
 from discretae.compression.archive import HASH_BYTES, ArchiveHeader, pack_archive, parse_archive
 from discretae.compression.prior import CodePrior
+from discretae.compression.refine import KEY as REFINE_KEY
+from discretae.compression.refine import Refinement, check_max_error
 from discretae.core.checks import check_int
 from discretae.core.errors import DiscretaeError
 from discretae.core.serialization import read_model_file, write_model_file
@@ -34,6 +40,8 @@ from discretae.quantizers.base import alphabet_size
 
 BLOCK = 4096  # images per archive block
 PRIOR_KEY = "code_prior"
+BASE_CHUNK = 256  # images per network call for a refinement's base: the same both ways
+REFINE_FIT_IMAGES = 8192  # training images the refinement table is fitted on, at most
 
 
 # ----------------------------------------------------------------------- the model side
@@ -59,9 +67,10 @@ def _code_vectors(est) -> list[np.ndarray | None]:
     return [None] * code_layout(est)[1]
 
 
-def model_digest(est, prior: CodePrior) -> bytes:
+def model_digest(est, prior: CodePrior, refinement: Refinement | None = None) -> bytes:
     """The first 16 bytes of the sha256 of the network config, every tensor of the network
-    (name, dtype, shape, bytes) and the prior: what an archive's codes depend on."""
+    (name, dtype, shape, bytes), the prior and the refinement table when the model has
+    one: what an archive's codes depend on."""
     h = hashlib.sha256(b"discretae-model-digest-1")
     config = {"model": est.model_.config, "input_shape": list(est.input_shape_)}
     h.update(json.dumps(config, sort_keys=True).encode())
@@ -70,6 +79,8 @@ def model_digest(est, prior: CodePrior) -> bytes:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bool else t.to(torch.uint8).numpy())
     h.update(prior.digest())
+    if refinement is not None:
+        h.update(refinement.digest())
     return h.digest()[:HASH_BYTES]
 
 
@@ -84,14 +95,48 @@ def fit_prior(est, X, *, batch_size: int = 1024, seed: int = 0) -> CodePrior:
     return CodePrior.fit(sym, n_codes, _code_vectors(est), seed=seed)
 
 
-def save_prior(model: str | os.PathLike, prior: CodePrior, out=None) -> None:
+def fit_refinement(est, X, *, batch_size: int = BASE_CHUNK, seed: int = 0) -> Refinement:
+    """Fit the refinement table of a fitted image model on training images X (as ``fit``
+    takes them; at most ``REFINE_FIT_IMAGES`` of them, drawn with ``seed``): the mean
+    residual per level count, level-0 code and pixel offset."""
+    n = len(X)
+    keep = np.arange(n)
+    if n > REFINE_FIT_IMAGES:
+        keep = np.sort(np.random.default_rng(seed).choice(n, REFINE_FIT_IMAGES, replace=False))
+    codec = Codec(est)
+    x = torch.as_tensor(np.asarray(X)[keep]).float()
+    sym = np.concatenate(
+        [codec.encode_images(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
+    x8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8).numpy()
+    bases = [codec.base_images(sym[..., :lv]) for lv in range(1, codec.n_levels + 1)]
+    return Refinement.fit(x8, sym, bases, codec.n_codes)
+
+
+def save_prior(
+    model: str | os.PathLike, prior: CodePrior, out=None, refinement: Refinement | None = None
+) -> None:
     """Store ``prior`` in the model file ``model`` (or a copy at ``out``), atomically,
-    replacing any prior it had."""
+    replacing any prior it had; and ``refinement`` when given, replacing any it had (a
+    refinement table depends on the network alone, so without one the file keeps its)."""
     tensors, config = read_model_file(model)
-    tensors = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
+    replaced = ("prior.", "refine.") if refinement is not None else ("prior.",)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(replaced)}
     tensors.update({f"prior.{k}": v for k, v in prior.to_tensors().items()})
     config[PRIOR_KEY] = prior.config()
+    if refinement is not None:
+        tensors.update({f"refine.{k}": v for k, v in refinement.to_tensors().items()})
+        config[REFINE_KEY] = refinement.config()
     write_model_file(out if out is not None else model, tensors, config)
+
+
+def load_refinement(model: str | os.PathLike) -> Refinement | None:
+    """The refinement table stored in a model file, or None when it has none."""
+    tensors, config = read_model_file(model)
+    if REFINE_KEY not in config:
+        return None
+    refine = {k[len("refine.") :]: v for k, v in tensors.items() if k.startswith("refine.")}
+    return Refinement.from_tensors(refine, config[REFINE_KEY])
 
 
 def load_prior(model: str | os.PathLike) -> CodePrior | None:
@@ -109,9 +154,13 @@ class Codec:
     Args:
         est: a fitted DiscreteAutoencoder on images (C, H, W).
         prior: its CodePrior; None uses the uniform prior (log2 K bits per symbol).
+        refinement: its refinement table; None codes a refinement with one distribution
+            for every value.
     """
 
-    def __init__(self, est, prior: CodePrior | None = None) -> None:
+    def __init__(
+        self, est, prior: CodePrior | None = None, refinement: Refinement | None = None
+    ) -> None:
         if len(est.input_shape_) != 3:
             raise DiscretaeError(
                 f"archives hold images; this model takes flat vectors {tuple(est.input_shape_)}"
@@ -130,7 +179,14 @@ class Codec:
                 f"symbols of {self.prior.n_codes} codes per cell, but the model makes grid "
                 f"{self.grid}, {self.n_levels} of {self.n_codes}"
             )
-        self.digest = model_digest(est, self.prior)
+        shape = tuple(int(s) for s in est.input_shape_)
+        if refinement is not None and (refinement.shape, refinement.grid) != (shape, self.grid):
+            raise DiscretaeError(
+                f"the refinement table is for images {refinement.shape} on grid "
+                f"{refinement.grid}, but the model takes {shape} on grid {self.grid}"
+            )
+        self.digest = model_digest(est, self.prior, refinement)
+        self.refinement = refinement or Refinement(shape, self.grid)
         self.residual = est.model_.config["kind"] == "rvq"
 
     def check_levels(self, levels: int | None) -> int:
@@ -161,13 +217,17 @@ class Codec:
             raise DiscretaeError(f"codes must lie in [0, {self.n_codes - 1}]")
         return c.reshape(len(c), *self.grid, self.n_levels).astype(np.int64)
 
-    def encode_codes(self, codes, *, names: list[str] | None = None, levels=None) -> bytes:
+    def encode_codes(
+        self, codes, *, names: list[str] | None = None, levels=None, refine=None
+    ) -> bytes:
         """codes (N, *code_shape_) -> archive bytes, keeping the first ``levels`` symbols
-        per cell (rvq only; default all)."""
+        per cell (rvq only; default all). ``refine``: (max_error, one word array per block
+        from :meth:`refine_block`) adds a refinement."""
         levels = self.check_levels(levels)
         sym = self.symbols(codes)[..., :levels]
         if len(sym) == 0:
             raise DiscretaeError("no images to compress")
+        max_error, refine_words = refine if refine is not None else (None, None)
         header = ArchiveHeader(
             self.digest,
             len(sym),
@@ -177,9 +237,41 @@ class Codec:
             self.n_codes,
             BLOCK,
             self.uniform,
+            max_error,
         )
         blocks = [self.prior.encode_block(sym[i : i + BLOCK]) for i in range(0, len(sym), BLOCK)]
-        return pack_archive(header, blocks, names)
+        return pack_archive(header, blocks, names, refine_words)
+
+    def refine_block(self, x: np.ndarray, sym: np.ndarray, max_error: int) -> np.ndarray:
+        """One block's refinement: images x (n, C, H, W) uint8 and their symbols (n, h, w,
+        l) -> ANS words. Blocks hold ``BLOCK`` images (the last may hold fewer)."""
+        max_error = check_max_error(max_error)
+        return self.refinement.encode_block(x, self.base_images(sym), sym, max_error)
+
+    def encode_with_refinement(
+        self, x: np.ndarray, *, levels=None, max_error: int = 0, names=None
+    ) -> bytes:
+        """Images x (N, C, H, W) uint8 -> archive bytes with a refinement: no value off by
+        more than ``max_error`` when decoded with the same arithmetic."""
+        levels = self.check_levels(levels)
+        t = torch.from_numpy(np.ascontiguousarray(x)).float() / 255
+        sym = np.concatenate(
+            [self.encode_images(t[i : i + BASE_CHUNK]) for i in range(0, len(t), BASE_CHUNK)]
+        )[..., :levels]
+        words = [
+            self.refine_block(x[i : i + BLOCK], sym[i : i + BLOCK], max_error)
+            for i in range(0, len(sym), BLOCK)
+        ]
+        return self.encode_codes(
+            self.to_codes_prefix(sym), names=names, levels=levels, refine=(max_error, words)
+        )
+
+    def to_codes_prefix(self, sym: np.ndarray) -> np.ndarray:
+        """Symbols (N, h, w, l) of a level prefix, padded with zeros to all T levels, as
+        codes (N, *code_shape_) that ``encode_codes`` cuts back to l."""
+        full = np.zeros((*sym.shape[:3], self.n_levels), dtype=np.int64)
+        full[..., : sym.shape[3]] = sym
+        return self.to_codes(full)
 
     def read(self, data: bytes):
         """Archive bytes -> (header, names, words per block), checked against this model."""
@@ -199,17 +291,48 @@ class Codec:
         if got != expected or not 1 <= header.levels <= self.n_levels:
             raise DiscretaeError(f"corrupt archive: its header {got} does not fit the model")
         self.check_levels(header.levels)
+        extra = header.refine_words or (0,) * header.n_blocks
+        refine = [words[len(words) - e :] for words, e in zip(blocks, extra, strict=True)]
+        blocks = [words[: len(words) - e] for words, e in zip(blocks, extra, strict=True)]
         for n, words in zip(header.block_sizes(), blocks, strict=True):
             if n * self.grid[0] * self.grid[1] * header.levels > self.prior.max_symbols(len(words)):
                 raise DiscretaeError(
                     f"corrupt archive: {n} images cannot be coded in {4 * len(words)} bytes"
                 )
-        return header, names, blocks
+        if header.max_error is None:
+            return header, names, blocks
+        return header, names, list(zip(blocks, refine, strict=True))
 
     def decode_blocks(self, header: ArchiveHeader, blocks):
         """Yield symbols (n, h, w, l) int64, block by block."""
         for n, words in zip(header.block_sizes(), blocks, strict=True):
-            yield self.prior.decode_block(words, n, header.levels)
+            codes = words[0] if header.max_error is not None else words
+            yield self.prior.decode_block(codes, n, header.levels)
+
+    def decode_image_blocks(self, header: ArchiveHeader, blocks):
+        """Yield (symbols (n, h, w, l), images (n, C, H, W) uint8), block by block: the
+        images the codes decode to, refined when the archive has a refinement."""
+        for b, sym in enumerate(self.decode_blocks(header, blocks)):
+            images = self.base_images(sym)
+            if header.max_error is not None:
+                images = self.refinement.decode_block(blocks[b][1], images, sym, header.max_error)
+            yield sym, images
+
+    def decompress(self, data: bytes) -> tuple[np.ndarray, list[str] | None, ArchiveHeader]:
+        """Archive bytes -> (images (N, C, H, W) uint8, names or None, header)."""
+        header, names, blocks = self.read(data)
+        images = [images for _, images in self.decode_image_blocks(header, blocks)]
+        return np.concatenate(images), names, header
+
+    def base_images(self, sym: np.ndarray) -> np.ndarray:
+        """Symbols (n, h, w, l) -> the images they decode to, (n, C, H, W) uint8, in
+        network calls of ``BASE_CHUNK`` images: a refinement is coded against these."""
+        parts = [
+            self.decode_images(sym[i : i + BASE_CHUNK]) for i in range(0, len(sym), BASE_CHUNK)
+        ]
+        if not parts:
+            return np.zeros((0, *self.est.input_shape_), dtype=np.uint8)
+        return np.concatenate(parts)
 
     def decode_archive(self, data: bytes) -> tuple[np.ndarray, list[str] | None, ArchiveHeader]:
         """Archive bytes -> (symbols (N, h, w, l) int64, names or None, header)."""

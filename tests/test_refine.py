@@ -1,0 +1,240 @@
+"""The refinement (compress --max-error): the error bound, lossless round trips, sizes,
+the table in the model file, a fuzzed decoder, the CLI.
+
+Models are tiny (8x8 digits, one epoch) so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from discretae.cli.app import app
+from discretae.commands import compress
+from discretae.commands.common import load_codec
+from discretae.compression.archive import MAGIC, parse_archive
+from discretae.compression.codec import (
+    Codec,
+    fit_prior,
+    fit_refinement,
+    load_refinement,
+    save_prior,
+)
+from discretae.compression.refine import N_CLASSES, Refinement
+from discretae.core.errors import DiscretaeError
+from discretae.data.datasets import load_dataset
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+
+runner = CliRunner()
+N_TRAIN = 300
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    x = load_dataset("digits").to_array()
+    return np.rint(x * 255).astype(np.uint8)
+
+
+def fit(x, model="rvq", **kw) -> DiscreteAutoencoder:
+    params = dict(n_codes=16, latent="grid", grid=(2, 2), epochs=1, batch_size=32)
+    params.update(kw)
+    if model == "rvq":
+        params.setdefault("quantizer_options", {"levels": 3})
+    torch.set_num_threads(1)
+    return DiscreteAutoencoder(model=model, device="cpu", random_state=0, **params).fit(x)
+
+
+@pytest.fixture(scope="module")
+def model(digits, tmp_path_factory):
+    """A 2x2-grid rvq model saved with its prior and refinement table."""
+    est = fit(digits[:N_TRAIN])
+    path = tmp_path_factory.mktemp("refine") / "rvq.safetensors"
+    est.save(path)
+    save_prior(
+        path, fit_prior(est, digits[:N_TRAIN]), refinement=fit_refinement(est, digits[:N_TRAIN])
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def codec(model) -> Codec:
+    return load_codec(model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small(codec, digits) -> bytes:
+    """A refined archive of 3 images, small enough to fuzz exhaustively."""
+    return codec.encode_with_refinement(digits[-3:], max_error=2, names=["a", "b", "c"])
+
+
+def max_abs(a, b) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+# ----------------------------------------------------------------------- the bound
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_error_bound_and_sizes_at_every_level_prefix(codec, digits, levels):
+    x = digits[N_TRAIN:]
+    plain = len(codec.encode_codes(codec.est.transform(x), levels=levels))
+    base = codec.base_images(codec.encode_images(torch.from_numpy(x).float() / 255)[..., :levels])
+    sizes = []
+    for e in (0, 1, 3, 10):
+        data = codec.encode_with_refinement(x, levels=levels, max_error=e)
+        images, _, header = codec.decompress(data)
+        assert header.max_error == e and header.levels == levels
+        assert max_abs(images, x) <= e
+        sizes.append(len(data))
+    assert max_abs(base, x) > 10  # the codes alone are further off than any bound tried
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
+    assert plain < sizes[-1]
+
+
+@pytest.mark.parametrize(
+    "kind,kw",
+    [("vq", {}), ("binary", {"n_bits": 5}), ("gumbel", {"latent": "global", "grid": None})],
+)
+def test_lossless_for_every_model_kind_without_a_table(digits, kind, kw):
+    est = fit(digits[:200], model=kind, **kw)
+    c = Codec(est, fit_prior(est, digits[:200]))  # no refinement table: one class
+    images, _, _ = c.decompress(c.encode_with_refinement(digits[200:400], max_error=0))
+    np.testing.assert_array_equal(images, digits[200:400])
+
+
+def test_table_makes_smaller_archives_than_one_class(codec, digits):
+    x = digits[N_TRAIN:]
+    one_class = Codec(codec.est, codec.prior)
+    for e in (1, 4):
+        with_table = codec.encode_with_refinement(x, max_error=e)
+        without = one_class.encode_with_refinement(x, max_error=e)
+        assert len(with_table) < len(without)
+    classes = codec.refinement.classes(codec.symbols(codec.est.transform(x)), 3)
+    assert len(np.unique(classes)) > 2 and classes.max() < N_CLASSES
+
+
+def test_many_blocks_and_the_streaming_command_agree(codec, model, digits, monkeypatch, tmp_path):
+    monkeypatch.setattr("discretae.compression.codec.BLOCK", 64)
+    x = digits[:200]
+    data = codec.encode_with_refinement(x, max_error=1)
+    header, _, blocks = parse_archive(data)
+    assert len(blocks) == 4 and len(header.refine_words) == 4
+    images, _, _ = codec.decompress(data)
+    assert max_abs(images, x) <= 1
+    np.save(tmp_path / "x.npy", x[:, 0])
+    out = tmp_path / "a.dae"
+    result = compress(str(tmp_path / "x.npy"), model=model, out=out, max_error=1, batch_size=50,
+                      device="cpu")  # fmt: skip
+    assert result["max_error"] == 1
+    assert out.read_bytes() == data
+
+
+# ----------------------------------------------------------------------- the model file
+def test_table_survives_the_model_file_and_is_part_of_the_hash(model, codec, digits, tmp_path):
+    ref = load_refinement(model)
+    assert ref.digest() == codec.refinement.digest() and ref.table.shape[0] == 3
+    # a new prior keeps the table; the same network without it is another model
+    save_prior(model, codec.prior, out=tmp_path / "again.safetensors")
+    assert load_refinement(tmp_path / "again.safetensors").digest() == ref.digest()
+    bare = Codec(codec.est, codec.prior)
+    assert bare.digest != codec.digest
+    with pytest.raises(DiscretaeError, match="different model"):
+        bare.decompress(codec.encode_with_refinement(digits[:5], max_error=3))
+    with pytest.raises(DiscretaeError, match="refinement table is for images"):
+        Codec(codec.est, codec.prior, Refinement((1, 8, 9), (2, 2)))
+
+
+def test_archives_without_refinement_stay_version_1(codec, digits):
+    data = codec.encode_codes(codec.est.transform(digits[:10]))
+    assert data[len(MAGIC)] == 1
+    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 2
+
+
+@pytest.mark.parametrize("bad", [-1, 128, 2.5, True])
+def test_max_error_out_of_range_is_refused(codec, digits, bad):
+    with pytest.raises(DiscretaeError, match="max_error"):
+        codec.encode_with_refinement(digits[:3], max_error=bad)
+
+
+# ----------------------------------------------------------------------- fuzzing
+def with_crc(body: bytes) -> bytes:
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def decodes(codec, data) -> bool:
+    try:
+        images, _, header = codec.decompress(data)
+    except DiscretaeError:
+        return False
+    assert images.shape == (header.n_images, 1, 8, 8) and images.dtype == np.uint8
+    return True
+
+
+def test_fuzz_every_truncation_and_bit_flip(codec, small):
+    assert decodes(codec, small)
+    for n in range(len(small)):
+        assert not decodes(codec, small[:n])
+    for i in range(8 * len(small)):
+        data = bytearray(small)
+        data[i // 8] ^= 1 << (i % 8)
+        assert not decodes(codec, bytes(data)), f"bit {i} flipped went unnoticed"
+
+
+def test_fuzz_past_the_checksum(codec, small):
+    """Crafted files (mutated, checksum recomputed) end in DiscretaeError or in images of
+    the right shape, quickly."""
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(300):
+        data = bytearray(small[:-4])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(len(MAGIC) + 2, len(data)))] = int(rng.integers(256))
+        t = time.perf_counter()
+        outcomes.add(decodes(codec, with_crc(bytes(data))))
+        assert time.perf_counter() - t < 1.0
+    assert False in outcomes
+
+
+def test_garbage_refinement_words(codec, digits):
+    sym = codec.encode_images(torch.from_numpy(digits[:3]).float() / 255)
+    base = codec.base_images(sym)
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 2, 5, 40):
+        words = rng.integers(0, 2**32, n, dtype=np.uint32)
+        try:
+            out = codec.refinement.decode_block(words, base, sym, 2)
+            assert out.shape == base.shape
+        except DiscretaeError:
+            pass
+
+
+def test_refine_flag_in_a_version_1_header_is_refused(small):
+    data = bytearray(small[:-4])
+    data[len(MAGIC)] = 1
+    with pytest.raises(DiscretaeError, match="unknown flags"):
+        parse_archive(with_crc(bytes(data)))
+
+
+# ----------------------------------------------------------------------- the CLI
+def test_cli_lossless_folder_round_trip(model, digits, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    for i in range(12):
+        Image.fromarray(digits[i, 0]).save(src / f"im{i}.png")
+    archive, rec = tmp_path / "a.dae", tmp_path / "rec"
+    r = runner.invoke(app, ["compress", str(src), "-m", str(model), "-o", str(archive),
+                            "--max-error", "0", "--device", "cpu", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert '"max_error": 0' in r.stdout
+    r = runner.invoke(app, ["decompress", str(archive), "-m", str(model), "-o", str(rec),
+                            "--device", "cpu", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for i in range(12):
+        np.testing.assert_array_equal(np.asarray(Image.open(rec / f"im{i}.png")), digits[i, 0])
+    r = runner.invoke(app, ["compress", str(src), "-m", str(model), "-o",
+                            str(tmp_path / "b.dae"), "--max-error", "200"])  # fmt: skip
+    assert r.exit_code != 0 and not (tmp_path / "b.dae").exists()
