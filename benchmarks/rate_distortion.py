@@ -95,7 +95,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from discretae.commands.common import load_codec
-from discretae.compression.codec import fit_prior, load_prior, save_prior
+from discretae.compression.codec import fit_prior, fit_refinement, load_prior, save_prior
 from discretae.core.files import atomic_path, write_text_atomic
 from discretae.data import load_dataset
 from discretae.data.framing import Framing
@@ -108,6 +108,7 @@ TEST_PERCENT = 15  # openclipart files in the test split, percent
 JPEG_QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 WEBP_QUALITIES = (0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90)
 AVIF_QUALITIES = (0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90)
+MAX_ERRORS = (1, 2, 3, 4, 6, 8, 12, 16)  # refinement points (compress --max-error)
 TARGET_RANGE = (25.0, 35.0)
 TARGET_DATASETS = ("fashion-mnist", "openclipart")  # where the required target is the issue's
 AIM = {"psnr": 27.8, "bytes_per_image": 80.0}
@@ -413,15 +414,16 @@ def fit_cached(
     path = work / "model.safetensors"
     est = DiscreteAutoencoder.load(network, device="cpu")
     t = time.perf_counter()
-    save_prior(network, fit_prior(est, train), out=path)
+    save_prior(network, fit_prior(est, train), out=path, refinement=fit_refinement(est, train))
     meta["prior_seconds"] = time.perf_counter() - t
     return path, meta
 
 
-def measure_model(path: Path, test: np.ndarray, work: Path) -> list[dict]:
+def measure_model(path: Path, test: np.ndarray, work: Path, max_errors=()) -> list[dict]:
     """One point per level prefix (rvq) or one point: real archive size, quality, and the
     wall time to encode (network, then archive written) and decode (archive read, then
-    network) the whole test split."""
+    network) the whole test split. Then, for each level prefix and each maximum error in
+    ``max_errors``, the archive with a refinement (``compress --max-error``)."""
     codec = load_codec(path, device="cpu")
     if load_prior(path) is None:
         raise SystemExit(f"{path} has no code prior")
@@ -451,7 +453,33 @@ def measure_model(path: Path, test: np.ndarray, work: Path) -> list[dict]:
             "encode_s": enc, "decode_s": dec,
             "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
         })  # fmt: skip
+    for lv in levels:
+        for e in max_errors:
+            archive = work / f"l{lv}-e{e}.dae"
+            t = time.perf_counter()
+            data = codec.encode_with_refinement(test, levels=lv, max_error=e)
+            with atomic_path(archive) as tmp:
+                tmp.write_bytes(data)
+            enc = time.perf_counter() - t
+            size = archive.stat().st_size
+            t = time.perf_counter()
+            recon, _, _ = codec.decompress(archive.read_bytes())
+            dec = time.perf_counter() - t
+            worst = int(np.abs(recon.astype(np.int16) - test).max())
+            assert worst <= e, f"refinement off by {worst} > {e}"
+            points.append({
+                "levels": lv, "max_error": e, "archive_bytes": size, "bytes_per_image": size / n,
+                "bits_per_image": 8 * size / n, "n_images": n, **quality(recon, test),
+                "worst_error": worst, "encode_s": enc, "decode_s": dec,
+                "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
+            })  # fmt: skip
     return points
+
+
+def point_label(p: dict, multi: set) -> str:
+    """'model', 'model L2' (an rvq prefix), 'model L2 e3' (with a refinement)."""
+    label = p["model"] + (f" L{p['levels']}" if p["model"] in multi else "")
+    return label + (f" e{p['max_error']}" if p.get("max_error") is not None else "")
 
 
 # ----------------------------------------------------------------------- report
@@ -462,7 +490,8 @@ def check_targets(points: list[dict], webp: list[dict]) -> dict:
         w = interpolate_bytes(webp, p["psnr"])
         inside = lo <= p["psnr"] <= hi
         rows.append({
-            "model": p["model"], "levels": p["levels"], "psnr": p["psnr"],
+            "model": p["model"], "levels": p["levels"], "max_error": p.get("max_error"),
+            "psnr": p["psnr"],
             "bytes_per_image": p["bytes_per_image"], "webp_bytes_at_same_psnr": w,
             "in_target_range": inside,
             "meets": (w is not None and p["bytes_per_image"] < w) if inside else None,
@@ -536,8 +565,7 @@ def write_compressai(folder: Path, dataset: str, result: dict) -> list[Path]:
     reports = {}
     if result["points"]:
         multi = {m["name"] for m in result["models"] if m["params"]["model"] == "rvq"}
-        ours = [{**p, "label": p["model"] + (f" L{p['levels']}" if p["model"] in multi else "")}
-                for p in _pareto(result["points"])]  # fmt: skip
+        ours = [{**p, "label": point_label(p, multi)} for p in _pareto(result["points"])]
         models = ", ".join(m["name"] for m in result["models"])
         reports["discretae"] = compressai_report(
             "discretae",
@@ -574,9 +602,17 @@ def plot(name: str, result: dict, path: Path) -> None:
                 label=f"{fmt.upper()} (Pillow)", alpha=0.8)  # fmt: skip
     ax.axvline(base["png"][0]["bytes_per_image"], color="gray", ls=":", label="PNG (lossless)")
     for model in result["models"]:
-        pts = [p for p in result["points"] if p["model"] == model["name"]]
+        mine = [p for p in result["points"] if p["model"] == model["name"]]
+        pts = [p for p in mine if p.get("max_error") is None]
         ax.plot([p["bytes_per_image"] for p in pts], [p["psnr"] for p in pts], "o-", lw=2,
                 label=f"discretae {model['name']}")  # fmt: skip
+        refined = _pareto([p for p in mine if p.get("max_error") is not None])
+        if refined:
+            ax.plot([p["bytes_per_image"] for p in refined], [p["psnr"] for p in refined],
+                    "o--", lw=1.5, label=f"discretae {model['name']} + refinement")  # fmt: skip
+            for p in refined:
+                ax.annotate(f"L{p['levels']} e{p['max_error']}", (p["bytes_per_image"], p["psnr"]),
+                            textcoords="offset points", xytext=(4, -10), fontsize=6)  # fmt: skip
         for p in pts:
             if model["params"]["model"] == "rvq":
                 ax.annotate(f"L{p['levels']}", (p["bytes_per_image"], p["psnr"]),
@@ -620,9 +656,10 @@ def run_dataset(name: str, args, cache: Path, work: Path) -> dict:
                                 work / model_name)  # fmt: skip
         result["models"].append({"name": model_name, "params": params, **meta,
                                  "model_bytes": path.stat().st_size})  # fmt: skip
-        for p in measure_model(path, test, work / model_name):
+        for p in measure_model(path, test, work / model_name, args.max_errors):
             result["points"].append({"model": model_name, **p})
-            print(f"  {model_name} L{p['levels']}: {p['bytes_per_image']:.1f} B/image, "
+            print(f"  {point_label({'model': model_name, **p}, {model_name})}: "
+                  f"{p['bytes_per_image']:.1f} B/image, "
                   f"{p['psnr']:.2f} dB", flush=True)  # fmt: skip
     result["baselines"] = baselines(test)
     result["ms_ssim_note"] = ms_ssim_note(test.shape)
@@ -640,6 +677,7 @@ def throughput(result: dict) -> dict:
     out = {"n_images": n, "threads": torch.get_num_threads(), "ours": []}
     for p in result["points"]:
         out["ours"].append({"model": p["model"], "levels": p["levels"],
+                            "max_error": p.get("max_error"),
                             "encode_images_per_s": p["encode_images_per_s"],
                             "decode_images_per_s": p["decode_images_per_s"]})  # fmt: skip
     base = result["baselines"]
@@ -660,7 +698,7 @@ def print_table(name: str, result: dict) -> None:
     print(f"{'codec':<28}{'B/image':>9}{'bpp':>8}{'PSNR dB':>9}{'WebP B @PSNR':>14}{'meets':>7}")
     multi = {m["name"] for m in result["models"] if m["params"]["model"] == "rvq"}
     for r in result["targets"]["points"]:
-        label = r["model"] + (f" L{r['levels']}" if r["model"] in multi else "")
+        label = point_label(r, multi)
         wb = "-" if r["webp_bytes_at_same_psnr"] is None else f"{r['webp_bytes_at_same_psnr']:.1f}"
         m = {None: "-", True: "yes", False: "NO"}[r["meets"]]
         print(f"{label:<28}{r['bytes_per_image']:>9.1f}{r['bytes_per_image'] * bpp:>8.3f}"
@@ -688,7 +726,7 @@ def print_table(name: str, result: dict) -> None:
     print(line)
     th = result["throughput"]
     for o in th["ours"]:
-        label = o["model"] + (f" L{o['levels']}" if o["model"] in multi else "")
+        label = point_label(o, multi)
         print(f"  {label}: encode {o['encode_images_per_s']:.0f} img/s, "
               f"decode {o['decode_images_per_s']:.0f} img/s")  # fmt: skip
     for k in ("webp_q10", "webp_q50", "jpeg_q50", "avif_q50", "png"):
@@ -715,6 +753,8 @@ def main(argv=None) -> int:
                     help="the openclipart-png folder")  # fmt: skip
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "discretae-rd")
     ap.add_argument("--reuse", action="store_true", help="reuse cached fits")
+    ap.add_argument("--max-errors", type=int, nargs="*", default=list(MAX_ERRORS),
+                    help="refinement points: these maximum errors, every level prefix")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
