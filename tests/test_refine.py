@@ -106,6 +106,17 @@ def test_lossless_for_every_model_kind_without_a_table(digits, kind, kw):
     np.testing.assert_array_equal(images, digits[200:400])
 
 
+@pytest.mark.parametrize("kind,kw", [("binary", {"n_bits": 3}), ("vq", {})])
+def test_table_for_models_that_decode_all_levels_only(digits, kind, kw):
+    # one-hot and binary grid models decode their full code only: the table's
+    # prefix rows are never read, and fitting it must not decode a prefix
+    est = fit(digits[:200], model=kind, **kw)
+    c = Codec(est, fit_prior(est, digits[:200]), fit_refinement(est, digits[:200]))
+    for e in (0, 4):
+        images, _, header = c.decompress(c.encode_with_refinement(digits[200:400], max_error=e))
+        assert header.max_error == e and max_abs(images, digits[200:400]) <= e
+
+
 def test_table_makes_smaller_archives_than_one_class(codec, digits):
     x = digits[N_TRAIN:]
     one_class = Codec(codec.est, codec.prior)

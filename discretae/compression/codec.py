@@ -99,7 +99,8 @@ def fit_prior(est, X, *, batch_size: int = 1024, seed: int = 0) -> CodePrior:
 def fit_refinement(est, X, *, batch_size: int = BASE_CHUNK, seed: int = 0) -> Refinement:
     """Fit the refinement table of a fitted image model on training images X (as ``fit``
     takes them; at most ``REFINE_FIT_IMAGES`` of them, drawn with ``seed``): the mean
-    residual per level count, level-0 code and pixel offset."""
+    residual per level count, level-0 code and pixel offset (one-hot and binary models
+    decode all their levels only, so only the full count is measured for them)."""
     n = len(X)
     keep = np.arange(n)
     if n > REFINE_FIT_IMAGES:
@@ -110,7 +111,10 @@ def fit_refinement(est, X, *, batch_size: int = BASE_CHUNK, seed: int = 0) -> Re
         [codec.encode_images(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     )
     x8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8).numpy()
-    bases = [codec.base_images(sym[..., :lv]) for lv in range(1, codec.n_levels + 1)]
+    if codec.residual:
+        bases = [codec.base_images(sym[..., :lv]) for lv in range(1, codec.n_levels + 1)]
+    else:  # only rvq decodes a prefix of its levels: the other rows are never read
+        bases = [codec.base_images(sym)] * codec.n_levels
     return Refinement.fit(x8, sym, bases, codec.n_codes)
 
 
