@@ -32,12 +32,14 @@ def load_model(path: str | os.PathLike, device: str = "auto", *, inference_only:
     return kind.load(p, device=check_device(device))
 
 
-def load_codec(model: str | os.PathLike, device: str = "auto"):
+def load_codec(model: str | os.PathLike, device: str = "auto", rate_weight: float = 0.0):
     """The :class:`~discretae.compression.codec.Codec` of a model file: its estimator and
-    its stored code prior (the uniform prior when it has none) and refinement table."""
+    its stored code prior (the uniform prior when it has none) and refinement table;
+    ``rate_weight`` as the codec takes it."""
     from discretae.compression.codec import Codec, load_prior, load_refinement
 
-    return Codec(load_model(model, device), load_prior(model), load_refinement(model))
+    est = load_model(model, device)
+    return Codec(est, load_prior(model), load_refinement(model), rate_weight=rate_weight)
 
 
 def load_model_data(data: str, est, *, labels=None, strict: bool = False, warn: Warn = None):

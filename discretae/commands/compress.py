@@ -26,6 +26,7 @@ def compress(
     out: str | os.PathLike,
     levels: int | None = None,
     max_error: int | None = None,
+    rate_weight: float = 0.0,
     names: bool = True,
     batch_size: int = 256,
     device: str = "auto",
@@ -39,18 +40,22 @@ def compress(
     RGB for an RGB model; color refused for a gray one). ``levels`` keeps the first levels
     of a residual (rvq) model: fewer bytes, a coarser image. ``max_error`` adds a
     refinement: no pixel value of the decoded images is off by more than it from the
-    images as the model reads them (0: lossless), more bytes the smaller it is. ``names``
+    images as the model reads them (0: lossless), more bytes the smaller it is.
+    ``rate_weight`` > 0 stores codes a little further from the images that the prior finds
+    cheaper (vq and rvq models; :mod:`discretae.compression.rate`). ``names``
     stores the images' file names when DATA has them (folders). Returns the archive's
     size, bytes and bits per image (header amortised), and more.
     """
     from discretae.compression.archive import parse_archive
+    from discretae.compression.rate import check_rate_weight
     from discretae.compression.refine import check_max_error
 
     check_output(out)
     check_device(device)
     if max_error is not None:
         check_max_error(max_error)
-    codec = load_codec(model, device)
+    check_rate_weight(rate_weight)
+    codec = load_codec(model, device, rate_weight=rate_weight)
     levels = codec.check_levels(levels)
     if codec.uniform and warn is not None:
         warn(
@@ -85,6 +90,7 @@ def compress(
         "levels": levels,
         "max_levels": codec.n_levels,
         "max_error": max_error,
+        "rate_weight": rate_weight,
         "code_shape": [*codec.grid, levels],
         "n_codes": codec.n_codes,
         "prior": "uniform" if codec.uniform else "context",

@@ -31,6 +31,7 @@ import torch
 
 from discretae.compression.archive import HASH_BYTES, ArchiveHeader, pack_archive, parse_archive
 from discretae.compression.prior import CodePrior
+from discretae.compression.rate import RateAwareEncoder, check_rate_weight
 from discretae.compression.refine import KEY as REFINE_KEY
 from discretae.compression.refine import Refinement, check_max_error
 from discretae.core.checks import check_int
@@ -161,10 +162,16 @@ class Codec:
         prior: its CodePrior; None uses the uniform prior (log2 K bits per symbol).
         refinement: its refinement table; None codes a refinement with one distribution
             for every value.
+        rate_weight: 0 stores the nearest codes; w > 0 trades quality for bytes when
+            encoding images (vq and rvq models with a prior; :mod:`.rate`).
     """
 
     def __init__(
-        self, est, prior: CodePrior | None = None, refinement: Refinement | None = None
+        self,
+        est,
+        prior: CodePrior | None = None,
+        refinement: Refinement | None = None,
+        rate_weight: float = 0.0,
     ) -> None:
         if len(est.input_shape_) != 3:
             raise DiscretaeError(
@@ -193,6 +200,12 @@ class Codec:
         self.digest = model_digest(est, self.prior, refinement)
         self.refinement = refinement or Refinement(shape, self.grid)
         self.residual = est.model_.config["kind"] == "rvq"
+        self.rate_weight = check_rate_weight(rate_weight)
+        self._rate = (
+            RateAwareEncoder(est.model_, self.prior, self.rate_weight)
+            if self.rate_weight > 0
+            else None
+        )
 
     def check_levels(self, levels: int | None) -> int:
         """Validate a ``levels`` request; None means all."""
@@ -348,7 +361,10 @@ class Codec:
     # ------------------------------------------------------------------ images
     @torch.inference_mode()
     def encode_images(self, x: torch.Tensor) -> np.ndarray:
-        """x (B, C, H, W) float in [0, 1] -> symbols (B, h, w, T) int64."""
+        """x (B, C, H, W) float in [0, 1] -> symbols (B, h, w, T) int64: the nearest codes,
+        or with a rate weight the codes :mod:`discretae.compression.rate` chooses."""
+        if self._rate is not None:
+            return self._rate.symbols(x)
         codes = self.est.encode_batch(x).cpu().numpy()
         return codes.reshape(len(codes), *self.grid, self.n_levels).astype(np.int64)
 
