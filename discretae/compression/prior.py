@@ -324,13 +324,20 @@ class CodePrior:
         if self.kind == "uniform":
             return np.zeros(n, dtype=np.int64)
         if t > 0:
-            return self._offsets[t] + self.class_maps[t][sym[:, i, j, t - 1]]
+            return self.level_rows(sym[:, i, j, t - 1], t)
         c0 = self.n_classes[0]
         cmap = self.class_maps[0]
         left = cmap[sym[:, i, j - 1, 0]] if j > 0 else np.full(n, c0)
         up = cmap[sym[:, i - 1, j, 0]] if i > 0 else np.full(n, c0)
         pos = i * self.grid[1] + j
         return (pos * (c0 + 1) + left) * (c0 + 1) + up
+
+    def level_rows(self, previous: np.ndarray, t: int) -> np.ndarray:
+        """Table rows of level t > 0 symbols, from the level t - 1 symbols ``previous`` of
+        the same cells (any shape): what ``_slot_rows`` gives, for many slots at once."""
+        if self.kind == "uniform":
+            return np.zeros(previous.shape, dtype=np.int64)
+        return self._offsets[t] + self.class_maps[t][previous]
 
     def _slots(self, n_levels: int):
         h, w = self.grid

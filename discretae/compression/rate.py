@@ -102,12 +102,17 @@ class RateAwareEncoder:
             k = min(CANDIDATES, len(book))
             idx, dist = nearest_codes(residual, book.to(residual.device), k)
             idx, dist = idx.cpu().numpy(), dist.cpu().numpy().astype(np.float64)
-            for i in range(h):
-                for j in range(w):
-                    rows = self.prior._slot_rows(sym, i, j, t)
-                    cand = idx[:, i, j]
-                    cost = dist[:, i, j] + lam * self.bits[rows[:, None], cand]
-                    sym[:, i, j, t] = cand[rows_of, cost.argmin(1)]
+            if t > 0:  # the context is the cell's own code one level up: all cells at once
+                rows = self.prior.level_rows(sym[..., t - 1], t)
+                cost = dist + lam * self.bits[rows[..., None], idx]
+                sym[..., t] = np.take_along_axis(idx, cost.argmin(-1)[..., None], -1)[..., 0]
+            else:  # the context is the left and upper codes: in raster order
+                for i in range(h):
+                    for j in range(w):
+                        rows = self.prior._slot_rows(sym, i, j, t)
+                        cand = idx[:, i, j]
+                        cost = dist[:, i, j] + lam * self.bits[rows[:, None], cand]
+                        sym[:, i, j, t] = cand[rows_of, cost.argmin(1)]
             chosen = torch.from_numpy(sym[..., t]).to(residual.device)
             residual = residual - torch.nn.functional.embedding(chosen, book.to(residual.device))
         return sym
