@@ -41,10 +41,15 @@ their bytes per image are the mean file size. AVIF is measured when this Pillow 
 ``"avif": {"skipped": "<reason>"}`` and the table and plot leave it out. An AVIF file
 carries about 300 bytes of HEIF container, which dominates at these image sizes.
 
-The required target is checked at every point of ours between 25 and 35 dB: fewer bytes
-than WebP at the same PSNR, interpolated linearly on WebP's measured curve. It is the
-issue's target on Fashion-MNIST and on openclipart (colour); on digits it is a
-comparison. The aim (27.8 dB at 80 bytes) is Fashion-MNIST's. Encode and decode times
+The issue's targets are checked as it words them: at every point of ours from 25 to 40
+dB on Fashion-MNIST (25 to 35 dB on openclipart, colour), fewer bytes than WebP at the
+same PSNR, interpolated linearly on WebP's measured curve; a point within 0.5 dB of
+27.8 dB at no more than 0.40x WebP's bytes at its PSNR; a point above 36 dB. On digits
+they are a comparison. Points of ours: every level prefix of the codes alone, and the
+same prefixes refined with ``compress --max-error E`` for each E in ``--max-errors``
+(the worst pixel error of every refined point is checked against E), and the prefixes
+encoded with ``compress --rate-weight w`` for each w in ``--rate-weights``. The older aim
+(27.8 dB at 80 bytes) is still reported. Encode and decode times
 are wall times over the whole test split (``--threads`` CPU threads; ours in batches of
 ``BATCH`` images through the network, the archive written and read back; Pillow one file
 per image), per operating point.
@@ -109,6 +114,7 @@ JPEG_QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 WEBP_QUALITIES = (0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90)
 AVIF_QUALITIES = (0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90)
 MAX_ERRORS = (1, 2, 3, 4, 6, 8, 12, 16)  # refinement points (compress --max-error)
+RATE_WEIGHTS = (0.02, 0.05, 0.1)  # rate-weighted points (compress --rate-weight)
 TARGET_RANGE = (25.0, 35.0)
 # the issue's ranges: Fashion-MNIST from 25 to 40 dB, colour from 25 to 35
 TARGET_RANGES = {"fashion-mnist": (25.0, 40.0), "openclipart": (25.0, 35.0)}
@@ -423,11 +429,14 @@ def fit_cached(
     return path, meta
 
 
-def measure_model(path: Path, test: np.ndarray, work: Path, max_errors=()) -> list[dict]:
+def measure_model(
+    path: Path, test: np.ndarray, work: Path, max_errors=(), rate_weights=()
+) -> list[dict]:
     """One point per level prefix (rvq) or one point: real archive size, quality, and the
     wall time to encode (network, then archive written) and decode (archive read, then
-    network) the whole test split. Then, for each level prefix and each maximum error in
-    ``max_errors``, the archive with a refinement (``compress --max-error``)."""
+    network) the whole test split; the same again for each weight in ``rate_weights``
+    (``compress --rate-weight``, vq and rvq). Then, for each level prefix and each maximum
+    error in ``max_errors``, the archive with a refinement (``compress --max-error``)."""
     codec = load_codec(path, device="cpu")
     if load_prior(path) is None:
         raise SystemExit(f"{path} has no code prior")
@@ -435,28 +444,34 @@ def measure_model(path: Path, test: np.ndarray, work: Path, max_errors=()) -> li
     n = len(test)
     levels = range(1, codec.n_levels + 1) if codec.residual else [codec.n_levels]
     points = []
-    for lv in levels:
-        archive = work / f"l{lv}.dae"
-        t = time.perf_counter()
-        sym = np.concatenate([codec.encode_images(x[s : s + BATCH]) for s in range(0, n, BATCH)])
-        data = codec.encode_codes(codec.to_codes(sym), levels=lv)
-        with atomic_path(archive) as tmp:
-            tmp.write_bytes(data)
-        enc = time.perf_counter() - t
-        size = archive.stat().st_size  # the real file
-        t = time.perf_counter()
-        got, _, _ = codec.decode_archive(archive.read_bytes())
-        recon = np.concatenate(
-            [codec.decode_images(got[s : s + BATCH]) for s in range(0, n, BATCH)]
-        )
-        dec = time.perf_counter() - t
-        assert np.array_equal(got, sym[..., :lv]), "decoded codes differ"
-        points.append({
-            "levels": lv, "archive_bytes": size, "bytes_per_image": size / n,
-            "bits_per_image": 8 * size / n, "n_images": n, **quality(recon, test),
-            "encode_s": enc, "decode_s": dec,
-            "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
-        })  # fmt: skip
+    weights = [0.0] + ([w for w in rate_weights if w > 0] if codec.est.model_.config["kind"]
+                       in ("vq", "rvq") else [])  # fmt: skip
+    for w in weights:
+        coder = codec if w == 0 else load_codec(path, device="cpu", rate_weight=w)
+        for lv in levels:
+            archive = work / f"l{lv}-w{w:g}.dae"
+            t = time.perf_counter()
+            sym = np.concatenate(
+                [coder.encode_images(x[s : s + BATCH]) for s in range(0, n, BATCH)]
+            )
+            data = coder.encode_codes(coder.to_codes(sym), levels=lv)
+            with atomic_path(archive) as tmp:
+                tmp.write_bytes(data)
+            enc = time.perf_counter() - t
+            size = archive.stat().st_size  # the real file
+            t = time.perf_counter()
+            got, _, _ = coder.decode_archive(archive.read_bytes())
+            recon = np.concatenate(
+                [coder.decode_images(got[s : s + BATCH]) for s in range(0, n, BATCH)]
+            )
+            dec = time.perf_counter() - t
+            assert np.array_equal(got, sym[..., :lv]), "decoded codes differ"
+            points.append({
+                "levels": lv, "rate_weight": w, "archive_bytes": size,
+                "bytes_per_image": size / n, "bits_per_image": 8 * size / n, "n_images": n,
+                **quality(recon, test), "encode_s": enc, "decode_s": dec,
+                "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
+            })  # fmt: skip
     for lv in levels:
         for e in max_errors:
             archive = work / f"l{lv}-e{e}.dae"
@@ -481,9 +496,11 @@ def measure_model(path: Path, test: np.ndarray, work: Path, max_errors=()) -> li
 
 
 def point_label(p: dict, multi: set) -> str:
-    """'model', 'model L2' (an rvq prefix), 'model L2 e3' (with a refinement)."""
+    """'model', 'model L2' (an rvq prefix), 'model L2 e3' (with a refinement), 'model L2
+    w0.02' (with a rate weight)."""
     label = p["model"] + (f" L{p['levels']}" if p["model"] in multi else "")
-    return label + (f" e{p['max_error']}" if p.get("max_error") is not None else "")
+    label += f" e{p['max_error']}" if p.get("max_error") is not None else ""
+    return label + (f" w{p['rate_weight']:g}" if p.get("rate_weight") else "")
 
 
 # ----------------------------------------------------------------------- report
@@ -495,7 +512,7 @@ def check_targets(points: list[dict], webp: list[dict], target_range=TARGET_RANG
         inside = lo <= p["psnr"] <= hi
         rows.append({
             "model": p["model"], "levels": p["levels"], "max_error": p.get("max_error"),
-            "psnr": p["psnr"],
+            "rate_weight": p.get("rate_weight"), "psnr": p["psnr"],
             "bytes_per_image": p["bytes_per_image"], "webp_bytes_at_same_psnr": w,
             "in_target_range": inside,
             "meets": (w is not None and p["bytes_per_image"] < w) if inside else None,
@@ -617,7 +634,11 @@ def plot(name: str, result: dict, path: Path) -> None:
     ax.axvline(base["png"][0]["bytes_per_image"], color="gray", ls=":", label="PNG (lossless)")
     for model in result["models"]:
         mine = [p for p in result["points"] if p["model"] == model["name"]]
-        pts = [p for p in mine if p.get("max_error") is None]
+        pts = [p for p in mine if p.get("max_error") is None and not p.get("rate_weight")]
+        weighted = [p for p in mine if p.get("rate_weight")]
+        if weighted:
+            ax.plot([p["bytes_per_image"] for p in weighted], [p["psnr"] for p in weighted],
+                    "x", ms=5, label=f"discretae {model['name']}, rate-weighted")  # fmt: skip
         ax.plot([p["bytes_per_image"] for p in pts], [p["psnr"] for p in pts], "o-", lw=2,
                 label=f"discretae {model['name']}")  # fmt: skip
         refined = _pareto([p for p in mine if p.get("max_error") is not None])
@@ -671,7 +692,8 @@ def run_dataset(name: str, args, cache: Path, work: Path) -> dict:
                                 work / model_name)  # fmt: skip
         result["models"].append({"name": model_name, "params": params, **meta,
                                  "model_bytes": path.stat().st_size})  # fmt: skip
-        for p in measure_model(path, test, work / model_name, args.max_errors):
+        for p in measure_model(path, test, work / model_name, args.max_errors,
+                               args.rate_weights):  # fmt: skip
             result["points"].append({"model": model_name, **p})
             print(f"  {point_label({'model': model_name, **p}, {model_name})}: "
                   f"{p['bytes_per_image']:.1f} B/image, "
@@ -694,6 +716,7 @@ def throughput(result: dict) -> dict:
     for p in result["points"]:
         out["ours"].append({"model": p["model"], "levels": p["levels"],
                             "max_error": p.get("max_error"),
+                            "rate_weight": p.get("rate_weight"),
                             "encode_images_per_s": p["encode_images_per_s"],
                             "decode_images_per_s": p["decode_images_per_s"]})  # fmt: skip
     base = result["baselines"]
@@ -777,6 +800,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse cached fits")
     ap.add_argument("--max-errors", type=int, nargs="*", default=list(MAX_ERRORS),
                     help="refinement points: these maximum errors, every level prefix")  # fmt: skip
+    ap.add_argument("--rate-weights", type=float, nargs="*", default=list(RATE_WEIGHTS),
+                    help="rate-weighted points: these weights, every level prefix")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
