@@ -139,6 +139,15 @@ MODELS = {
         "rvq-7x7-k256-l4": dict(
             model="rvq", n_codes=256, grid=(7, 7), epochs=12, quantizer_options={"levels": 4}
         ),
+        # the same without the full-resolution decoder stage: twice the decoding speed
+        "rvq-7x7-k256-l4-light": dict(
+            model="rvq",
+            n_codes=256,
+            grid=(7, 7),
+            epochs=12,
+            quantizer_options={"levels": 4},
+            decoder="light",
+        ),
         "vq-7x7-k512": dict(model="vq", n_codes=512, grid=(7, 7), epochs=4),
         "binary-7x7-b12": dict(model="binary", n_bits=12, grid=(7, 7), epochs=4),
     },
