@@ -59,8 +59,8 @@ keyed by their settings; ``--reuse`` takes a cached network instead of fitting a
 ``--epochs`` overrides every model's epochs (a different cache key). The code prior is
 fitted in every run (seconds).
 
-Cost on the 2-core machine at one thread: digits about a minute; Fashion-MNIST about 40
-minutes (the rvq fit 22); openclipart: a step of 32 images of its rvq model took 0.72 s
+Cost on the 2-core machine at one thread: digits about a minute; Fashion-MNIST over an
+hour (each rvq fit about 20 minutes on 2 cores; ``--models`` picks one); openclipart: a step of 32 images of its rvq model took 0.72 s
 while both cores were shared with other jobs, and its ~6,900 train images make 216 steps
 per epoch, so the default 15 epochs cost roughly 40 minutes, ``--epochs 5`` about 13,
 and ``--n-train 3000`` about half that again; reading the 8,121 PNGs the first time adds
