@@ -60,10 +60,11 @@ keyed by their settings; ``--reuse`` takes a cached network instead of fitting a
 fitted in every run (seconds).
 
 Cost on the 2-core machine at one thread: digits about a minute; Fashion-MNIST over an
-hour (each rvq fit about 20 minutes on 2 cores; ``--models`` picks one); openclipart: a step of 32 images of its rvq model took 0.72 s
-while both cores were shared with other jobs, and its ~6,900 train images make 216 steps
-per epoch, so the default 15 epochs cost roughly 40 minutes, ``--epochs 5`` about 13,
-and ``--n-train 3000`` about half that again; reading the 8,121 PNGs the first time adds
+hour (each rvq fit about 20 minutes on 2 cores; ``--models`` picks one); openclipart: a
+step of 32 images of its rvq model took 0.72 s while both cores were shared with other
+jobs, and its ~6,900 train images make 216 steps per epoch, so the default 15 epochs
+cost roughly 40 minutes, ``--epochs 5`` about 13, and ``--n-train 3000`` about half
+that again; reading the 8,121 PNGs the first time adds
 a minute or two (a 300-file sample took 1.5 s; cached afterwards).
 
 Writes, under ``--out`` (default ``benchmarks/results``):
