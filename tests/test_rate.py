@@ -50,7 +50,7 @@ def as_float(x: np.ndarray) -> torch.Tensor:
 
 def latent_error(est, x, sym) -> float:
     with torch.inference_mode():
-        z = est.model_._split(est.model_.encoder(as_float(x)))[0]
+        z = est.model_.latent(as_float(x))
         q = est.model_.quantizer.codes_to_latent(torch.from_numpy(sym))
     return float((z - q).square().sum())
 
@@ -88,7 +88,7 @@ def test_each_choice_minimises_distance_plus_weighted_bits(est, prior, digits):
     books = [layer.codebook.detach().double() for layer in est.model_.quantizer.layers]
     probs = prior.table.astype(np.float64)
     with torch.inference_mode():
-        z = est.model_._split(est.model_.encoder(as_float(x)))[0].double()
+        z = est.model_.latent(as_float(x)).double()
     residual = z.clone()
     for t, book in enumerate(books):
         lam = w * cell_scale(book)
@@ -96,7 +96,7 @@ def test_each_choice_minimises_distance_plus_weighted_bits(est, prior, digits):
         top = np.argsort(d, axis=-1, kind="stable")[..., :8]
         for i in range(2):
             for j in range(2):
-                rows = prior._slot_rows(sym, i, j, t)
+                rows = prior.slot_rows(sym, i, j, t)
                 bits = -np.log2(probs[rows] / probs[rows].sum(1, keepdims=True))
                 cost = d[:, i, j] + lam * bits
                 cand = top[:, i, j]

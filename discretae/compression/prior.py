@@ -318,7 +318,7 @@ class CodePrior:
         return h.digest()
 
     # ------------------------------------------------------------------ coding
-    def _slot_rows(self, sym: np.ndarray, i: int, j: int, t: int) -> np.ndarray:
+    def slot_rows(self, sym: np.ndarray, i: int, j: int, t: int) -> np.ndarray:
         """Table rows (n,) of slot (i, j, t), from already-known symbols of ``sym``."""
         n = sym.shape[0]
         if self.kind == "uniform":
@@ -334,7 +334,7 @@ class CodePrior:
 
     def level_rows(self, previous: np.ndarray, t: int) -> np.ndarray:
         """Table rows of level t > 0 symbols, from the level t - 1 symbols ``previous`` of
-        the same cells (any shape): what ``_slot_rows`` gives, for many slots at once."""
+        the same cells (any shape): what ``slot_rows`` gives, for many slots at once."""
         if self.kind == "uniform":
             return np.zeros(previous.shape, dtype=np.int64)
         return self._offsets[t] + self.class_maps[t][previous]
@@ -351,7 +351,7 @@ class CodePrior:
         coder = constriction.stream.stack.AnsCoder()
         family = constriction.stream.model.Categorical(perfect=False)
         for i, j, t in reversed(self._slots(sym.shape[3])):
-            rows = self._slot_rows(sym, i, j, t)
+            rows = self.slot_rows(sym, i, j, t)
             coder.encode_reverse(sym[:, i, j, t].astype(np.int32), family, self._probs[rows])
         return coder.get_compressed()
 
@@ -368,7 +368,7 @@ class CodePrior:
             coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
             family = constriction.stream.model.Categorical(perfect=False)
             for i, j, t in self._slots(n_levels):
-                rows = self._slot_rows(sym, i, j, t)
+                rows = self.slot_rows(sym, i, j, t)
                 sym[:, i, j, t] = coder.decode(family, self._probs[rows])
             exact = coder.is_empty()
         except Exception as e:  # constriction reports malformed words as ValueError
@@ -392,7 +392,7 @@ class CodePrior:
         total = 0.0
         sums = self._probs.sum(1)
         for i, j, t in self._slots(sym.shape[3]):
-            rows = self._slot_rows(sym, i, j, t)
+            rows = self.slot_rows(sym, i, j, t)
             p = self._probs[rows, sym[:, i, j, t]] / sums[rows]
             total -= float(np.log2(p).sum())
         return total

@@ -92,7 +92,7 @@ class RateAwareEncoder:
         """x (B, C, H, W) float in [0, 1] -> symbols (B, h, w, T) int64."""
         model = self.model
         device = next(model.parameters()).device
-        z = model._split(model.encoder(x.to(device, torch.float32)))[0].float()
+        z = model.latent(x.to(device, torch.float32)).float()
         n, (h, w) = len(z), self.prior.grid
         z = z.reshape(n, h, w, z.shape[-1])  # a global latent is one 1 x 1 cell
         sym = np.zeros((n, h, w, len(self.books)), dtype=np.int64)
@@ -109,7 +109,7 @@ class RateAwareEncoder:
             else:  # the context is the left and upper codes: in raster order
                 for i in range(h):
                     for j in range(w):
-                        rows = self.prior._slot_rows(sym, i, j, t)
+                        rows = self.prior.slot_rows(sym, i, j, t)
                         cand = idx[:, i, j]
                         cost = dist[:, i, j] + lam * self.bits[rows[:, None], cand]
                         sym[:, i, j, t] = cand[rows_of, cost.argmin(1)]

@@ -155,9 +155,14 @@ class Autoencoder(nn.Module):
         }
 
     @torch.no_grad()
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, *input_shape) in [0, 1] -> what the quantizer codes: (B, D) or (B, h, w, D)."""
+        return self._split(self.encoder(x))[0]
+
+    @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, *input_shape) in [0, 1] -> codes (B, *code_shape)."""
-        return self.quantizer.encode(self._split(self.encoder(x))[0])
+        return self.quantizer.encode(self.latent(x))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
