@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _small_models import fit_small
 from typer.testing import CliRunner
 
 from discretae.cli.app import app
@@ -26,12 +27,7 @@ def digits() -> np.ndarray:
 
 
 def fit(x, model="rvq", **kw) -> DiscreteAutoencoder:
-    params = dict(n_codes=32, latent="grid", grid=(2, 2), epochs=2, batch_size=32)
-    params.update(kw)
-    if model == "rvq":
-        params.setdefault("quantizer_options", {"levels": 3})
-    torch.set_num_threads(1)
-    return DiscreteAutoencoder(model=model, device="cpu", random_state=0, **params).fit(x)
+    return fit_small(x, model, **{"n_codes": 32, "epochs": 2, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from _small_models import fit_small
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -42,12 +43,7 @@ def digits() -> np.ndarray:
 
 
 def fit(x, model="rvq", **kw) -> DiscreteAutoencoder:
-    params = dict(n_codes=16, latent="grid", grid=(2, 2), epochs=1, batch_size=32)
-    params.update(kw)
-    if model == "rvq":
-        params.setdefault("quantizer_options", {"levels": 3})
-    torch.set_num_threads(1)
-    return DiscreteAutoencoder(model=model, device="cpu", random_state=0, **params).fit(x)
+    return fit_small(x, model, **kw)
 
 
 @pytest.fixture(scope="module")
