@@ -23,7 +23,8 @@ chosen differently.
 Measured on Fashion-MNIST (rvq 7x7, 256 codes, 4 levels, 12 epochs; 1000 test images):
 two levels go from 69.1 B at 27.40 dB (w = 0) to 65.4 B at 27.34 dB (w = 0.02) and
 61.4 B at 27.10 dB (w = 0.08); three levels from 108.6 B at 29.90 dB to 96.7 B at
-29.60 dB (w = 0.08). WebP spends about 11.5 B per dB there, these choices about 30-60.
+29.60 dB (w = 0.08): a dB given up for every 30-60 B saved, where WebP saves about
+11.5 B per dB (benchmarks/rate_distortion.py, --rate-weights).
 """
 
 from __future__ import annotations
