@@ -31,7 +31,7 @@ import torch
 
 from discretae.compression.archive import HASH_BYTES, ArchiveHeader, pack_archive, parse_archive
 from discretae.compression.prior import CodePrior
-from discretae.compression.rate import RateAwareEncoder, check_rate_weight
+from discretae.compression.rate import RateAwareEncoder, check_rate_weight, codebooks
 from discretae.compression.refine import KEY as REFINE_KEY
 from discretae.compression.refine import Refinement, check_max_error
 from discretae.core.checks import check_int
@@ -60,10 +60,8 @@ def code_layout(est) -> tuple[tuple[int, int], int, int]:
 def _code_vectors(est) -> list[np.ndarray | None]:
     """Per level t, the (A, D) codebook rows of its symbols (None for bits)."""
     q, kind = est.model_.quantizer, est.model_.config["kind"]
-    if kind == "rvq":
-        return [layer.codebook.detach().cpu().numpy() for layer in q.layers]
-    if kind == "vq":
-        return [q.codebook.detach().cpu().numpy()]
+    if kind in ("rvq", "vq"):
+        return [cb.cpu().numpy() for cb in codebooks(est.model_)]
     if kind == "gumbel":
         return [q.codebook[g].detach().cpu().numpy() for g in range(q.groups)]
     return [None] * code_layout(est)[1]

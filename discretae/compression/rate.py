@@ -83,7 +83,8 @@ class RateAwareEncoder:
         if prior.kind != "context":
             raise DiscretaeError("a rate weight needs the model's code prior (fit adds one)")
         self.model, self.prior = model, prior
-        self.books = codebooks(model)
+        self.device = next(model.parameters()).device
+        self.books = [cb.to(self.device) for cb in codebooks(model)]
         self.lambdas = [weight * cell_scale(cb) for cb in self.books]
         table = prior.table.astype(np.float64)
         self.bits = np.log2(table.sum(1, keepdims=True)) - np.log2(table)
@@ -91,9 +92,7 @@ class RateAwareEncoder:
     @torch.inference_mode()
     def symbols(self, x: torch.Tensor) -> np.ndarray:
         """x (B, C, H, W) float in [0, 1] -> symbols (B, h, w, T) int64."""
-        model = self.model
-        device = next(model.parameters()).device
-        z = model.latent(x.to(device, torch.float32)).float()
+        z = self.model.latent(x.to(self.device, torch.float32)).float()
         n, (h, w) = len(z), self.prior.grid
         z = z.reshape(n, h, w, z.shape[-1])  # a global latent is one 1 x 1 cell
         sym = np.zeros((n, h, w, len(self.books)), dtype=np.int64)
@@ -101,7 +100,7 @@ class RateAwareEncoder:
         rows_of = np.arange(n)
         for t, (book, lam) in enumerate(zip(self.books, self.lambdas, strict=True)):
             k = min(CANDIDATES, len(book))
-            idx, dist = nearest_codes(residual, book.to(residual.device), k)
+            idx, dist = nearest_codes(residual, book, k)
             idx, dist = idx.cpu().numpy(), dist.cpu().numpy().astype(np.float64)
             if t > 0:  # the context is the cell's own code one level up: all cells at once
                 rows = self.prior.level_rows(sym[..., t - 1], t)
@@ -114,6 +113,6 @@ class RateAwareEncoder:
                         cand = idx[:, i, j]
                         cost = dist[:, i, j] + lam * self.bits[rows[:, None], cand]
                         sym[:, i, j, t] = cand[rows_of, cost.argmin(1)]
-            chosen = torch.from_numpy(sym[..., t]).to(residual.device)
-            residual = residual - torch.nn.functional.embedding(chosen, book.to(residual.device))
+            chosen = torch.from_numpy(sym[..., t]).to(self.device)
+            residual = residual - torch.nn.functional.embedding(chosen, book)
         return sym
