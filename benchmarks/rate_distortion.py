@@ -101,7 +101,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from discretae.commands.common import load_codec
-from discretae.compression.codec import fit_prior, fit_refinement, load_prior, save_prior
+from discretae.compression.codec import (
+    PRIOR_KINDS,
+    fit_prior,
+    fit_refinement,
+    load_prior,
+    save_prior,
+)
 from discretae.core.files import atomic_path, write_text_atomic
 from discretae.data import load_dataset
 from discretae.data.framing import Framing
@@ -417,9 +423,18 @@ def interpolate_bytes(curve: list[dict], psnr: float) -> float | None:
 
 # ----------------------------------------------------------------------- ours
 def fit_cached(
-    data: str, name: str, params: dict, train: np.ndarray, cache: Path, reuse: bool, work: Path
+    data: str,
+    name: str,
+    params: dict,
+    train: np.ndarray,
+    cache: Path,
+    reuse: bool,
+    work: Path,
+    prior: str = "auto",
 ) -> tuple[Path, dict]:
-    """The fitted network (cached by its settings) with a prior fitted in this run."""
+    """The fitted network (cached by its settings) with a prior of kind ``prior`` fitted in
+    this run (as ``discretae fit --prior`` does; "auto" records both priors' held-out
+    bits)."""
     key = json.dumps({"data": data, "n": len(train), **params}, sort_keys=True, default=list)
     folder = cache / f"{data}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     network, meta_path = folder / "model.safetensors", folder / "meta.json"
@@ -434,8 +449,12 @@ def fit_cached(
     path = work / "model.safetensors"
     est = DiscreteAutoencoder.load(network, device="cpu")
     t = time.perf_counter()
-    save_prior(network, fit_prior(est, train), out=path, refinement=fit_refinement(est, train))
+    code_prior = fit_prior(est, train, kind=prior)
     meta["prior_seconds"] = time.perf_counter() - t
+    meta["prior"] = code_prior.choice
+    t = time.perf_counter()
+    save_prior(network, code_prior, out=path, refinement=fit_refinement(est, train))
+    meta["refinement_seconds"] = time.perf_counter() - t
     return path, meta
 
 
@@ -699,7 +718,7 @@ def run_dataset(name: str, args, cache: Path, work: Path) -> dict:
             params = {**params, "epochs": args.epochs}
         (work / model_name).mkdir(exist_ok=True)
         path, meta = fit_cached(name, model_name, params, train, cache, args.reuse,
-                                work / model_name)  # fmt: skip
+                                work / model_name, args.prior)  # fmt: skip
         result["models"].append({"name": model_name, "params": params, **meta,
                                  "model_bytes": path.stat().st_size})  # fmt: skip
         for p in measure_model(path, test, work / model_name, args.max_errors,
@@ -812,6 +831,12 @@ def main(argv=None) -> int:
                     help="refinement points: these maximum errors, every level prefix")  # fmt: skip
     ap.add_argument("--rate-weights", type=float, nargs="*", default=list(RATE_WEIGHTS),
                     help="rate-weighted points: these weights, every level prefix")  # fmt: skip
+    ap.add_argument(
+        "--prior",
+        choices=PRIOR_KINDS,
+        default="auto",
+        help="the code prior fitted on the training codes (fit --prior)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:

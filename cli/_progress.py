@@ -90,12 +90,21 @@ def _stream_bar(what: str) -> _StreamBar:
 
 class _FitBar(_LazyProgress):
     """Shows the epoch's mean loss so far (the last batch of an epoch can be a handful of
-    images, whose own loss says little) and the distinct codes the epoch has used so far."""
+    images, whose own loss says little) and the distinct codes the epoch has used so far.
+    Work after the epochs (the code prior's training) reports stream events: the fit's
+    bar then stays as it ended and a stream bar follows it."""
 
     epoch: Any = None  # the epoch whose losses are summed below
     loss_sum, n_losses = 0.0, 0
+    after: _StreamBar | None = None
 
     def on_event(self, event: dict) -> None:
+        if "stage" in event:
+            if self.after is None:
+                super().stop()
+                self.after = _stream_bar("steps")
+            self.after.on_event(event)
+            return
         epochs, steps = int(event["epochs"]), int(event["steps_per_epoch"])
         if self.epoch != event["epoch"]:
             self.epoch, self.loss_sum, self.n_losses = event["epoch"], 0.0, 0
@@ -110,6 +119,11 @@ class _FitBar(_LazyProgress):
             loss=fmt(self.loss_sum / self.n_losses),
             usage="-" if usage is None else str(usage),
         )
+
+    def stop(self) -> None:
+        super().stop()
+        if self.after is not None:
+            self.after.stop()
 
 
 def _fit_bar() -> _FitBar:

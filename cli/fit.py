@@ -21,6 +21,7 @@ from discretae.cli.options import (
     LrSchedule,
     ModelKind,
     Precision,
+    PriorKind,
     Quiet,
     ResizeMode,
     Strict,
@@ -137,6 +138,15 @@ MaxMemory = Annotated[
         show_default=False,
     ),
 ]
+PriorOption = Annotated[
+    PriorKind,
+    typer.Option(
+        "--prior",
+        help="The archive's code prior (image models): context tables, a learned causal "
+        "network (smaller archives, slower to decode), or auto: whichever codes held-out "
+        "training images in fewer bits.",
+    ),
+]
 Objectives = Annotated[
     str,
     typer.Option(
@@ -194,6 +204,7 @@ PASSED_AS_GIVEN = (
     "checkpoint_every",
     "resume",
     "max_memory",
+    "prior",
 )
 
 
@@ -219,6 +230,7 @@ def fit(
     decoder: Decoder = DecoderKind.auto,
     precision: PrecisionOption = Precision.auto,
     max_memory: MaxMemory = None,
+    prior: PriorOption = PriorKind.auto,
     labels: Labels = None,
     out: Out = Path("model.safetensors"),
     checkpoint_every: CheckpointEvery = 0,
@@ -319,6 +331,7 @@ def _table(result: dict) -> Table:
         ("codes used (last epoch)", _used(result)),
         ("perplexity", result["perplexity"]),
         ("fit seconds", f"{result['fit_seconds']:.1f}"),
+        *_prior_row(result),
         ("device", result["device"]),
     ]
     if result.get("clustering"):
@@ -326,6 +339,17 @@ def _table(result: dict) -> Table:
         rows.append(("NMI / ACC vs labels", f"{c['nmi']:.3f} / {c['acc']:.3f}"))
     rows.append(("saved to", result["model"]))
     return rows_table("fit", rows)
+
+
+def _prior_row(result: dict) -> list[tuple[str, str]]:
+    choice = result.get("prior")
+    if not choice:
+        return []
+    held = choice.get("held_out_bits_per_image")
+    if not held:
+        return [("code prior", choice["kind"])]
+    scores = ", ".join(f"{k} {v / 8:.1f}" for k, v in held.items())
+    return [("code prior", f"{choice['kind']} (bytes/image on held-out images: {scores})")]
 
 
 def _used(result: dict) -> str:

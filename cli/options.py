@@ -57,6 +57,14 @@ class DecoderKind(str, Enum):
     light = "light"
 
 
+class PriorKind(str, Enum):
+    """The archive's code prior (compression.codec.PRIOR_KINDS)."""
+
+    auto = "auto"
+    context = "context"
+    learned = "learned"
+
+
 class Precision(str, Enum):
     """What the networks train in (core.devices.PRECISIONS)."""
 

@@ -10,6 +10,11 @@ input the same way. Before training, the memory the fit needs is estimated
 (:mod:`discretae.models.memory`) and brought under ``max_memory`` ("2G", ...; default 70%
 of the memory available now) by halving the working size (when not given) and then the
 batch; when nothing fits, DiscretaeError says so before any work.
+
+An image model is saved with the archive's code prior
+(:func:`~discretae.compression.codec.fit_prior`), of kind ``prior``: "auto" (the
+context tables or the learned network, whichever codes held-out training images in
+fewer bits), "context" or "learned".
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ def fit(
     decoder: str | None = None,
     precision: str | None = None,
     max_memory: str | int | None = None,
+    prior: str = "auto",
     labels: str | None = None,
     strict: bool = False,
     checkpoint: str | os.PathLike | None = None,
@@ -130,11 +136,9 @@ def fit(
     (light for the clustering recipe, else full), "full" or "light" (no full-resolution
     decoder stage: about twice as fast on 32x32 colour); ``precision`` "auto" (bfloat16
     networks for the clustering recipe on a CPU that computes bfloat16 in hardware, else
-    float32), "float32" or
-    "bfloat16".
+    float32), "float32" or "bfloat16".
 
-    ``image_size``, ``resize``, ``background`` and ``max_memory``: see the module's
-    docstring (the working size and the memory plan).
+    ``image_size``, ``resize``, ``background``, ``max_memory``, ``prior``: module docstring.
 
     Checkpoints: the training state is written to ``checkpoint`` (default
     :func:`default_checkpoint` of ``out``) every ``checkpoint_every`` optimisation steps
@@ -150,6 +154,7 @@ def fit(
     """
     check_output(out)
     check_device(device)
+    _check_prior(prior)
     given = {k: v for k, v in locals().items() if k in FIT_DEFAULTS}  # None: not given
     given["grid"] = parse_grid(grid) if isinstance(grid, str) else grid
     given["image_size"] = _size_setting(image_size)
@@ -160,7 +165,7 @@ def fit(
             f"--grid {grid!r} needs --latent grid (got --latent {settings['latent']})"
         )
     ckpt = _checkpoint_path(out, checkpoint, checkpoint_every)
-    io = {"device": device, "labels": labels, "strict": strict, "resume": resume}
+    io = {"device": device, "labels": labels, "strict": strict, "resume": resume, "prior": prior}
     run = _train_and_save(
         data, settings, out, ckpt, **io, checkpoint_every=checkpoint_every,
         callback=callback, warn=warn, budget=budget,
@@ -168,6 +173,12 @@ def fit(
     if run.est is None:
         return {"rank": run.rank, "model": None}
     return _summary(run, settings, data=data, out=out, ckpt=ckpt, resume=resume)
+
+
+def _check_prior(prior: str) -> None:
+    from discretae.compression.codec import check_prior_kind
+
+    check_prior_kind(prior)
 
 
 def _checkpoint_path(out, checkpoint, checkpoint_every: int) -> Path:
@@ -216,6 +227,7 @@ class _Run:
     world_size: int
     rank: int
     plan: dict | None = None
+    prior: dict | None = None  # how the archive's code prior was chosen (image models)
 
 
 def _train_and_save(
@@ -229,6 +241,7 @@ def _train_and_save(
     strict,
     checkpoint_every,
     resume,
+    prior,
     callback,
     warn,
     budget,
@@ -258,8 +271,13 @@ def _train_and_save(
             # --max-error); a global code is for clustering, and codes every residual
             # value with one distribution
             grid = est.model_.latent_shape is not None
-            save_prior(out, fit_prior(est, x), refinement=fit_refinement(est, x) if grid else None)
-        return _Run(est, ds, len(x), seconds, world, 0, plan)
+            code_prior = fit_prior(est, x, kind=prior, callback=callback)
+            refinement = fit_refinement(est, x) if grid else None
+            save_prior(out, code_prior, refinement=refinement)
+            choice = code_prior.choice
+        else:
+            choice = None
+        return _Run(est, ds, len(x), seconds, world, 0, plan, choice)
     finally:
         if started is not None:
             distributed.shutdown()
@@ -391,6 +409,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "codes_used": last.get("usage"),  # distinct codes in the last epoch
         "perplexity": last.get("perplexity"),
         "fit_seconds": run.seconds,
+        "prior": run.prior,
         "checkpoint": str(ckpt) if ckpt.exists() else None,
         "resumed_from": str(resume) if resume is not None else None,
         # how the fitted clusters match DATA's labels, when it has any

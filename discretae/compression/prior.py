@@ -95,7 +95,7 @@ def _classes(vectors: np.ndarray | None, n_codes: int, n_classes: int, counts, s
     return out
 
 
-def _quantize(p: np.ndarray) -> np.ndarray:
+def quantize_rows(p: np.ndarray) -> np.ndarray:
     """Rows of probabilities (R, A) -> uint16 tables with every entry >= 1 and no entry
     above P_MAX of its row's sum."""
     q = np.maximum(1, np.rint(p * (TABLE_SCALE - p.shape[1]))).astype(np.int64)
@@ -130,7 +130,7 @@ def _context_table(counts: np.ndarray, n_positions: int, n_classes: list[int]) -
         base = np.broadcast_to(_laplace(part.sum(0)), part.shape)
         rows.append(_smoothed(part, base, ALPHA_PREVIOUS))
         start += c
-    return _quantize(np.concatenate(rows))
+    return quantize_rows(np.concatenate(rows))
 
 
 class CodePrior:
@@ -153,6 +153,7 @@ class CodePrior:
         # (R, A) int64 training counts the table is computed from (None: read from a
         # model file that stored only the table)
         self.counts = counts
+        self.choice: dict | None = None  # how fit_prior chose this prior (not stored)
         self._probs = table.astype(np.float64)
         h, w = self.grid
         c0 = self.n_classes[0]
@@ -167,7 +168,7 @@ class CodePrior:
     @classmethod
     def uniform(cls, grid, n_levels: int, n_codes: int) -> CodePrior:
         """Every symbol equally likely: log2(A) bits each (for models without a prior)."""
-        table = _quantize(np.full((1, n_codes), 1.0 / n_codes))
+        table = quantize_rows(np.full((1, n_codes), 1.0 / n_codes))
         maps = np.zeros((n_levels, n_codes), dtype=np.int64)
         return cls(grid, n_levels, n_codes, "uniform", [0] * n_levels, maps, table)
 

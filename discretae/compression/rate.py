@@ -1,5 +1,5 @@
 """Rate-aware code choice (``compress --rate-weight w``): an encoder-only trade of bytes
-for quality, for vq and rvq models with a context prior.
+for quality, for vq and rvq models with a code prior (context tables or learned).
 
 The nearest code is not always the best one to store: a code almost as near that the
 prior finds far more likely costs fewer bits. For every cell, level by level (level t
@@ -9,9 +9,10 @@ one that minimises::
 
     ||r - c||^2  +  lambda_t * bits(c | context)
 
-where bits are read from the prior's own tables in the context the decoder will see
-(the left and upper level-0 codes for level 0, chosen earlier in raster order; the
-cell's code one level up for t > 0), and ``lambda_t = w * s_t``, ``s_t`` the mean
+where bits are read from the prior in the context the decoder will see (context tables:
+the left and upper level-0 codes for level 0, chosen earlier in raster order, and the
+cell's code one level up for t > 0; a learned prior: its causal context, level by level
+in raster order), and ``lambda_t = w * s_t``, ``s_t`` the mean
 squared distance from each row of level t's codebook to its nearest other row: a
 scale of that level's quantisation cells, so one ``w`` means about the same on every
 level and model. Each choice is greedy: it does not count what it does to the contexts
@@ -80,14 +81,24 @@ class RateAwareEncoder:
     rate weight ``w`` > 0, from its network and prior (module docstring)."""
 
     def __init__(self, model, prior, weight: float) -> None:
-        if prior.kind != "context":
+        if prior.kind not in ("context", "learned"):
             raise DiscretaeError("a rate weight needs the model's code prior (fit adds one)")
         self.model, self.prior = model, prior
         self.device = next(model.parameters()).device
         self.books = [cb.to(self.device) for cb in codebooks(model)]
         self.lambdas = [weight * cell_scale(cb) for cb in self.books]
-        table = prior.table.astype(np.float64)
-        self.bits = np.log2(table.sum(1, keepdims=True)) - np.log2(table)
+        self.bits = None
+        if prior.kind == "context":
+            table = prior.table.astype(np.float64)
+            self.bits = np.log2(table.sum(1, keepdims=True)) - np.log2(table)
+
+    def _slot_bits(self, sym: np.ndarray, i: int, j: int, t: int, cand: np.ndarray):
+        """Bits (n, k) of the candidate codes ``cand`` of slot (i, j, t) in its context."""
+        if self.bits is not None:
+            return self.bits[self.prior.slot_rows(sym, i, j, t)[:, None], cand]
+        table = self.prior.slot_table(sym, i, j, t)
+        picked = np.take_along_axis(table, cand, 1)
+        return np.log2(table.sum(1, keepdims=True)) - np.log2(picked)
 
     @torch.inference_mode()
     def symbols(self, x: torch.Tensor) -> np.ndarray:
@@ -102,16 +113,15 @@ class RateAwareEncoder:
             k = min(CANDIDATES, len(book))
             idx, dist = nearest_codes(residual, book, k)
             idx, dist = idx.cpu().numpy(), dist.cpu().numpy().astype(np.float64)
-            if t > 0:  # the context is the cell's own code one level up: all cells at once
+            if t > 0 and self.bits is not None:  # context tables: the code one level up
                 rows = self.prior.level_rows(sym[..., t - 1], t)
                 cost = dist + lam * self.bits[rows[..., None], idx]
                 sym[..., t] = np.take_along_axis(idx, cost.argmin(-1)[..., None], -1)[..., 0]
-            else:  # the context is the left and upper codes: in raster order
+            else:  # the context holds codes chosen before: in raster order
                 for i in range(h):
                     for j in range(w):
-                        rows = self.prior.slot_rows(sym, i, j, t)
                         cand = idx[:, i, j]
-                        cost = dist[:, i, j] + lam * self.bits[rows[:, None], cand]
+                        cost = dist[:, i, j] + lam * self._slot_bits(sym, i, j, t, cand)
                         sym[:, i, j, t] = cand[rows_of, cost.argmin(1)]
             chosen = torch.from_numpy(sym[..., t]).to(self.device)
             residual = residual - torch.nn.functional.embedding(chosen, book)
