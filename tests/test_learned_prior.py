@@ -15,7 +15,7 @@ from PIL import Image
 from discretae.compression import learned_prior as lp
 from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
 from discretae.compression.learned_prior import LearnedPrior, bits_per_symbol
-from discretae.compression.prior import CodePrior
+from discretae.compression.prior import CodePrior, quantize_rows
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset
 
@@ -98,6 +98,14 @@ def test_integer_inference_matches_python_integers(prior, train):
         pos = np.tile(np.arange(25), 3)[:20]
         got = prior.nets[t].weights(ctx, pos)
         np.testing.assert_array_equal(got, reference_weights(prior.nets[t], ctx, pos))
+
+
+def test_coder_rows_are_the_context_priors_quantization():
+    rng = np.random.default_rng(0)
+    v = np.floor(lp.EXP_SCALE * np.exp(-rng.exponential(3.0, (200, A)) * 4))
+    v[:, 0] = lp.EXP_SCALE
+    v[:50, 1:] = 0  # rows that put (almost) everything on one code
+    np.testing.assert_array_equal(lp.coder_rows(v), quantize_rows(v / v.sum(1, keepdims=True)))
 
 
 def test_the_bounds_that_make_float32_products_exact():

@@ -20,7 +20,7 @@ logits in steps of ``1 / LOGIT_STEPS`` nat and an exponential read from a stored
 table. Every step of inference is integer arithmetic (the two dense layers run as float32
 products whose every partial sum is an integer below 2**24, so exact in any order), so
 the encoder and the decoder get the same integer distribution on any machine, which
-``CodePrior``'s quantization (``quantize_rows``) turns into the coder's table rows.
+``CodePrior``'s quantization (``quantize_rows``, :func:`coder_rows`) turns into the coder's rows.
 
 Measured on Fashion-MNIST codes (rvq 7x7, 256 codes, 4 levels; trained on the 60k train
 images' codes, 2,000 test images): see :func:`LearnedPrior.fit` and the README.
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from discretae.compression.prior import MIN_BITS_PER_SYMBOL, quantize_rows
+from discretae.compression.prior import MIN_BITS_PER_SYMBOL, P_MAX, TABLE_SCALE
 from discretae.core.errors import DiscretaeError
 
 NEIGHBOURS = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0))
@@ -135,10 +135,20 @@ def _fixed(x: np.ndarray) -> np.ndarray:
 
 
 def _rescale(acc: np.ndarray, mult: np.ndarray) -> np.ndarray:
-    """Integer accumulators times fixed-point multipliers, rounded half up: float64
-    holding integers, exact because ``|acc| < 2**31`` and ``mult < 2**22`` keep every
-    product below 2**53, and the division is by a power of two."""
-    return np.floor((acc * mult + 2.0 ** (SHIFT - 1)) * 2.0**-SHIFT)
+    """Integer accumulators (float64) times fixed-point multipliers, rounded half up, in
+    place: exact, because ``|acc| < 2**31`` and ``mult < 2**22`` keep every product
+    below 2**53 and the division is by a power of two."""
+    acc *= mult
+    acc += 2.0 ** (SHIFT - 1)
+    acc *= 2.0**-SHIFT
+    return np.floor(acc, out=acc)
+
+
+def _layer(a: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray) -> np.ndarray:
+    """Activations in [0, 255] (float32) through int8 weights (float32: every partial
+    sum an integer below 2**24), the integer bias and the rescaling: float64 integers."""
+    acc = np.add(a @ w, bias, dtype=np.float64)
+    return _rescale(acc, mult)
 
 
 class _IntLevel:
@@ -174,20 +184,34 @@ class _IntLevel:
         """ctx (M, L) codes, pos (M,) -> (M, A) unnormalised probabilities: integers,
         held in float64 (every value below 2**53, so every step is exact)."""
         idx = torch.from_numpy(np.ascontiguousarray(ctx + self.col_base, dtype=np.int64))
-        acc = F.embedding_bag(idx, self.table1, mode="sum").numpy().astype(np.float64)
-        acc += self.pos1[pos]
+        acc = np.add(F.embedding_bag(idx, self.table1, mode="sum").numpy(), self.pos1[pos])
         a1 = np.clip(_rescale(acc, self.mult[0]), 0, 255).astype(np.float32)
-        acc = (a1 @ self.w2).astype(np.float64) + self.bias[0]
-        a2 = np.clip(_rescale(acc, self.mult[1]), 0, 255).astype(np.float32)
-        acc = (a2 @ self.w3).astype(np.float64) + self.bias[1]
-        logits = _rescale(acc, self.mult[2])
-        d = np.minimum(logits.max(1, keepdims=True) - logits, EXP_TABLE - 1)
-        return self.exp[d.astype(np.intp)]
+        a2 = np.clip(_layer(a1, self.w2, self.bias[0], self.mult[1]), 0, 255).astype(np.float32)
+        logits = _layer(a2, self.w3, self.bias[1], self.mult[2])
+        d = np.subtract(logits.max(1, keepdims=True), logits, out=logits)
+        np.minimum(d, EXP_TABLE - 1, out=d)
+        return np.take(self.exp, d.astype(np.intp))
 
     def rows(self, ctx: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """(M, A) float64 coder rows (uint16 integers) for contexts ``ctx``."""
-        v = self.weights(ctx, pos)
-        return quantize_rows(v / v.sum(1, keepdims=True)).astype(np.float64)
+        return coder_rows(self.weights(ctx, pos))
+
+
+def coder_rows(v: np.ndarray) -> np.ndarray:
+    """Unnormalised integer weights (M, A) -> the coder's rows: ``quantize_rows`` of
+    their proportions, computed in float64 in place (the same correctly rounded steps on
+    integers below 2**53, so the same integers) and returned as float64."""
+    q = v / v.sum(1, keepdims=True)
+    q *= TABLE_SCALE - q.shape[1]
+    np.rint(q, out=q)
+    np.maximum(q, 1.0, out=q)
+    total = q.sum(1)
+    top = q.argmax(1)
+    rows = np.arange(len(q))
+    qmax = q[rows, top]
+    excess = np.ceil((qmax - P_MAX * total) / (1.0 - P_MAX))
+    q[rows, top] = qmax - np.maximum(excess, 0.0)
+    return q
 
 
 def _exp_table() -> np.ndarray:
@@ -360,27 +384,31 @@ class LearnedPrior:
         return sum(a.nbytes for arrays in self.arrays for a in arrays.values()) + self.exp.nbytes
 
     # ------------------------------------------------------------------ coding
+    def _rows_by_slot(self, sym: np.ndarray, order):
+        """(slot, coder rows (n, A)) for the slots ``order`` of known codes (n, h, w, l):
+        one slot at a time over every image, as the decoder sees them."""
+        pad = _padded(sym, self.n_codes)
+        w = self.grid[1]
+        pos = np.empty(len(sym), dtype=np.int64)
+        for i, j, t in order:
+            pos.fill(i * w + j)
+            yield (i, j, t), self.nets[t].rows(_context(pad, _columns(t), i, j), pos)
+
     def _all_rows(self, sym: np.ndarray) -> list[np.ndarray]:
         """Per level t < l, the coder rows (n, h, w, A) of every symbol of known codes."""
         n, h, w, levels = sym.shape
-        pos = np.broadcast_to(np.arange(h * w), (n, h * w)).reshape(-1)
-        out = []
-        for t in range(levels):
-            ctx = _all_contexts(sym, self.n_codes, t).reshape(n * h * w, -1)
-            out.append(self.nets[t].rows(ctx, pos).reshape(n, h, w, self.n_codes))
+        out = [np.empty((n, h, w, self.n_codes)) for _ in range(levels)]
+        for (i, j, t), rows in self._rows_by_slot(sym, self._slots(levels)):
+            out[t][:, i, j] = rows
         return out
 
     def encode_block(self, codes: np.ndarray) -> np.ndarray:
         """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32)."""
         sym = np.ascontiguousarray(codes, dtype=np.int64)
-        rows = self._all_rows(sym)
-        h, w = self.grid
         coder = constriction.stream.stack.AnsCoder()
         family = constriction.stream.model.Categorical(perfect=False)
-        for i, j, t in reversed(self._slots(sym.shape[3])):
-            coder.encode_reverse(
-                sym[:, i, j, t].astype(np.int32), family, np.ascontiguousarray(rows[t][:, i, j])
-            )
+        for (i, j, t), rows in self._rows_by_slot(sym, reversed(self._slots(sym.shape[3]))):
+            coder.encode_reverse(sym[:, i, j, t].astype(np.int32), family, rows)
         return coder.get_compressed()
 
     def _slots(self, n_levels: int):
@@ -431,8 +459,9 @@ class LearnedPrior:
         """Information content (bits) of codes (n, h, w, l) under the integer network."""
         sym = np.ascontiguousarray(codes, dtype=np.int64)
         total = 0.0
-        for t, rows in enumerate(self._all_rows(sym)):
-            p = np.take_along_axis(rows, sym[..., t : t + 1], -1)[..., 0] / rows.sum(-1)
+        every = np.arange(len(sym))
+        for (i, j, t), rows in self._rows_by_slot(sym, self._slots(sym.shape[3])):
+            p = rows[every, sym[:, i, j, t]] / rows.sum(1)
             total -= float(np.log2(p).sum())
         return total
 
