@@ -22,8 +22,13 @@ products whose every partial sum is an integer below 2**24, so exact in any orde
 the encoder and the decoder get the same integer distribution on any machine, which
 ``CodePrior``'s quantization (``quantize_rows``, :func:`coder_rows`) turns into the coder's rows.
 
-Measured on Fashion-MNIST codes (rvq 7x7, 256 codes, 4 levels; trained on the 60k train
-images' codes, 2,000 test images): see :func:`LearnedPrior.fit` and the README.
+Measured on Fashion-MNIST codes (rvq 7x7, 256 codes, 4 levels, 12 epochs; the network
+trained on 54k train images' codes, 2,000 test images, real archives;
+``benchmarks/rate_distortion.py --prior auto``): 24.4 / 59.8 / 97.2 / 136.5 bytes per image
+for 1 / 2 / 3 / 4 levels, where the context tables take 30.9 / 69.1 / 108.4 / 149.5: the
+first level gains most (21%; its tables see two neighbours through 16 classes), the
+others 4-7%. It adds 0.2 MB to the model file (1.63 MB in all) and about 0.5 ms per image
+per level to decoding on one CPU thread (a network call per slot, over all images).
 """
 
 from __future__ import annotations
