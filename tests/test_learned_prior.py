@@ -239,3 +239,18 @@ def test_cli_fits_a_learned_prior_and_compresses(digits, tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "neural" in bad.stderr
+
+
+def test_large_code_sets_train_on_a_seeded_draw_of_images(train, monkeypatch):
+    monkeypatch.setattr(lp, "MAX_SYMBOLS", 25 * 100)  # 100 of the 600 images
+    seen = []
+    monkeypatch.setattr(
+        lp,
+        "_all_contexts",
+        lambda s, a, t, f=lp._all_contexts: (seen.append(len(s)), f(s, a, t))[1],
+    )
+    one = LearnedPrior.fit(train, A, steps=3)
+    two = LearnedPrior.fit(train, A, steps=3)
+    assert seen == [100, 100, 100, 100] and one.digest() == two.digest()
+    with pytest.raises(DiscretaeError, match="at least 2 codes"):
+        LearnedPrior.fit(np.zeros((4, 2, 2, 1), dtype=np.int64), 1)

@@ -102,9 +102,10 @@ def fit_prior(
     """Fit the code prior of a fitted estimator on training images X (as ``fit`` takes
     them): encodes X batch by batch, then fits the ``kind`` of prior on its codes.
 
-    ``kind``: "context" (tables of context counts), "learned" (a causal network; it
-    takes minutes on 60k images on a CPU), or "auto": for a grid code of at least
-    ``MIN_LEARNED_IMAGES`` images, both are fitted on 90% of the images (a seeded draw)
+    ``kind``: "context" (tables of context counts; the default here), "learned" (a
+    causal network; it takes minutes on 60k images on a CPU), or "auto" (the ``fit``
+    command's default): for a grid code of at least ``MIN_LEARNED_IMAGES`` images and
+    2 codes, both are fitted on 90% of the images (a seeded draw)
     and the one that codes the other 10% in fewer bits is kept (the context tables are
     then refitted on every image); otherwise the context tables. The prior's ``choice``
     says what was compared. ``callback`` gets ``{"stage", "done", "total"}`` while the
@@ -126,7 +127,8 @@ def fit_prior(
 
         return LearnedPrior.fit(part, n_codes, seed=seed, progress=progress)
 
-    if kind == "context" or (kind == "auto" and (grid == (1, 1) or len(sym) < MIN_LEARNED_IMAGES)):
+    small = grid == (1, 1) or len(sym) < MIN_LEARNED_IMAGES or n_codes < 2
+    if kind == "context" or (kind == "auto" and small):
         prior = CodePrior.fit(sym, n_codes, vectors, seed=seed)
         prior.choice = {"kind": "context", "rule": kind}
         return prior

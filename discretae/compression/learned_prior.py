@@ -56,6 +56,7 @@ EXP_SCALE = 2**24
 SHIFT = 20  # multipliers are fixed point with 20 fraction bits
 BATCH = 4096
 MIN_STEPS, MAX_STEPS, EPOCHS = 300, 2400, 3
+MAX_SYMBOLS = 2**22  # training symbols per level held at once (images drawn beyond)
 BIAS_LIMIT = 2**30  # |integer biases| stay below, so every accumulator is below 2**31
 MULT_LIMIT = 2**22  # multipliers stay below: accumulator times multiplier below 2**53
 PAD = 2  # cells of "outside" around the grid (the widest neighbour offset)
@@ -283,7 +284,9 @@ class LearnedPrior:
         """Train the level networks on training codes (N, h, w, T) and quantize them.
 
         ``steps`` per level: by default three epochs of ``BATCH`` symbols, within
-        [MIN_STEPS, MAX_STEPS]. ``progress(t, step, steps, loss)`` is called as it goes.
+        [MIN_STEPS, MAX_STEPS]. Codes of more than ``MAX_SYMBOLS`` symbols a level are
+        first cut to a seeded draw of whole images. ``progress(t, step, steps, loss)`` is
+        called as it goes.
         """
         codes = np.asarray(codes)
         if codes.ndim != 4 or len(codes) == 0:
@@ -292,7 +295,13 @@ class LearnedPrior:
             raise DiscretaeError(
                 f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]"
             )
+        if n_codes < 2:
+            raise DiscretaeError("a learned prior needs at least 2 codes")
         n, h, w, n_levels = codes.shape
+        if n * h * w > MAX_SYMBOLS:  # more than the steps can visit: a seeded subset
+            keep = np.random.default_rng(seed).choice(n, MAX_SYMBOLS // (h * w), replace=False)
+            codes = codes[np.sort(keep)]
+            n = len(codes)
         gen = torch.Generator().manual_seed(seed)
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
