@@ -228,11 +228,12 @@ def test_cli_fits_a_learned_prior_and_compresses(digits, tmp_path):
     assert '"kind": "learned"' in run.stdout
     assert isinstance(load_prior(model), LearnedPrior)
     for args in (
-        ["compress", str(folder), "--model", str(model), "--out", str(archive)],
+        ["compress", str(folder), "--model", str(model), "--out", str(archive), "--json"],
         ["decompress", str(archive), "--model", str(model), "--out", str(out)],
     ):
         run = subprocess.run([*cli, *args], capture_output=True, text=True, check=False)
         assert run.returncode == 0, run.stderr
+        assert args[0] == "decompress" or '"prior": "learned"' in run.stdout
     assert len(list(out.rglob("*.png"))) == 240
     bad = subprocess.run(
         [*fit, "--prior", "neural", "--out", str(tmp_path / "x.safetensors")],

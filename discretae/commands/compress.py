@@ -93,7 +93,7 @@ def compress(
         "rate_weight": rate_weight,
         "code_shape": [*codec.grid, levels],
         "n_codes": codec.n_codes,
-        "prior": "uniform" if codec.uniform else "context",
+        "prior": "uniform" if codec.uniform else codec.prior.kind,
         "names": stored is not None,
         "model_hash": codec.digest.hex(),
     }
