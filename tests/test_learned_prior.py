@@ -13,6 +13,7 @@ from _small_models import fit_small
 from PIL import Image
 
 from discretae.compression import learned_prior as lp
+from discretae.compression import prior_network as pn
 from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
 from discretae.compression.learned_prior import LearnedPrior, bits_per_symbol
 from discretae.compression.prior import CodePrior, quantize_rows
@@ -67,34 +68,34 @@ def reference_weights(net, ctx, pos) -> np.ndarray:
         x = [int(v) for c, code in enumerate(row) for v in a["embed"][net.col_offset[c] + code]]
         acc = [
             int(a["pos1"][p, u]) + sum(x[k] * int(a["w1"][u, k]) for k in range(len(x)))
-            for u in range(lp.HIDDEN)
+            for u in range(pn.HIDDEN)
         ]
 
         def rescale(values, mult):
             return [
-                (v * int(m) + (1 << (lp.SHIFT - 1))) >> lp.SHIFT
+                (v * int(m) + (1 << (pn.SHIFT - 1))) >> pn.SHIFT
                 for v, m in zip(values, mult, strict=True)
             ]
 
         a1 = [min(255, max(0, v)) for v in rescale(acc, a["m1"])]
         acc = [
-            int(a["b2"][u]) + sum(a1[k] * int(a["w2"][u, k]) for k in range(lp.HIDDEN))
-            for u in range(lp.HIDDEN)
+            int(a["b2"][u]) + sum(a1[k] * int(a["w2"][u, k]) for k in range(pn.HIDDEN))
+            for u in range(pn.HIDDEN)
         ]
         a2 = [min(255, max(0, v)) for v in rescale(acc, a["m2"])]
         acc = [
-            int(a["b3"][s]) + sum(a2[k] * int(a["w3"][s, k]) for k in range(lp.HIDDEN))
+            int(a["b3"][s]) + sum(a2[k] * int(a["w3"][s, k]) for k in range(pn.HIDDEN))
             for s in range(len(a["b3"]))
         ]
         logits = rescale(acc, a["m3"])
         top = max(logits)
-        out.append([int(a["exp"][min(top - v, lp.EXP_TABLE - 1)]) for v in logits])
+        out.append([int(a["exp"][min(top - v, pn.EXP_TABLE - 1)]) for v in logits])
     return np.array(out, dtype=np.int64)
 
 
 def test_integer_inference_matches_python_integers(prior, train):
     for t in range(2):
-        ctx = lp._all_contexts(train[:3], A, t).reshape(-1, len(lp._columns(t)))[:20]
+        ctx = pn.all_contexts(train[:3], A, t).reshape(-1, len(pn.columns(t)))[:20]
         pos = np.tile(np.arange(25), 3)[:20]
         got = prior.nets[t].weights(ctx, pos)
         np.testing.assert_array_equal(got, reference_weights(prior.nets[t], ctx, pos))
@@ -102,17 +103,17 @@ def test_integer_inference_matches_python_integers(prior, train):
 
 def test_coder_rows_are_the_context_priors_quantization():
     rng = np.random.default_rng(0)
-    v = np.floor(lp.EXP_SCALE * np.exp(-rng.exponential(3.0, (200, A)) * 4))
-    v[:, 0] = lp.EXP_SCALE
+    v = np.floor(pn.EXP_SCALE * np.exp(-rng.exponential(3.0, (200, A)) * 4))
+    v[:, 0] = pn.EXP_SCALE
     v[:50, 1:] = 0  # rows that put (almost) everything on one code
-    np.testing.assert_array_equal(lp.coder_rows(v), quantize_rows(v / v.sum(1, keepdims=True)))
+    np.testing.assert_array_equal(pn.coder_rows(v), quantize_rows(v / v.sum(1, keepdims=True)))
 
 
 def test_the_bounds_that_make_float32_products_exact():
-    widest = max(len(lp._columns(t)) for t in range(32))
-    assert lp.HIDDEN * 255 * 128 < 2**24  # dense layers: every partial sum an integer < 2**24
-    assert widest * lp.EMBED * 128 * 128 < 2**24  # layer one: float32 sums of table rows
-    assert (lp.BIAS_LIMIT + lp.HIDDEN * 255 * 128) * lp.MULT_LIMIT < 2**53  # float64 exact
+    widest = max(len(pn.columns(t)) for t in range(32))
+    assert pn.HIDDEN * 255 * 128 < 2**24  # dense layers: every partial sum an integer < 2**24
+    assert widest * pn.EMBED * 128 * 128 < 2**24  # layer one: float32 sums of table rows
+    assert (pn.BIAS_LIMIT + pn.HIDDEN * 255 * 128) * pn.MULT_LIMIT < 2**53  # float64 exact
 
 
 def test_rows_do_not_depend_on_the_batch(prior, train):
@@ -245,11 +246,12 @@ def test_cli_fits_a_learned_prior_and_compresses(digits, tmp_path):
 def test_large_code_sets_train_on_a_seeded_draw_of_images(train, monkeypatch):
     monkeypatch.setattr(lp, "MAX_SYMBOLS", 25 * 100)  # 100 of the 600 images
     seen = []
-    monkeypatch.setattr(
-        lp,
-        "_all_contexts",
-        lambda s, a, t, f=lp._all_contexts: (seen.append(len(s)), f(s, a, t))[1],
-    )
+
+    def counted(sym, n_codes, t):
+        seen.append(len(sym))
+        return pn.all_contexts(sym, n_codes, t)
+
+    monkeypatch.setattr(lp, "all_contexts", counted)
     one = LearnedPrior.fit(train, A, steps=3)
     two = LearnedPrior.fit(train, A, steps=3)
     assert seen == [100, 100, 100, 100] and one.digest() == two.digest()
