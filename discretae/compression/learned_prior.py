@@ -39,12 +39,17 @@ from __future__ import annotations
 import hashlib
 import json
 
-import constriction
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from discretae.compression.prior import MIN_BITS_PER_SYMBOL
+from discretae.compression.prior import (
+    checked_codes,
+    decode_slots,
+    encode_slots,
+    max_ans_symbols,
+    slots,
+)
 from discretae.compression.prior_network import (
     EMBED,
     EXP_SCALE,
@@ -107,13 +112,7 @@ class LearnedPrior:
         first cut to a seeded draw of whole images. ``progress(t, step, steps, loss)`` is
         called as it goes.
         """
-        codes = np.asarray(codes)
-        if codes.ndim != 4 or len(codes) == 0:
-            raise DiscretaeError(f"codes must be (N, h, w, T) with N >= 1, got {codes.shape}")
-        if codes.min() < 0 or codes.max() >= n_codes:
-            raise DiscretaeError(
-                f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]"
-            )
+        codes = checked_codes(codes, n_codes)
         if n_codes < 2:
             raise DiscretaeError("a learned prior needs at least 2 codes")
         n, h, w, n_levels = codes.shape
@@ -231,22 +230,15 @@ class LearnedPrior:
         """Per level t < l, the coder rows (n, h, w, A) of every symbol of known codes."""
         n, h, w, levels = sym.shape
         out = [np.empty((n, h, w, self.n_codes)) for _ in range(levels)]
-        for (i, j, t), rows in self._rows_by_slot(sym, self._slots(levels)):
+        for (i, j, t), rows in self._rows_by_slot(sym, slots(self.grid, levels)):
             out[t][:, i, j] = rows
         return out
 
     def encode_block(self, codes: np.ndarray) -> np.ndarray:
         """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32)."""
         sym = np.ascontiguousarray(codes, dtype=np.int64)
-        coder = constriction.stream.stack.AnsCoder()
-        family = constriction.stream.model.Categorical(perfect=False)
-        for (i, j, t), rows in self._rows_by_slot(sym, reversed(self._slots(sym.shape[3]))):
-            coder.encode_reverse(sym[:, i, j, t].astype(np.int32), family, rows)
-        return coder.get_compressed()
-
-    def _slots(self, n_levels: int):
-        h, w = self.grid
-        return [(i, j, t) for i in range(h) for j in range(w) for t in range(n_levels)]
+        order = reversed(slots(self.grid, sym.shape[3]))
+        return encode_slots(sym, self._rows_by_slot(sym, order))
 
     def decode_block(self, words: np.ndarray, n: int, n_levels: int) -> np.ndarray:
         """ANS words -> codes (n, h, w, l) int64; DiscretaeError unless the words hold
@@ -254,21 +246,15 @@ class LearnedPrior:
         h, w = self.grid
         # "outside" everywhere until decoded: a context reads only symbols decoded before
         pad = np.full((n, h + PAD, w + 2 * PAD, n_levels), self.n_codes, dtype=np.int64)
-        try:
-            coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
-            family = constriction.stream.model.Categorical(perfect=False)
-            for i, j, t in self._slots(n_levels):
-                ctx = context(pad, columns(t), i, j)
-                pos = np.full(n, i * w + j)
-                decoded = coder.decode(family, self.nets[t].rows(ctx, pos))
-                pad[:, PAD + i, PAD + j, t] = decoded
-            exact = coder.is_empty()
-        except Exception as e:  # constriction reports malformed words as ValueError
-            raise DiscretaeError(
-                f"corrupt archive: the code payload does not decode ({e})"
-            ) from None
-        if not exact:
-            raise DiscretaeError("corrupt archive: the code payload holds more data than its codes")
+
+        def rows_of(slot):
+            i, j, t = slot
+            return self.nets[t].rows(context(pad, columns(t), i, j), np.full(n, i * w + j))
+
+        def store(slot, decoded):
+            pad[:, PAD + slot[0], PAD + slot[1], slot[2]] = decoded
+
+        decode_slots(words, slots(self.grid, n_levels), rows_of, store)
         return pad[:, PAD:, PAD : PAD + w].copy()
 
     def slot_table(self, sym: np.ndarray, i: int, j: int, t: int) -> np.ndarray:
@@ -286,14 +272,14 @@ class LearnedPrior:
         return self.nets[t].rows(ctx, np.full(n, i * w + j))
 
     def max_symbols(self, n_words: int) -> int:
-        return int((32 * n_words + 64) / MIN_BITS_PER_SYMBOL)
+        return max_ans_symbols(n_words)
 
     def cost_bits(self, codes: np.ndarray) -> float:
         """Information content (bits) of codes (n, h, w, l) under the integer network."""
         sym = np.ascontiguousarray(codes, dtype=np.int64)
         total = 0.0
         every = np.arange(len(sym))
-        for (i, j, t), rows in self._rows_by_slot(sym, self._slots(sym.shape[3])):
+        for (i, j, t), rows in self._rows_by_slot(sym, slots(self.grid, sym.shape[3])):
             p = rows[every, sym[:, i, j, t]] / rows.sum(1)
             total -= float(np.log2(p).sum())
         return total

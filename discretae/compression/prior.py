@@ -190,13 +190,7 @@ class CodePrior:
                 classes, or None (frequency bands are used instead).
             seed: k-means seed.
         """
-        codes = np.asarray(codes)
-        if codes.ndim != 4 or len(codes) == 0:
-            raise DiscretaeError(f"codes must be (N, h, w, T) with N >= 1, got {codes.shape}")
-        if codes.min() < 0 or codes.max() >= n_codes:
-            raise DiscretaeError(
-                f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]"
-            )
+        codes = checked_codes(codes, n_codes)
         n, h, w, n_levels = codes.shape
         a, p = int(n_codes), h * w
         vectors = vectors or [None] * n_levels
@@ -340,21 +334,13 @@ class CodePrior:
             return np.zeros(previous.shape, dtype=np.int64)
         return self._offsets[t] + self.class_maps[t][previous]
 
-    def _slots(self, n_levels: int):
-        h, w = self.grid
-        return [(i, j, t) for i in range(h) for j in range(w) for t in range(n_levels)]
-
     def encode_block(self, codes: np.ndarray) -> np.ndarray:
         """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32)."""
         if self.n_codes == 1:
             return np.zeros(0, dtype=np.uint32)
         sym = np.ascontiguousarray(codes, dtype=np.int64)
-        coder = constriction.stream.stack.AnsCoder()
-        family = constriction.stream.model.Categorical(perfect=False)
-        for i, j, t in reversed(self._slots(sym.shape[3])):
-            rows = self.slot_rows(sym, i, j, t)
-            coder.encode_reverse(sym[:, i, j, t].astype(np.int32), family, self._probs[rows])
-        return coder.get_compressed()
+        order = reversed(slots(self.grid, sym.shape[3]))
+        return encode_slots(sym, ((s, self._probs[self.slot_rows(sym, *s)]) for s in order))
 
     def decode_block(self, words: np.ndarray, n: int, n_levels: int) -> np.ndarray:
         """ANS words -> codes (n, h, w, l) int64; raises DiscretaeError unless the words
@@ -365,26 +351,23 @@ class CodePrior:
             if len(words):
                 raise DiscretaeError("corrupt archive: payload words for a one-code model")
             return sym
-        try:
-            coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
-            family = constriction.stream.model.Categorical(perfect=False)
-            for i, j, t in self._slots(n_levels):
-                rows = self.slot_rows(sym, i, j, t)
-                sym[:, i, j, t] = coder.decode(family, self._probs[rows])
-            exact = coder.is_empty()
-        except Exception as e:  # constriction reports malformed words as ValueError
-            raise DiscretaeError(
-                f"corrupt archive: the code payload does not decode ({e})"
-            ) from None
-        if not exact:
-            raise DiscretaeError("corrupt archive: the code payload holds more data than its codes")
+
+        def store(slot, decoded):
+            sym[:, slot[0], slot[1], slot[2]] = decoded
+
+        decode_slots(
+            words,
+            slots(self.grid, n_levels),
+            lambda slot: self._probs[self.slot_rows(sym, *slot)],
+            store,
+        )
         return sym
 
     def max_symbols(self, n_words: int) -> int:
         """The most symbols ``n_words`` ANS words can hold under this prior."""
         if self.n_codes == 1:
             return 2**62
-        return int((32 * n_words + 64) / MIN_BITS_PER_SYMBOL)
+        return max_ans_symbols(n_words)
 
     def cost_bits(self, codes: np.ndarray) -> float:
         """Information content (bits) of codes (n, h, w, l) under the quantized tables:
@@ -392,11 +375,62 @@ class CodePrior:
         sym = np.ascontiguousarray(codes, dtype=np.int64)
         total = 0.0
         sums = self._probs.sum(1)
-        for i, j, t in self._slots(sym.shape[3]):
+        for i, j, t in slots(self.grid, sym.shape[3]):
             rows = self.slot_rows(sym, i, j, t)
             p = self._probs[rows, sym[:, i, j, t]] / sums[rows]
             total -= float(np.log2(p).sum())
         return total
+
+
+def checked_codes(codes, n_codes: int) -> np.ndarray:
+    """Training codes as an (N, h, w, T) array with N >= 1 and values in [0, n_codes);
+    DiscretaeError otherwise."""
+    codes = np.asarray(codes)
+    if codes.ndim != 4 or len(codes) == 0:
+        raise DiscretaeError(f"codes must be (N, h, w, T) with N >= 1, got {codes.shape}")
+    if codes.min() < 0 or codes.max() >= n_codes:
+        raise DiscretaeError(
+            f"codes must lie in [0, {n_codes}), got [{codes.min()}, {codes.max()}]"
+        )
+    return codes
+
+
+def slots(grid, n_levels: int) -> list[tuple[int, int, int]]:
+    """The coding order of a block: cells in raster order, levels within a cell."""
+    h, w = grid
+    return [(i, j, t) for i in range(h) for j in range(w) for t in range(n_levels)]
+
+
+def encode_slots(sym: np.ndarray, rows_by_slot) -> np.ndarray:
+    """ANS words of the symbols ``sym`` (n, h, w, l): ``rows_by_slot`` gives each slot
+    (i, j, t) with its coder rows (n, A), in reverse coding order (the coder is a stack)."""
+    coder = constriction.stream.stack.AnsCoder()
+    family = constriction.stream.model.Categorical(perfect=False)
+    for (i, j, t), rows in rows_by_slot:
+        coder.encode_reverse(sym[:, i, j, t].astype(np.int32), family, rows)
+    return coder.get_compressed()
+
+
+def decode_slots(words: np.ndarray, order, rows_of, store) -> None:
+    """Decode ANS words slot by slot in coding ``order``: ``rows_of(slot)`` gives the
+    coder rows (n, A) from the symbols stored so far, ``store(slot, symbols)`` keeps the
+    decoded ones. DiscretaeError unless the words hold exactly these symbols."""
+    try:
+        coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
+        family = constriction.stream.model.Categorical(perfect=False)
+        for slot in order:
+            store(slot, coder.decode(family, rows_of(slot)))
+        exact = coder.is_empty()
+    except Exception as e:  # constriction reports malformed words as ValueError
+        raise DiscretaeError(f"corrupt archive: the code payload does not decode ({e})") from None
+    if not exact:
+        raise DiscretaeError("corrupt archive: the code payload holds more data than its codes")
+
+
+def max_ans_symbols(n_words: int) -> int:
+    """The most symbols ``n_words`` ANS words can hold when no symbol costs less than
+    ``MIN_BITS_PER_SYMBOL``."""
+    return int((32 * n_words + 64) / MIN_BITS_PER_SYMBOL)
 
 
 def _checked_config(config: dict) -> tuple:
