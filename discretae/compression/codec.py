@@ -152,8 +152,6 @@ def fit_prior(
         "held_out_images": len(held),
         "held_out_bits_per_image": {k: round(v, 2) for k, v in per_image.items()},
     }
-    if winner == "learned":
-        prior.info = dict(prior.choice)
     return prior
 
 

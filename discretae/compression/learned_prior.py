@@ -82,13 +82,15 @@ class LearnedPrior:
 
     kind = "learned"
 
-    def __init__(self, grid, n_levels: int, n_codes: int, levels: list[dict], exp=None, info=None):
+    def __init__(
+        self, grid, n_levels: int, n_codes: int, levels: list[dict], exp=None, choice=None
+    ):
         self.grid = (int(grid[0]), int(grid[1]))
         self.n_levels, self.n_codes = int(n_levels), int(n_codes)
         self.exp = exp_table() if exp is None else exp
         self.arrays = levels
-        self.info = dict(info or {})  # stored in the config, outside the digest
-        self.choice: dict | None = None  # how fit_prior chose this prior
+        # how fit_prior chose this prior: stored in the config, outside the digest
+        self.choice: dict | None = choice
         self.nets = []
         for t, arrays in enumerate(levels):
             arrays = {**arrays, "exp": self.exp}
@@ -163,7 +165,7 @@ class LearnedPrior:
             "hidden": HIDDEN,
             "logit_steps": LOGIT_STEPS,
             "shift": SHIFT,
-            **({"info": self.info} if self.info else {}),
+            **({"choice": self.choice} if self.choice else {}),
         }
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -194,7 +196,7 @@ class LearnedPrior:
                 raise ValueError("its exponential table has the wrong shape")
             if exp.min() < 0 or exp.max() > EXP_SCALE or exp[0] < 1:
                 raise ValueError("its exponential table is out of range")
-            prior = cls(grid, n_levels, n_codes, levels, exp.copy(), config.get("info"))
+            prior = cls(grid, n_levels, n_codes, levels, exp.copy(), config.get("choice"))
             if prior.digest() != bytes(tensors["sha256"].numpy().tobytes()):
                 raise ValueError("its tensors or config do not give its sha256")
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
@@ -202,7 +204,7 @@ class LearnedPrior:
         return prior
 
     def digest(self) -> bytes:
-        cfg = {k: v for k, v in self.config().items() if k != "info"}
+        cfg = {k: v for k, v in self.config().items() if k != "choice"}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.exp.astype("<i8").tobytes())
         for arrays in self.arrays:
@@ -211,9 +213,6 @@ class LearnedPrior:
                 h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
                 h.update(a.tobytes())
         return h.digest()
-
-    def n_bytes(self) -> int:
-        return sum(a.nbytes for arrays in self.arrays for a in arrays.values()) + self.exp.nbytes
 
     # ------------------------------------------------------------------ coding
     def _rows_by_slot(self, sym: np.ndarray, order):
