@@ -115,7 +115,7 @@ class _FitBar(_LazyProgress):
             total=epochs * steps,
             # the estimator counts epochs and steps from 1
             completed=(int(event["epoch"]) - 1) * steps + int(event["step"]),
-            epoch=f"{event['epoch']}/{epochs}",
+            epoch=_epoch_text(event, epochs),
             loss=fmt(self.loss_sum / self.n_losses),
             usage="-" if usage is None else str(usage),
         )
@@ -126,9 +126,15 @@ class _FitBar(_LazyProgress):
             self.after.stop()
 
 
+def _epoch_text(event: dict, epochs: int) -> str:
+    """ "epoch 3/12"; an ensemble's events name their phase: "member 2/3, epoch 15/38"."""
+    phase = event.get("phase")
+    return f"{phase + ', ' if phase else ''}epoch {event['epoch']}/{epochs}"
+
+
 def _fit_bar() -> _FitBar:
     return _FitBar(
-        TextColumn("epoch {task.fields[epoch]}"),
+        TextColumn("{task.fields[epoch]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
@@ -136,7 +142,7 @@ def _fit_bar() -> _FitBar:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=False,
-        epoch="-",
+        epoch="epoch -",
         loss="-",
         usage="-",
     )

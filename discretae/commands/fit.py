@@ -49,6 +49,7 @@ FIT_DEFAULTS = {
     "background": "white",
     "decoder": "auto",  # the estimator's: light for the clustering recipe, else full
     "precision": "auto",  # the estimator's: bfloat16 for the recipe on a CPU that has it
+    "ensemble": 1,  # members whose consensus is kept (clustering models)
 }
 # codes per level when --codes is not given, by model (others: 10): 256 makes rvq a
 # compressor by itself (benchmarks/rate_distortion.py fits 7x7 grids of 256 codes)
@@ -73,6 +74,7 @@ _FIT_PARAMS = {
     "background": "background",
     "decoder": "decoder",
     "precision": "precision",
+    "ensemble": "ensemble",
 }
 
 
@@ -115,6 +117,7 @@ def fit(
     background: str | None = None,
     decoder: str | None = None,
     precision: str | None = None,
+    ensemble: int | None = None,
     max_memory: str | int | None = None,
     prior: str = "auto",
     labels: str | None = None,
@@ -129,14 +132,11 @@ def fit(
 
     Settings left at None take ``FIT_DEFAULTS`` (model gumbel, 10 codes or 256 for rvq,
     batch 256, seed 0, objectives "auto", the estimator's epochs and lr, ...), or the
-    checkpoint's when resuming. ``objectives`` is :class:`DiscreteAutoencoder`'s:
-    "auto" makes a global gumbel code on images the clustering recipe (two augmented
-    views, IIC mutual information, InfoNCE, self-labelling, a content/style split),
-    "none" reconstruction alone; ``lr_schedule`` its learning-rate curve; ``decoder`` "auto"
-    (light for the clustering recipe, else full), "full" or "light" (no full-resolution
-    decoder stage: about twice as fast on 32x32 colour); ``precision`` "auto" (bfloat16
-    networks for the clustering recipe on a CPU that computes bfloat16 in hardware, else
-    float32), "float32" or "bfloat16".
+    checkpoint's when resuming. ``objectives``, ``lr_schedule``, ``decoder``, ``precision``
+    and ``ensemble`` are :class:`DiscreteAutoencoder`'s: "auto" objectives make a global
+    gumbel code on images the clustering recipe, "none" reconstruction alone; "auto"
+    decoder and precision are the recipe's light decoder and bfloat16 where the CPU has
+    it; ``ensemble`` N > 1 keeps the consensus of N seeds.
 
     ``image_size``, ``resize``, ``background``, ``max_memory``, ``prior``: module docstring.
 
@@ -410,6 +410,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "perplexity": last.get("perplexity"),
         "fit_seconds": run.seconds,
         "prior": run.prior,
+        "ensemble": est.ensemble_,
         "checkpoint": str(ckpt) if ckpt.exists() else None,
         "resumed_from": str(resume) if resume is not None else None,
         # how the fitted clusters match DATA's labels, when it has any

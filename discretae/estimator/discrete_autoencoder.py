@@ -29,6 +29,7 @@ from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.files import check_writable
 from discretae.core.serialization import read_model_file, write_model_file
 from discretae.data.framing import frame_tensor
+from discretae.estimator.ensemble import EnsembleFit
 from discretae.estimator.fitted import (
     FittedCodes,
     as_images,
@@ -84,7 +85,7 @@ def _rank_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator):
+class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator):
     """A discrete autoencoder (vq, gumbel or binary) with scikit-learn conventions.
 
     Args:
@@ -133,6 +134,8 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             hardware, where a step takes about half the time, else float32
             (``discretae.core.devices.training_dtype``).
             Encoding and decoding always run in float32.
+        ensemble: N > 1 fits N seeds and keeps their consensus, distilled into one
+            model (``discretae.estimator.ensemble``; clustering models only).
 
     Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
     ``n_features_in_``, ``code_shape_``, ``history_``, ``n_clusters_``, ``labels_``,
@@ -165,6 +168,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         background: str = "white",
         decoder: str = "auto",
         precision: str = "auto",
+        ensemble: int = 1,
     ) -> None:
         self.model = model
         self.n_codes = n_codes
@@ -190,6 +194,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         self.background = background
         self.decoder = decoder
         self.precision = precision
+        self.ensemble = ensemble
 
     not_fitted_error = EstimatorNotFittedError
 
@@ -316,6 +321,8 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
                 was written first when ``checkpoint`` is set.
         """
         ck = self._check_fit_call(checkpoint, checkpoint_every, resume)
+        if int(self.ensemble) > 1:
+            return self._fit_ensemble(X, checkpoint_every, resume)
         data = self._at_working_size(as_images(X))
         fingerprint = data_fingerprint(data)
         if ck is not None:
@@ -437,6 +444,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
         self.n_features_in_ = int(np.prod(self.input_shape_))
         self.code_shape_ = self.model_.code_shape
         self.history_ = state.history
+        self.ensemble_ = None  # set by an ensemble fit afterwards
 
     def _fit_clusters(self, codes: torch.Tensor, seed: int) -> None:
         """codes of the training inputs -> ``labels_``, ``n_clusters_``, ``kmeans_`` and
@@ -472,6 +480,7 @@ class DiscreteAutoencoder(FittedCodes, TransformerMixin, ClusterMixin, BaseEstim
             "input_shape": list(self.input_shape_),
             "n_clusters": self.n_clusters_,
             "history": self.history_,
+            "ensemble": self.ensemble_,
         }
         write_model_file(path, tensors, config)
 

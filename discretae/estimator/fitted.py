@@ -314,6 +314,7 @@ def attach_fitted(obj, tensors: dict, config: dict, path, device):
     obj.n_features_in_ = int(np.prod(input_shape))
     obj.code_shape_ = model.code_shape
     obj.history_ = list(config.get("history", []))
+    obj.ensemble_ = config.get("ensemble")
     obj.n_clusters_ = n_clusters
     centers = tensors.get("kmeans.cluster_centers")
     if centers is None:

@@ -124,6 +124,7 @@ PARAMETER_CONSTRAINTS: dict[str, Callable[[str, object], None]] = {
     "background": CheckedBy(parse_background),
     "decoder": Options(("auto", *DECODERS)),
     "precision": Options(PRECISIONS),
+    "ensemble": Integer(1),
     "grid": WhenBuilt("build_autoencoder: it must fit the image"),
     "loss": WhenBuilt("build_autoencoder"),
     "quantizer_options": WhenBuilt("the quantizer's constructor"),

@@ -33,6 +33,10 @@ LOSSES = ("bce", "mse")
 DECODERS = ("full", "light")
 
 
+# weight of the cross-entropy against ``targets`` (an ensemble's consensus) in training
+CONSENSUS_WEIGHT = 5.0
+
+
 class Autoencoder(nn.Module):
     """encoder -> quantizer -> decoder on inputs in [0, 1].
 
@@ -107,12 +111,20 @@ class Autoencoder(nn.Module):
         (what neighbour mining searches; the caller sets eval mode)."""
         return F.normalize(self._split(self.encoder(x))[3].float(), dim=-1)
 
-    def forward(self, x: torch.Tensor, neighbours: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        x: torch.Tensor,
+        neighbours: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> dict:
         """x: (B, *input_shape) in [0, 1] -> dict(x_hat, codes, aux_loss, stats, recon_loss).
 
         ``neighbours`` (B, *input_shape): a mined neighbour of each image, for the
         neighbours objective (training with view objectives only); it is augmented and
-        encoded with the two views, and only that term uses it.
+        encoded with the two views, and only that term uses it. ``targets`` (B,) int64: a
+        code each image should get (an ensemble's consensus, in training): the
+        cross-entropy of the code logits (of both views, with view objectives) against
+        it joins the auxiliary loss as "consensus".
         """
         two_views = self.training and self.objectives is not None
         target, b = x, x.shape[0]
@@ -141,6 +153,11 @@ class Autoencoder(nn.Module):
             extra, parts = self.objectives(view_logits[: 2 * b], z[: 2 * b], h[: 2 * b], nb)
             aux_loss = aux_loss + extra
             stats = {**stats, **parts}
+        if targets is not None:
+            lg = view_logits[: 2 * b] if two_views else self.quantizer.logits(z[:b])[..., 0, :]
+            ce = F.cross_entropy(lg.float(), targets.repeat(lg.shape[0] // b))
+            aux_loss = aux_loss + CONSENSUS_WEIGHT * ce
+            stats = {**stats, "consensus": ce.detach()}
         logits = self._decode_logits(quantized, style)
         if self.config["loss"] == "bce":
             recon = F.binary_cross_entropy_with_logits(logits.float(), target.float())

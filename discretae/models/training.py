@@ -249,6 +249,7 @@ def train(
     checkpoint: Callable[[TrainState], None] | None = None,
     checkpoint_every: int = 0,
     lr_schedule: str = "constant",
+    targets: torch.Tensor | None = None,
 ) -> TrainState:
     """Train ``state.model`` on ``data`` until ``state.epoch == epochs``.
 
@@ -270,6 +271,8 @@ def train(
             "hold-cosine": it stays at the initial rate for 80% of the steps, then falls
             along half a cosine. A function of the step, so a resumed run follows the
             same curve.
+        targets: (N,) int64, a code for every input (an ensemble's consensus), or
+            None; the model adds the cross-entropy of its code logits against them.
 
     Each finished epoch appends ``{"epoch", "loss", "recon", "aux", "usage",
     "perplexity", "seconds"}`` to ``state.history``: mean losses over the epoch's steps,
@@ -302,6 +305,7 @@ def train(
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         mining=mining,
+        targets=None if targets is None else torch.as_tensor(targets, dtype=torch.int64),
     )
     net = _wrap(state.model, device)
     state.model.train()
@@ -330,6 +334,7 @@ class _Run:
     checkpoint: Callable[[TrainState], None] | None
     checkpoint_every: int
     mining: object = None  # the model's NeighbourMining, or None
+    targets: torch.Tensor | None = None  # (N,) a code per input, or None
 
 
 def _run_epoch(state: TrainState, net: torch.nn.Module, run: _Run, stop: _StopSignals) -> None:
@@ -366,7 +371,10 @@ def _step(
     model.set_progress(state.step / run.total_steps)
     if run.hold is not None:
         _set_cosine_lr(state.optimizer, state.step / run.total_steps, run.hold)
-    out = net(to_unit_float(run.data[mine].to(run.device)), **_neighbour_inputs(state, run, mine))
+    extra = _neighbour_inputs(state, run, mine)
+    if run.targets is not None:
+        extra["targets"] = run.targets[mine.to(run.targets.device)].to(run.device)
+    out = net(to_unit_float(run.data[mine].to(run.device)), **extra)
     loss = out["recon_loss"] + out["aux_loss"]
     # one all-reduce: the global batch's losses, and whether a rank was signalled
     parts = [loss, out["recon_loss"], out["aux_loss"]]
