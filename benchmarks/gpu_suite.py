@@ -308,7 +308,7 @@ def run_step(name: str, a, log) -> dict:
         entry["reason"] = cmd
         log.write(f"\n== {name}: skipped: {cmd}\n")
     else:
-        entry["command"] = " ".join(cmd)
+        entry["command"] = scrub(" ".join(cmd), a)
         timeout = QUICK_TIMEOUT if a.quick else TIMEOUTS[name]
         log.write(f"\n== {name} (timeout {timeout} s): {entry['command']}\n")
         log.flush()
@@ -321,7 +321,7 @@ def run_step(name: str, a, log) -> dict:
             except (OSError, ValueError, KeyError) as e:  # no or unreadable figures
                 status, reason, figures = "failed", f"could not read its results: {e!r}", None
             entry.update(status=status, reason=reason, result=figures)
-        log.write(proc.stdout + proc.stderr)
+        log.write(scrub(proc.stdout + proc.stderr, a))
     entry["seconds"] = time.perf_counter() - start
     log.write(f"-> {entry['status']}" + (f": {entry['reason']}" if entry["reason"] else ""))
     log.write(f" ({entry['seconds']:.1f} s)\n")
@@ -341,6 +341,25 @@ def run_bounded(cmd: list[str], env: dict, timeout: float) -> subprocess.Complet
         out, err = proc.communicate()
         return subprocess.CompletedProcess(cmd, None, out, err)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def scrub(text: str, a) -> str:
+    """``text`` without this machine's paths: the interpreter, --out and the checkout."""
+    for path, shown in ((sys.executable, "python"), (str(a.out), "OUT"), (f"{ROOT}{os.sep}", "")):
+        text = text.replace(path, shown)
+    return text
+
+
+def write_report(report: dict, a, started: float) -> None:
+    """suite.json with the steps so far, their targets, and ok (no step failed); paths
+    scrubbed."""
+    report["targets"] = next(
+        (s["result"]["targets"] for s in report["steps"] if s["step"] == "nearest-code"
+         and s["status"] == "ok"), []
+    )  # fmt: skip
+    report["seconds"] = time.perf_counter() - started
+    report["ok"] = all(s["status"] != "failed" for s in report["steps"])
+    (a.out / "suite.json").write_text(scrub(json.dumps(report, indent=1), a) + "\n")
 
 
 def optional_packages() -> dict:
@@ -406,13 +425,9 @@ def run_suite(a, steps: list[str]) -> int:
             report["steps"].append(entry)
             why = f": {entry['reason']}" if entry["reason"] else ""
             print(f"{name:13s} {entry['status']:8s} {entry['seconds']:6.1f} s{why}", flush=True)
-    report["targets"] = next(
-        (s["result"]["targets"] for s in report["steps"] if s["step"] == "nearest-code"
-         and s["status"] == "ok"), []
-    )  # fmt: skip
-    report["seconds"] = time.perf_counter() - started
-    report["ok"] = all(s["status"] != "failed" for s in report["steps"])
-    (a.out / "suite.json").write_text(json.dumps(report, indent=1) + "\n")
+            log.flush()
+            write_report(report, a, started)  # after every step: a cut-off run keeps them
+    write_report(report, a, started)
     for t in report["targets"]:
         met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         got = "-" if t["got"] is None else f"{t['got']:.4g}"

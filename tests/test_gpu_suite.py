@@ -48,6 +48,10 @@ def test_cpu_dry_run_passes_and_writes_json(dry_run, gpu_suite):
             assert s["reason"], s
     log = (out / "suite.log").read_text()
     assert all(f"== {name}" in log for name in gpu_suite.STEPS)
+    # committed as results: no paths of this machine (interpreter, checkout, --out)
+    for text in (log, (out / "suite.json").read_text()):
+        assert str(ROOT) not in text and str(out) not in text and sys.executable not in text
+    assert "python benchmarks/gpu_suite.py --step clustering" in log
 
 
 def test_dry_run_figures(dry_run):
