@@ -4,6 +4,7 @@
     python benchmarks/ensemble.py --dataset fashion-mnist --seeds 0 2 4 --fit-only &
     python benchmarks/ensemble.py --dataset fashion-mnist --seeds 1 3 5 --fit-only &
     python benchmarks/ensemble.py --dataset fashion-mnist --seeds 0 1 2 3 4 5
+    python benchmarks/ensemble.py --dataset fashion-mnist --seeds 0 1 2 3 4 5 --device cuda
 
 Members are fits of one variant of ``benchmarks/clustering.py`` (default
 recipe+neighbours: ``DiscreteAutoencoder("gumbel", n_codes=10, random_state=SEED)``
@@ -49,18 +50,23 @@ from discretae.evaluation.metrics import clustering_scores, nmi  # noqa: E402
 SCORES = ("nmi", "acc", "purity", "ari")
 
 
-def member(path: Path, variant: str, seed: int, x) -> DiscreteAutoencoder:
+def member(path: Path, variant: str, seed: int, x, device: str) -> DiscreteAutoencoder:
     """The member fit of ``variant`` at ``seed``: loaded from ``path``, else fitted and saved."""
     if not path.exists():
         start = time.perf_counter()
-        est = estimator(variant, seed=seed).fit(x)  # no labels
+        est = estimator(variant, seed=seed, device=device).fit(x)  # no labels
         est.save(path)
+        print(f"member seed {seed}: fitted in {time.perf_counter() - start:.0f} s", flush=True)
         path.with_suffix(".json").write_text(
             json.dumps(
-                {"fit_seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
+                {
+                    "fit_seconds": time.perf_counter() - start,
+                    "threads": torch.get_num_threads(),
+                    "device": device,
+                }
             )
         )
-    return DiscreteAutoencoder.load(path)
+    return DiscreteAutoencoder.load(path, device=device)
 
 
 def scored(y, ids) -> dict:
@@ -89,6 +95,7 @@ def main() -> None:
         "--models", type=Path, default=None, help="member models [benchmarks/models/DATASET]"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--fit-only", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
@@ -96,7 +103,10 @@ def main() -> None:
     models = a.models or HERE / "models" / a.dataset
     models.mkdir(parents=True, exist_ok=True)
     x, y = load(a.dataset)
-    members = {s: member(models / f"{a.variant}-{s}.safetensors", a.variant, s, x) for s in a.seeds}
+    members = {
+        s: member(models / f"{a.variant}-{s}.safetensors", a.variant, s, x, a.device)
+        for s in a.seeds
+    }
     if a.fit_only:
         return
     member_runs, member_ids = [], []
@@ -110,7 +120,7 @@ def main() -> None:
     ens_runs, ens_ids = [], []
     for group in groups:
         start = time.perf_counter()
-        est = DiscreteAutoencoder("gumbel", n_codes=10, random_state=group[0])
+        est = DiscreteAutoencoder("gumbel", n_codes=10, random_state=group[0], device=a.device)
         est.fit_consensus([members[s] for s in group], x)
         seconds = time.perf_counter() - start
         fits = [r.get("fit_seconds") for r in member_runs if r["seed"] in group]
@@ -129,7 +139,7 @@ def main() -> None:
         "benchmark": "ensemble",
         "dataset": a.dataset,
         "n_images": int(len(x)),
-        "device": device_name("cpu"),
+        "device": device_name(a.device),
         "threads": a.threads,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions("torch", "numpy", "scikit-learn", "discretae"),
@@ -139,7 +149,7 @@ def main() -> None:
         "members": {"summary": summary(member_runs, member_ids), "runs": member_runs},
         "ensembles": {"summary": summary(ens_runs, ens_ids), "runs": ens_runs},
     }
-    out = a.out or HERE / "results" / f"ensemble-{a.dataset}-cpu.json"
+    out = a.out or HERE / "results" / f"ensemble-{a.dataset}-{a.device.split(':')[0]}.json"
     out.write_text(json.dumps(report, indent=1))
     print(f"\n{a.dataset}, {len(x)} images, {a.variant}, ensembles of {a.members}")
     print(f"{'':10s} {'NMI':>14s} {'ACC':>14s} {'worst NMI/ACC':>14s} {'agreement':>9s}")
