@@ -33,6 +33,9 @@ Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gum
     constant-lr, hold-lr  mi+con+style with a constant learning rate, or one held for
                  80% of the steps before its cosine decay (the default decays along a
                  cosine over the whole run)
+    recipe+heads the recipe with 5 code heads (IIC's count; ``fit --heads 5``): the
+                 kept head is the one the others agree with most, distilled into the
+                 code when it is not the quantizer's own (opt-in)
 """
 
 from __future__ import annotations
@@ -64,11 +67,13 @@ VARIANTS = {
     "critic": "critic,style",
     "constant-lr": "mi,contrastive,style",
     "hold-lr": "mi,contrastive,style",
+    "recipe+heads": "auto",
 }
 # variants that change more than the objectives
 OPTIONS = {
     "constant-lr": {"lr_schedule": "constant"},
     "hold-lr": {"lr_schedule": "hold-cosine"},
+    "recipe+heads": {"objective_options": {"heads": 5}},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 
@@ -94,6 +99,7 @@ def run_ours(x, y, variant: str, seed: int, device: str) -> dict:
         "clusters_used": int(scores["n_clusters_used"]),
         "fit_seconds": seconds,
         "epochs": len(est.history_),
+        **({"heads": est.heads_} if est.heads_ else {}),
         "ids": ids,
     }
 
@@ -126,6 +132,7 @@ def schedule_of(variant: str, x) -> str:
         + ("" if decoder == "full" else f"; {decoder} decoder")
         + ("" if dtype is None else f"; {str(dtype).removeprefix('torch.')} networks")
         + _mining_of(model)
+        + _heads_of(model)
     )
 
 
@@ -140,6 +147,12 @@ def _mining_of(model) -> str:
         f"every {o['neighbour_every']} epoch(s), weight {o['neighbours']:g}, "
         f"entropy {o['neighbour_entropy']:g}"
     )
+
+
+def _heads_of(model) -> str:
+    """ "; H code heads" for a model with extra heads, "" otherwise."""
+    heads = (model.config["objectives"] or {}).get("heads", 1)
+    return f"; {heads} code heads, the others' favourite kept" if heads > 1 else ""
 
 
 def run_kmeans(x, y, seed: int) -> dict:

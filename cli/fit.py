@@ -148,6 +148,15 @@ Ensemble = Annotated[
         "time.",
     ),
 ]
+Heads = Annotated[
+    int,
+    typer.Option(
+        "--heads",
+        min=1,
+        help="Train N code heads of a clustering model at once and keep the one the "
+        "others agree with most (no labels).",
+    ),
+]
 PriorOption = Annotated[
     PriorKind,
     typer.Option(
@@ -240,6 +249,7 @@ def fit(
     decoder: Decoder = DecoderKind.auto,
     precision: PrecisionOption = Precision.auto,
     ensemble: Ensemble = 1,
+    heads: Heads = 1,
     max_memory: MaxMemory = None,
     prior: PriorOption = PriorKind.auto,
     labels: Labels = None,
@@ -346,6 +356,7 @@ def _table(result: dict) -> Table:
         ("fit seconds", f"{result['fit_seconds']:.1f}"),
         *_prior_row(result),
         *_ensemble_row(result),
+        *_heads_row(result),
         ("device", result["device"]),
     ]
     if result.get("clustering"):
@@ -378,6 +389,24 @@ def _ensemble_row(result: dict) -> list[tuple[str, str]]:
             f"{agree:.3f}; kept seed {seeds[e['kept']]} (NMI to the consensus "
             f"{e['to_consensus'][e['kept']]:.3f}, {e['fidelity']:.3f} after "
             f"{e['distill_steps']} steps toward it)",
+        )
+    ]
+
+
+def _heads_row(result: dict) -> list[tuple[str, str]]:
+    h = result.get("heads")
+    if not h:
+        return []
+    agree = ", ".join(f"{a:.3f}" for a in h["agreement"])
+    distilled = (
+        f"; the code trained {h['distill_steps']} steps toward it, NMI {h['fidelity']:.3f}"
+        if h["kept"]
+        else ""
+    )
+    return [
+        (
+            "heads",
+            f"{h['heads']}, agreement with the others {agree}; kept head {h['kept']}{distilled}",
         )
     ]
 

@@ -50,6 +50,7 @@ FIT_DEFAULTS = {
     "decoder": "auto",  # the estimator's: light for the clustering recipe, else full
     "precision": "auto",  # the estimator's: bfloat16 for the recipe on a CPU that has it
     "ensemble": 1,  # members whose consensus is kept (clustering models)
+    "heads": 1,  # code heads trained at once (clustering models); objective_options
 }
 # codes per level when --codes is not given, by model (others: 10): 256 makes rvq a
 # compressor by itself (benchmarks/rate_distortion.py fits 7x7 grids of 256 codes)
@@ -118,6 +119,7 @@ def fit(
     decoder: str | None = None,
     precision: str | None = None,
     ensemble: int | None = None,
+    heads: int | None = None,
     max_memory: str | int | None = None,
     prior: str = "auto",
     labels: str | None = None,
@@ -136,7 +138,8 @@ def fit(
     and ``ensemble`` are :class:`DiscreteAutoencoder`'s: "auto" objectives make a global
     gumbel code on images the clustering recipe, "none" reconstruction alone; "auto"
     decoder and precision are the recipe's light decoder and bfloat16 where the CPU has
-    it; ``ensemble`` N > 1 keeps the consensus of N seeds.
+    it; ``ensemble`` N > 1 keeps the consensus of N seeds; ``heads`` N > 1 trains N code
+    heads and keeps one (``objective_options={"heads": N}``).
 
     ``image_size``, ``resize``, ``background``, ``max_memory``, ``prior``: module docstring.
 
@@ -202,6 +205,7 @@ def _fit_settings(given: dict, resume) -> dict:
 
     params = checkpoint_params(read_checkpoint(resume).config)
     settings = {k: params.get(p, FIT_DEFAULTS[k]) for k, p in _FIT_PARAMS.items()}
+    settings["heads"] = (params.get("objective_options") or {}).get("heads", 1)
     settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
     clash = [
         f"--{k.replace('_', '-')} {v} (checkpoint: {settings[k]})"
@@ -324,6 +328,8 @@ def _estimator(settings, size, batch):
     from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
     params = {param: settings[k] for k, param in _FIT_PARAMS.items()}
+    if settings["heads"] > 1:
+        params["objective_options"] = {"heads": settings["heads"]}
     # a resumed checkpoint without a working size (an estimator's fit on arrays, or one
     # from before the setting) keeps none: the data's own size
     keep_none = settings.get("resumed") and settings["image_size"] is None
@@ -411,6 +417,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "fit_seconds": run.seconds,
         "prior": run.prior,
         "ensemble": est.ensemble_,
+        "heads": est.heads_,
         "checkpoint": str(ckpt) if ckpt.exists() else None,
         "resumed_from": str(resume) if resume is not None else None,
         # how the fitted clusters match DATA's labels, when it has any

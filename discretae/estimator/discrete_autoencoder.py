@@ -38,6 +38,7 @@ from discretae.estimator.fitted import (
     resolve_device,
     stored_params,
 )
+from discretae.estimator.heads import HeadsFit
 from discretae.estimator.parameters import Integer, check_parameters
 from discretae.estimator.recipe import (
     RECIPE_LR,
@@ -85,7 +86,9 @@ def _rank_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator):
+class DiscreteAutoencoder(
+    EnsembleFit, HeadsFit, FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator
+):
     """A discrete autoencoder (vq, gumbel or binary) with scikit-learn conventions.
 
     Args:
@@ -132,14 +135,15 @@ class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMix
             "bfloat16" (autocast; the quantizer, objectives and losses stay float32) or
             "auto": bfloat16 for the clustering recipe on a CPU that computes it in
             hardware, where a step takes about half the time, else float32
-            (``discretae.core.devices.training_dtype``).
-            Encoding and decoding always run in float32.
+            (``discretae.core.devices.training_dtype``); encoding and decoding in float32.
         ensemble: N > 1 fits N seeds and keeps their consensus, distilled into one
             model (``discretae.estimator.ensemble``; clustering models only).
 
     Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
     ``n_features_in_``, ``code_shape_``, ``history_``, ``n_clusters_``, ``labels_``,
-    ``kmeans_`` and ``cluster_centers_`` (None unless k-means is used), ``device_``.
+    ``kmeans_`` and ``cluster_centers_`` (None unless k-means is used), ``device_``,
+    ``ensemble_`` and ``heads_`` (what an ensemble fit or a choice of code head did, else
+    None; ``discretae.estimator.heads``).
     """
 
     def __init__(
@@ -209,12 +213,11 @@ class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMix
         tags.target_tags.required = False  # y is ignored
         tags.transformer_tags.preserves_dtype = []  # transform gives integer codes
         # a fixed random_state repeats a fit exactly on a CPU; on CUDA that is not promised
-        tags.non_deterministic = self._may_use_cuda()
-        return tags
-
-    def _may_use_cuda(self) -> bool:
         name = str(self.device)
-        return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+        tags.non_deterministic = name.startswith("cuda") or (
+            name == "auto" and torch.cuda.is_available()
+        )
+        return tags
 
     # ---------------------------------------------------------------- fitting
     def _objective_names(self, input_shape) -> list[str]:
@@ -344,6 +347,7 @@ class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMix
             self._train(state, data, epochs, device, writer, checkpoint_every)
         self._set_fitted(state, tuple(data.shape[1:]), device)
         self._fit_clusters(self._encode(data), seed)
+        self._choose_head(data, seed)
         return self
 
     def fit_memory(self, input_shape: tuple[int, ...], n_images: int) -> dict:
@@ -444,7 +448,7 @@ class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMix
         self.n_features_in_ = int(np.prod(self.input_shape_))
         self.code_shape_ = self.model_.code_shape
         self.history_ = state.history
-        self.ensemble_ = None  # set by an ensemble fit afterwards
+        self.ensemble_ = self.heads_ = None  # set by an ensemble fit, a choice of head
 
     def _fit_clusters(self, codes: torch.Tensor, seed: int) -> None:
         """codes of the training inputs -> ``labels_``, ``n_clusters_``, ``kmeans_`` and
@@ -460,10 +464,6 @@ class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMix
         self.kmeans_ = km
         self.cluster_centers_ = km.cluster_centers_.cpu().numpy()
         self.labels_ = km.labels_.cpu().numpy()
-
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        """Fit on X and return its cluster ids (N,) int64."""
-        return self.fit(X).labels_
 
     # ------------------------------------------------------------------- files
     def save(self, path) -> None:
@@ -481,6 +481,7 @@ class DiscreteAutoencoder(EnsembleFit, FittedCodes, TransformerMixin, ClusterMix
             "n_clusters": self.n_clusters_,
             "history": self.history_,
             "ensemble": self.ensemble_,
+            "heads": self.heads_,
         }
         write_model_file(path, tensors, config)
 

@@ -187,8 +187,9 @@ class EnsembleFit:
         }
         return self
 
-    def _distill(self, member, data, targets, seed: int, callback):
-        """Train the kept member on toward ``targets``; -> its train state."""
+    def _distill(self, member, data, targets, seed: int, callback, phase: str = "consensus"):
+        """Train the kept member on toward ``targets``; -> its train state (its history
+        entries marked ``phase``)."""
         model = member.model_
         steps = steps_per_epoch(data.shape[0], int(self.batch_size))
         state = make_train_state(model, lr=DISTILL_LR, seed=seed)
@@ -207,6 +208,6 @@ class EnsembleFit:
             finally:
                 model.low_precision = None
         for h in state.history:
-            h.update(epoch=len(before) + h["epoch"], phase="consensus")
+            h.update(epoch=len(before) + h["epoch"], phase=phase)
         state.history = before + state.history
         return state

@@ -315,6 +315,7 @@ def attach_fitted(obj, tensors: dict, config: dict, path, device):
     obj.code_shape_ = model.code_shape
     obj.history_ = list(config.get("history", []))
     obj.ensemble_ = config.get("ensemble")
+    obj.heads_ = config.get("heads")
     obj.n_clusters_ = n_clusters
     centers = tensors.get("kmeans.cluster_centers")
     if centers is None:

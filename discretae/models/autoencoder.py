@@ -149,8 +149,10 @@ class Autoencoder(nn.Module):
             stats = {**stats, "style_kl": kl.detach()}
         if two_views:
             view_logits = self.quantizer.logits(z)[..., 0, :]
-            nb = view_logits[2 * b :] if neighbours is not None else None
-            extra, parts = self.objectives(view_logits[: 2 * b], z[: 2 * b], h[: 2 * b], nb)
+            nb = nb_z = None
+            if neighbours is not None:
+                nb, nb_z = view_logits[2 * b :], z[2 * b :]
+            extra, parts = self.objectives(view_logits[: 2 * b], z[: 2 * b], h[: 2 * b], nb, nb_z)
             aux_loss = aux_loss + extra
             stats = {**stats, **parts}
         if targets is not None:
@@ -175,6 +177,15 @@ class Autoencoder(nn.Module):
     def latent(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, *input_shape) in [0, 1] -> what the quantizer codes: (B, D) or (B, h, w, D)."""
         return self._split(self.encoder(x))[0]
+
+    @torch.no_grad()
+    def head_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, *input_shape) -> (B, H) int64: the code of every code head, the
+        quantizer's first (a global one-group model with ``heads`` > 1; the caller sets
+        eval mode)."""
+        z = self.latent(x).float()
+        codes = self.quantizer.encode(z).reshape(-1, 1)
+        return torch.cat([codes, self.objectives.head_codes(z)], 1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

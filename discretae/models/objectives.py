@@ -19,6 +19,11 @@ paired with row i of the other; the other rows of the batch are the negatives.
   pairs; an image with the code of its other view is a positive, with another image's
   code a negative; encoder and critic both minimise the critic's logistic loss, which
   maximises a Jensen-Shannon bound on the mutual information between image and code.
+
+With ``heads`` H > 1 (IIC's several heads), H - 1 more code heads over the same content
+latent, each its own codebook, train with the code terms (mi, selflabel, neighbours) as
+the quantizer's code does; after the fit the estimator keeps the head the others agree
+with most (:mod:`discretae.estimator.heads`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import nn
 
 from discretae.core.checks import check_int
 from discretae.core.errors import DiscretaeError
+from discretae.kernels import nearest_code
 from discretae.models.augment import AugmentConfig
 from discretae.models.neighbours import NeighbourMining
 
@@ -146,6 +152,8 @@ OBJECTIVE_DEFAULTS = {
     "neighbour_start": 0.25,
     "neighbour_every": 1,
     "neighbour_entropy": 0.0,
+    # code heads trained at once (1: the quantizer's alone); see the module docstring
+    "heads": 1,
     "augment": {},
 }
 
@@ -164,7 +172,7 @@ def objective_settings(given: dict | None) -> dict:
     for key in (*VIEW_TERMS, *_NUMBERS):
         _check_number(key, out[key])
     check_int("overcluster", out["overcluster"], low=0)
-    for key in ("embed_dim", "n_neighbours", "neighbour_every"):
+    for key in ("embed_dim", "n_neighbours", "neighbour_every", "heads"):
         check_int(key, out[key])
     if not any(out[k] for k in VIEW_TERMS):
         raise DiscretaeError(
@@ -232,6 +240,8 @@ class ViewObjectives(nn.Module):
             neighbours term is off): k, the fraction of the steps before the first
             mining, and epochs between minings.
         neighbour_entropy: SCAN's entropy weight in the neighbours term.
+        heads: code heads in all, the quantizer's included; the H - 1 others are
+            ``extra_heads`` (H - 1, K, D), with the quantizer's form of logits.
     """
 
     def __init__(
@@ -253,6 +263,7 @@ class ViewObjectives(nn.Module):
         neighbour_start: float,
         neighbour_every: int,
         neighbour_entropy: float,
+        heads: int = 1,
     ) -> None:
         super().__init__()
         self.weights = {
@@ -269,6 +280,10 @@ class ViewObjectives(nn.Module):
         self.neighbour_entropy = neighbour_entropy
         mining = NeighbourMining(n_neighbours, neighbour_start, neighbour_every)
         self.mining = mining if neighbours else None
+        self.extra_heads = None  # drawn only when asked for: one head draws nothing
+        if heads > 1:  # unit-norm-scale rows, as the Gumbel quantizer's codebook
+            extra = torch.randn(heads - 1, n_codes, latent_dim) / latent_dim**0.5
+            self.extra_heads = nn.Parameter(extra)
 
     @classmethod
     def from_settings(cls, settings: dict, n_codes: int, latent_dim: int) -> ViewObjectives:
@@ -279,38 +294,75 @@ class ViewObjectives(nn.Module):
     def _mi(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
         return mutual_information_loss(p1, p2, entropy_weight=self.entropy_weight)
 
+    def head_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """z (T, D) -> (H - 1, T, K) float32 logits of the extra heads: minus the squared
+        distances to their codebooks, as the quantizer's."""
+        zf, cb = z.float(), self.extra_heads
+        dots = torch.einsum("td,hkd->htk", zf, cb)
+        return 2.0 * dots - (cb * cb).sum(-1).unsqueeze(1) - (zf * zf).sum(-1)[None, :, None]
+
+    @torch.no_grad()
+    def head_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """z (T, D) -> (T, H - 1) the extra heads' codes: their nearest rows, the same
+        exact search the quantizer encodes with."""
+        z = z.detach().float()
+        return torch.stack([nearest_code(z, cb.detach())[0] for cb in self.extra_heads], 1)
+
+    def _code_terms(self, logits: torch.Tensor, nb_logits: torch.Tensor | None) -> dict:
+        """The terms of one code head: mi (without the over-clustering head), selflabel
+        and neighbours, unweighted."""
+        b = logits.shape[0] // 2
+        parts: dict[str, torch.Tensor] = {}
+        p = logits.float().softmax(-1)
+        if self.weights["mi"]:
+            parts["mi"] = self._mi(p[:b], p[b:])
+        if self.weights["selflabel"]:
+            parts["selflabel"] = self_label_loss(logits[:b], logits[b:], confidence=self.confidence)
+        if self.weights["neighbours"] and nb_logits is not None:
+            pn = nb_logits.float().softmax(-1)
+            w = self.neighbour_entropy
+            parts["neighbours"] = (
+                neighbour_loss(p[:b], pn, entropy_weight=w)
+                + neighbour_loss(p[b:], pn, entropy_weight=w)
+            ) / 2
+        return parts
+
+    def _weighted(self, parts: dict) -> torch.Tensor:
+        return sum(self.weights[k] * v for k, v in parts.items())
+
     def forward(
         self,
         logits: torch.Tensor,
         z: torch.Tensor,
         h: torch.Tensor,
         neighbour_logits: torch.Tensor | None = None,
+        neighbour_z: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """logits (2B, K), content latents z (2B, D), embeddings h (2B, E); rows [0, B) are
         view 1 and [B, 2B) view 2 of the same images -> (weighted sum, {term: value}).
-        ``neighbour_logits`` (B, K): the codes of a neighbour of each image, for the
-        neighbours term (None: the term is left out, as before the first mining)."""
+        ``neighbour_logits`` (B, K) and ``neighbour_z`` (B, D): the codes and latent of a
+        neighbour of each image, for the neighbours term (None: the term is left out, as
+        before the first mining). With extra heads, "heads" is their weighted terms'
+        sum."""
         b = logits.shape[0] // 2
-        parts: dict[str, torch.Tensor] = {}
-        p = logits.float().softmax(-1)  # code probabilities, for mi and the critic
-        if self.weights["mi"]:
-            parts["mi"] = self._mi(p[:b], p[b:])
-            if self.over is not None:
-                po = self.over(z.float()).softmax(-1)
-                parts["mi"] = parts["mi"] + self._mi(po[:b], po[b:])
+        parts = self._code_terms(logits, neighbour_logits)
+        p = logits.float().softmax(-1)  # code probabilities, for the critic
+        if "mi" in parts and self.over is not None:
+            po = self.over(z.float()).softmax(-1)
+            parts["mi"] = parts["mi"] + self._mi(po[:b], po[b:])
         if self.weights["contrastive"]:
             parts["contrastive"] = contrastive_loss(h[:b], h[b:], temperature=self.temperature)
         if self.critic is not None:
             # each view's embedding against the other view's code probabilities
             parts["critic"] = (self.critic.loss(h[:b], p[b:]) + self.critic.loss(h[b:], p[:b])) / 2
-        if self.weights["selflabel"]:
-            parts["selflabel"] = self_label_loss(logits[:b], logits[b:], confidence=self.confidence)
-        if self.weights["neighbours"] and neighbour_logits is not None:
-            pn = neighbour_logits.float().softmax(-1)
-            w = self.neighbour_entropy
-            parts["neighbours"] = (
-                neighbour_loss(p[:b], pn, entropy_weight=w)
-                + neighbour_loss(p[b:], pn, entropy_weight=w)
-            ) / 2
-        total = sum(self.weights[k] * v for k, v in parts.items())
+        parts = {k: parts[k] for k in VIEW_TERMS if k in parts}  # the sum's usual order
+        total = self._weighted(parts)
+        if self.extra_heads is not None:
+            nb = self.head_logits(neighbour_z) if neighbour_logits is not None else None
+            heads = sum(
+                self._weighted(self._code_terms(lg, None if nb is None else nb[i]))
+                for i, lg in enumerate(self.head_logits(z))
+            )
+            parts["heads"] = heads
+            total = total + heads
         return total, {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,86 @@
+"""``objective_options={"heads": H}``: train H code heads at once and keep one, chosen
+without labels.
+
+IIC trains several clustering heads on one encoder and keeps the best; here the
+quantizer's code is head 0 and the other H - 1 heads are codebooks over the same content
+latent that train with the same code terms (:mod:`discretae.models.objectives`). After
+the fit every head clusters the training images, and the kept head is the one whose
+clusters agree best with the other heads' (mean NMI: the head the others vote for; the
+first on a tie, so head 0 when all agree). When that is not head 0, the model trains on
+toward it for a short distillation, the ensemble's (:mod:`discretae.estimator.ensemble`):
+its own objectives plus the cross-entropy of its code against the kept head's clusters,
+renumbered to match its codes. So the one exported code (the quantizer's, which the
+decoder reads) carries the kept head's clusters. ``heads_`` records the agreements,
+the kept head, the distillation's steps and its fidelity (NMI of the final codes to the
+kept head's clusters).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from discretae.estimator.ensemble import aligned
+from discretae.estimator.fitted import INFER_BATCH
+from discretae.evaluation.metrics import nmi
+from discretae.models.training import to_unit_float
+
+HEAD_RULE = "kept: the head whose clusters agree best with the other heads' (mean NMI); no labels"
+
+
+def head_agreement(parts: list[np.ndarray]) -> list[float]:
+    """Each head's mean NMI to the other heads' cluster ids."""
+    return [
+        float(np.mean([nmi(p, q) for j, q in enumerate(parts) if j != i]))
+        for i, p in enumerate(parts)
+    ]
+
+
+class _Offset:
+    """The distillation's step events continued from the fit's own epochs."""
+
+    def __init__(self, callback, done: int) -> None:
+        self.callback, self.done = callback, done
+
+    def __call__(self, event: dict) -> None:
+        epochs = self.done + int(event["epochs"])
+        self.callback({**event, "epoch": self.done + int(event["epoch"]), "epochs": epochs,
+                       "phase": "head"})  # fmt: skip
+
+
+class HeadsFit:
+    """The estimator's choice among code heads (a mixin of ``DiscreteAutoencoder``)."""
+
+    def _head_codes(self, data: torch.Tensor) -> torch.Tensor:
+        """data (N, *input_shape_) on CPU -> (N, H) every head's codes."""
+        return torch.cat([
+            self.model_.head_codes(to_unit_float(data[i : i + INFER_BATCH].to(self.device_))).cpu()
+            for i in range(0, data.shape[0], INFER_BATCH)
+        ])  # fmt: skip
+
+    def _choose_head(self, data: torch.Tensor, seed: int) -> None:
+        """With extra heads, keep the head the others agree with most (module docstring)."""
+        objectives = self.model_.objectives
+        if objectives is None or objectives.extra_heads is None:
+            return
+        codes = self._head_codes(data).numpy()
+        parts = [codes[:, i] for i in range(codes.shape[1])]
+        agreement = head_agreement(parts)
+        kept = int(np.argmax(agreement))
+        steps, fidelity = 0, nmi(parts[kept], self.labels_)
+        if kept != 0:
+            k = int(self.model_.config["n_codes"])
+            targets = aligned(parts[kept], parts[0], k)
+            cb = None if self.callback is None else _Offset(self.callback, len(self.history_))
+            state = self._distill(self, data, targets, seed, cb, phase="head")
+            self._set_fitted(state, self.input_shape_, self.device_)
+            self._fit_clusters(self._encode(data), seed)
+            steps, fidelity = state.step, nmi(parts[kept], self.labels_)
+        self.heads_ = {
+            "heads": len(parts),
+            "agreement": agreement,
+            "kept": kept,
+            "distill_steps": steps,
+            "fidelity": fidelity,
+            "rule": HEAD_RULE,
+        }
