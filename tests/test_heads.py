@@ -119,8 +119,8 @@ def test_another_kept_head_is_distilled_into_the_code(digits, monkeypatch, one_t
     est = with_heads(3, callback=events.append).fit(digits)
     h = est.heads_
     assert h["kept"] == 1 and h["distill_steps"] > 0
-    assert [e.get("phase") for e in est.history_][-1] == "head"
-    assert events[-1]["phase"] == "head" and events[-1]["epoch"] == events[-1]["epochs"]
+    assert [e.get("phase") for e in est.history_][-1] == "kept head"
+    assert events[-1]["phase"] == "kept head" and events[-1]["epoch"] == events[-1]["epochs"]
     assert events[-1]["epochs"] == len(est.history_)
     (parts,) = seen
     # the exported code moved toward the kept head's clusters of before the distillation

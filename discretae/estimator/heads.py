@@ -45,7 +45,7 @@ class _Offset:
     def __call__(self, event: dict) -> None:
         epochs = self.done + int(event["epochs"])
         self.callback({**event, "epoch": self.done + int(event["epoch"]), "epochs": epochs,
-                       "phase": "head"})  # fmt: skip
+                       "phase": "kept head"})  # fmt: skip
 
 
 class HeadsFit:
@@ -72,7 +72,7 @@ class HeadsFit:
             k = int(self.model_.config["n_codes"])
             targets = aligned(parts[kept], parts[0], k)
             cb = None if self.callback is None else _Offset(self.callback, len(self.history_))
-            state = self._distill(self, data, targets, seed, cb, phase="head")
+            state = self._distill(self, data, targets, seed, cb, phase="kept head")
             self._set_fitted(state, self.input_shape_, self.device_)
             self._fit_clusters(self._encode(data), seed)
             steps, fidelity = state.step, nmi(parts[kept], self.labels_)
