@@ -142,3 +142,13 @@ def test_cli_heads(digits, tmp_path):
     assert summary["heads"]["heads"] == 3
     bad = subprocess.run([*cmd[:6], "0", *cmd[7:]], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--heads" in bad.stderr
+
+
+def test_heads_refuse_torchrun_before_any_work(digits, monkeypatch):
+    from discretae.core import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    est = with_heads(3)
+    with pytest.raises(DiscretaeError, match="not under torchrun"):
+        est.fit(digits)
+    assert not hasattr(est, "model_")

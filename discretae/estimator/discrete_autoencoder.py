@@ -324,6 +324,7 @@ class DiscreteAutoencoder(
                 was written first when ``checkpoint`` is set.
         """
         ck = self._check_fit_call(checkpoint, checkpoint_every, resume)
+        self._check_heads()
         if int(self.ensemble) > 1:
             return self._fit_ensemble(X, checkpoint_every, resume)
         data = self._at_working_size(as_images(X))

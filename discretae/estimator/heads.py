@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from discretae.core import distributed
+from discretae.core.errors import DiscretaeError
 from discretae.estimator.ensemble import aligned
 from discretae.estimator.fitted import INFER_BATCH
 from discretae.evaluation.metrics import nmi
@@ -50,6 +52,12 @@ class _Offset:
 
 class HeadsFit:
     """The estimator's choice among code heads (a mixin of ``DiscreteAutoencoder``)."""
+
+    def _check_heads(self) -> None:
+        """Refuse, before any work, what the choice cannot do: it runs in one process."""
+        heads = (self.objective_options or {}).get("heads", 1)
+        if heads != 1 and distributed.world_size() > 1:
+            raise DiscretaeError(f"heads={heads} runs in one process, not under torchrun")
 
     def _head_codes(self, data: torch.Tensor) -> torch.Tensor:
         """data (N, *input_shape_) on CPU -> (N, H) every head's codes."""
