@@ -286,8 +286,6 @@ def fit(
 
       discretae fit fashion-mnist --ensemble 3 --out steady.safetensors
 
-      discretae fit fashion-mnist --heads 5
-
       discretae fit data.npy --model vq --latent grid --grid 7x7 --device cuda
 
       discretae fit fashion-mnist --checkpoint-every 500 --out model.safetensors
