@@ -75,15 +75,17 @@ class HeadsFit:
         parts = [codes[:, i] for i in range(codes.shape[1])]
         agreement = head_agreement(parts)
         kept = int(np.argmax(agreement))
-        steps, fidelity = 0, nmi(parts[kept], self.labels_)
+        steps, fidelity = 0, 1.0  # head 0 is the exported code itself
         if kept != 0:
             k = int(self.model_.config["n_codes"])
             targets = aligned(parts[kept], parts[0], k)
             cb = None if self.callback is None else _Offset(self.callback, len(self.history_))
             state = self._distill(self, data, targets, seed, cb, phase="kept head")
             self._set_fitted(state, self.input_shape_, self.device_)
-            self._fit_clusters(self._encode(data), seed)
-            steps, fidelity = state.step, nmi(parts[kept], self.labels_)
+            codes = self._encode(data)
+            self._fit_clusters(codes, seed)
+            # of the code, not the clusters: with n_clusters set, k-means groups the codes
+            steps, fidelity = state.step, nmi(parts[kept], codes.numpy().reshape(-1))
         self.heads_ = {
             "heads": len(parts),
             "agreement": agreement,
