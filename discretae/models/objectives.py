@@ -39,6 +39,7 @@ from discretae.core.errors import DiscretaeError
 from discretae.kernels import nearest_code
 from discretae.models.augment import AugmentConfig
 from discretae.models.neighbours import NeighbourMining
+from discretae.quantizers.gumbel import code_logits
 
 
 def mutual_information_loss(
@@ -297,9 +298,8 @@ class ViewObjectives(nn.Module):
     def head_logits(self, z: torch.Tensor) -> torch.Tensor:
         """z (T, D) -> (H - 1, T, K) float32 logits of the extra heads: minus the squared
         distances to their codebooks, as the quantizer's."""
-        zf, cb = z.float(), self.extra_heads
-        dots = torch.einsum("td,hkd->htk", zf, cb)
-        return 2.0 * dots - (cb * cb).sum(-1).unsqueeze(1) - (zf * zf).sum(-1)[None, :, None]
+        zg = z.float().unsqueeze(1).expand(-1, self.extra_heads.shape[0], -1)
+        return code_logits(zg, self.extra_heads).transpose(0, 1)
 
     @torch.no_grad()
     def head_codes(self, z: torch.Tensor) -> torch.Tensor:
@@ -346,7 +346,6 @@ class ViewObjectives(nn.Module):
         sum."""
         b = logits.shape[0] // 2
         parts = self._code_terms(logits, neighbour_logits)
-        p = logits.float().softmax(-1)  # code probabilities, for the critic
         if "mi" in parts and self.over is not None:
             po = self.over(z.float()).softmax(-1)
             parts["mi"] = parts["mi"] + self._mi(po[:b], po[b:])
@@ -354,6 +353,7 @@ class ViewObjectives(nn.Module):
             parts["contrastive"] = contrastive_loss(h[:b], h[b:], temperature=self.temperature)
         if self.critic is not None:
             # each view's embedding against the other view's code probabilities
+            p = logits.float().softmax(-1)
             parts["critic"] = (self.critic.loss(h[:b], p[b:]) + self.critic.loss(h[b:], p[:b])) / 2
         parts = {k: parts[k] for k in VIEW_TERMS if k in parts}  # the sum's usual order
         total = self._weighted(parts)

@@ -11,6 +11,16 @@ from discretae.kernels import nearest_code
 from discretae.quantizers.base import Quantizer, batch_mean, code_keys, code_stats, fp32_math
 
 
+def code_logits(zg: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    """zg (T, G, Dg) float32, codebooks cb (G, K, Dg) -> (T, G, K): minus the squared
+    distances of each group's latent to its codebook's rows (the Gumbel code's logits)."""
+    return (
+        2.0 * torch.einsum("tgd,gkd->tgk", zg, cb)
+        - (cb * cb).sum(-1).unsqueeze(0)
+        - (zg * zg).sum(-1, keepdim=True)
+    )
+
+
 class GumbelQuantizer(Quantizer):
     """One-hot codes trained through a hard straight-through Gumbel-softmax.
 
@@ -100,12 +110,7 @@ class GumbelQuantizer(Quantizer):
 
     def _logits(self, zg: torch.Tensor) -> torch.Tensor:
         """zg: (T, G, Dg) float32 -> (T, G, K) minus squared distances to each group's codes."""
-        cb = self.codebook
-        return (
-            2.0 * torch.einsum("tgd,gkd->tgk", zg, cb)
-            - (cb * cb).sum(-1).unsqueeze(0)
-            - (zg * zg).sum(-1, keepdim=True)
-        )
+        return code_logits(zg, self.codebook)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """z: (..., D) -> (..., G, K) float32 logits of the code choice (differentiable);
