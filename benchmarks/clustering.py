@@ -85,11 +85,11 @@ def load(name: str):
     return ds.to_array(), ds.labels
 
 
-def run_ours(x, y, variant: str, seed: int, device: str) -> dict:
+def run_ours(x, y, variant: str, seed: int, device: str, epochs: int | None = None) -> dict:
     from discretae.evaluation.metrics import clustering_scores
 
     start = time.perf_counter()
-    est = estimator(variant, seed=seed, device=device)
+    est = estimator(variant, seed=seed, device=device, epochs=epochs)
     est.fit(x)  # no labels
     seconds = time.perf_counter() - start
     ids = est.predict(x)
@@ -104,20 +104,21 @@ def run_ours(x, y, variant: str, seed: int, device: str) -> dict:
     }
 
 
-def estimator(variant: str, seed: int = 0, device: str = "cpu"):
+def estimator(variant: str, seed: int = 0, device: str = "cpu", epochs: int | None = None):
+    """The variant's estimator; ``epochs`` (``--epochs``) replaces the recipe's count."""
     from discretae import DiscreteAutoencoder
 
-    options = {"objectives": VARIANTS[variant], **OPTIONS.get(variant, {})}
+    options = {"objectives": VARIANTS[variant], **OPTIONS.get(variant, {}), "epochs": epochs}
     return DiscreteAutoencoder("gumbel", n_codes=10, random_state=seed, device=device, **options)
 
 
-def schedule_of(variant: str, x) -> str:
+def schedule_of(variant: str, x, epochs: int | None = None) -> str:
     """What a variant's fit on x trains with: its objectives, epochs, learning rate and
     its curve, and the neighbour mining where the variant mines. Cached runs of another
     schedule (an older default) are run again."""
     from discretae.estimator.fitted import as_images
 
-    est = estimator(variant)
+    est = estimator(variant, epochs=epochs)
     shape = tuple(as_images(x[:1]).shape[1:])
     model = est._build(shape)
     epochs, lr = est._schedule(model, len(x))
@@ -255,6 +256,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--no-kmeans", action="store_true", help="skip the KMeans peer")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs of every fit instead of the recipe's"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--out", type=Path, default=None)
@@ -271,7 +275,7 @@ def main() -> None:
     dev = "gpu" if a.device.startswith("cuda") else "cpu"
     out = a.out or HERE / "results" / f"clustering-{a.dataset}-{dev}.json"
     x, y = load(a.dataset)
-    schedules = {v: schedule_of(v, x) for v in VARIANTS}
+    schedules = {v: schedule_of(v, x, a.epochs) for v in VARIANTS}
     done: list[dict] = []
     ids: dict[tuple[str, int], np.ndarray] = {}  # (method, seed) -> cluster ids
 
@@ -344,7 +348,7 @@ def main() -> None:
         if method == "kmeans":
             r = run_kmeans(x, y, seed)
         else:
-            r = {**run_ours(x, y, method, seed, a.device), "schedule": schedules[method]}
+            r = {**run_ours(x, y, method, seed, a.device, a.epochs), "schedule": schedules[method]}
         ids[(method, seed)] = np.asarray(r.pop("ids"))
         r.update(method=method, seed=seed, load_before=load_before, threads=a.threads)
         done.append(r)
