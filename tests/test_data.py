@@ -156,6 +156,24 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path):
     assert ds.to_array().shape == (3, 1, 16, 16)
 
 
+def test_a_link_to_nowhere_is_unreadable_not_corrupt(tmp_path):
+    gray(40, (16, 16)).save(tmp_path / "good.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    ds, seen = load(tmp_path)
+    assert ds.names == ["good.png"] and ds.skipped == ["gone.png"]
+    assert "gone.png (cannot read: No such file or directory)" in seen[0]
+    # the reading path (files not probed first) words it the same way
+    with pytest.raises(OSError) as e:
+        readers.read_image(tmp_path / "gone.png", (16, 16), 1)
+    assert readers.bad_file_reason(e.value) == "cannot read: No such file or directory"
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    bad_folder(sub)
+    with pytest.raises(OSError) as e:
+        readers.read_image(sub / "big.png", (16, 16), 1)
+    assert readers.bad_file_reason(e.value).startswith("truncated or corrupt")
+
+
 def test_strict_raises_naming_the_file(tmp_path):
     bad_folder(tmp_path)
     with pytest.raises(DiscretaeError, match="big.png"):

@@ -92,7 +92,7 @@ def probe_image(path: Path, full: bool) -> tuple[tuple[int, int], str]:
     try:
         empty = path.stat().st_size == 0
     except OSError as e:
-        raise ValueError(f"cannot read: {e.strerror}") from None
+        raise ValueError(bad_file_reason(e)) from None
     if empty:
         raise ValueError("empty file")
     try:
@@ -228,6 +228,9 @@ def bad_file_reason(e: Exception) -> str:
         return "not an image"
     if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return f"over Pillow's pixel limit of {Image.MAX_IMAGE_PIXELS} pixels ({e})"
+    if isinstance(e, OSError) and e.errno is not None:
+        # the file system's error (a link to nowhere, no permission), not the image's
+        return f"cannot read: {e.strerror}"
     return f"truncated or corrupt: {e}"
 
 
