@@ -114,6 +114,7 @@ from discretae.core.files import atomic_path, write_text_atomic
 from discretae.data import load_dataset
 from discretae.data.framing import Framing
 from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+from discretae.evaluation.metrics import PSNR_CAP, psnr_per_image
 
 RESULTS = Path(__file__).parent / "results"
 OPENCLIPART = Path("/usr/share/openclipart/png")  # Debian's openclipart-png
@@ -133,7 +134,6 @@ TARGET_DATASETS = ("fashion-mnist", "openclipart")  # where the required target 
 AIM = {"psnr": 27.8, "bytes_per_image": 80.0}
 # measured earlier on 2000 Fashion-MNIST test images (the issue's reference table)
 REFERENCE = {"webp_q10": [163, 27.8], "webp_q30": [201, 31.4], "webp_q50": [235, 34.2]}
-PSNR_CAP = 100.0
 BATCH = 512  # images per network call when measuring ours
 COMMON = dict(latent="grid", batch_size=32, lr=1e-3, loss="mse", device="cpu", random_state=0)
 # MS-SSIM (Wang, Simoncelli and Bovik 2003): per-scale weights, window, constants
@@ -262,16 +262,6 @@ def load_split(name: str, args, cache: Path | None) -> tuple[np.ndarray, np.ndar
 
 
 # ----------------------------------------------------------------------- metrics
-def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a, b (N, ...) uint8 -> (N,) PSNR in dB over all pixels and channels, capped at
-    PSNR_CAP."""
-    d = a.reshape(len(a), -1).astype(np.float64) - b.reshape(len(b), -1)
-    mse = (d * d).mean(1)
-    with np.errstate(divide="ignore"):
-        p = 10 * np.log10(255.0**2 / mse)
-    return np.minimum(p, PSNR_CAP)
-
-
 def ms_ssim_applies(shape) -> bool:
     """Whether images of shape (..., H, W) are large enough for 5-scale MS-SSIM."""
     return min(shape[-2:]) >= MS_SSIM_MIN_SIDE

@@ -50,6 +50,17 @@ def compress(
             "0.02 saved 5% of the bytes for 0.06 dB on Fashion-MNIST.",
         ),
     ] = 0.0,
+    psnr: Annotated[
+        float | None,
+        typer.Option(
+            "--psnr",
+            "-p",
+            min=0.0,
+            max=100.0,
+            help="Instead of --levels and --max-error: the fewest bytes whose images reach "
+            "this mean PSNR in dB, measured on the first 256 images.",
+        ),
+    ] = None,
     names: Annotated[
         bool, typer.Option("--names/--no-names", help="Store the images' file names.")
     ] = True,
@@ -64,7 +75,7 @@ def compress(
     The archive records a hash of the model, so only the same model decodes it. Images are
     resized to the model's input size. --levels and --max-error are the rate knob: fewer
     levels for fewer bytes, a refinement for any quality up to lossless; --rate-weight
-    fine-tunes between them.
+    fine-tunes between them. --psnr picks them for a quality target.
 
     **Examples**
 
@@ -73,6 +84,8 @@ def compress(
       discretae compress fashion-mnist:test -m rvq.safetensors --levels 2 -o test.dae
 
       discretae compress images/ -m rvq.safetensors --max-error 4 -o near-lossless.dae
+
+      discretae compress images/ -m rvq.safetensors --psnr 30 -o images.dae
     """
     from discretae.commands import compress as compress_command
 
@@ -88,7 +101,22 @@ def _table(result: dict) -> Table:
         ("levels", f"{result['levels']} of {result['max_levels']}"),
         ("max error", "codes only" if result["max_error"] is None else result["max_error"]),
         ("rate weight", result["rate_weight"]),
+        *_target_rows(result.get("psnr_target")),
         ("prior", result["prior"]),
         ("saved to", result["out"]),
     ]
     return rows_table("compress", rows)
+
+
+def _target_rows(chosen: dict | None) -> list[tuple]:
+    """The --psnr choice: the target and what the chosen setting gave on the sample."""
+    if chosen is None:
+        return []
+    return [
+        (
+            "PSNR target",
+            f"{chosen['target_db']:g} dB: {chosen['sample_psnr']:.2f} dB and "
+            f"{chosen['sample_bytes_per_image']:.1f} B/image on the first "
+            f"{chosen['sample_images']} images ({len(chosen['tried'])} settings tried)",
+        )
+    ]

@@ -245,3 +245,51 @@ def test_cli_lossless_folder_round_trip(model, digits, tmp_path):
     r = runner.invoke(app, ["compress", str(src), "-m", str(model), "-o",
                             str(tmp_path / "b.dae"), "--max-error", "200"])  # fmt: skip
     assert r.exit_code != 0 and not (tmp_path / "b.dae").exists()
+
+
+# ----------------------------------------------------------------------- compress --psnr
+@pytest.mark.parametrize("target", [18.0, 30.0, 45.0])
+def test_psnr_target_takes_the_fewest_bytes_that_reach_it(model, codec, digits, tmp_path, target):
+    from discretae.evaluation.metrics import psnr_per_image
+
+    x = digits[N_TRAIN : N_TRAIN + 300]
+    np.save(tmp_path / "x.npy", x[:, 0])
+    out = tmp_path / "t.dae"
+    result = compress(str(tmp_path / "x.npy"), model=model, out=out, psnr=target, device="cpu")
+    chosen = result["psnr_target"]
+    assert chosen["sample_images"] == 256 and chosen["sample_psnr"] >= target
+    assert (result["levels"], result["max_error"]) == (chosen["levels"], chosen["max_error"])
+    # the archive written decodes to images that reach the target on the sample
+    images, _, _ = codec.decompress(out.read_bytes())
+    assert psnr_per_image(images[:256], x[:256]).mean() >= target
+    # no other setting measured the same way reaches it with fewer bytes
+    sample = x[:256]
+    sym = codec.encode_images(torch.from_numpy(sample).float() / 255)
+    for lv in (1, 2, 3):
+        s = sym[..., :lv]
+        base = codec.base_images(s)
+        codes = len(codec.encode_codes(codec.to_codes_prefix(s), levels=lv))
+        for e in (None, 0, 1, 2, 4, 8, 16, 32, 64, 127):
+            got, size = base, codes
+            if e is not None:
+                words = codec.refine_block(sample, s, e)
+                got, size = codec.refinement.decode_block(words, base, s, e), size + 4 * len(words)
+            if psnr_per_image(got, sample).mean() >= target:
+                assert size / 256 >= chosen["sample_bytes_per_image"] - 1e-9, (lv, e)
+
+
+def test_psnr_target_with_levels_or_out_of_range_is_refused(model, digits, tmp_path):
+    np.save(tmp_path / "x.npy", digits[:20, 0])
+    out = tmp_path / "a.dae"
+    with pytest.raises(DiscretaeError, match="not both"):
+        compress(str(tmp_path / "x.npy"), model=model, out=out, psnr=30.0, levels=1)
+    with pytest.raises(DiscretaeError, match="above 0"):
+        compress(str(tmp_path / "x.npy"), model=model, out=out, psnr=0.0)
+    for bad in (["--psnr", "30", "--max-error", "2"], ["--psnr", "0"], ["--psnr", "120"]):
+        r = runner.invoke(app, ["compress", str(tmp_path / "x.npy"), "-m", str(model), "-o",
+                                str(out), "--device", "cpu", *bad])  # fmt: skip
+        assert r.exit_code != 0 and not out.exists(), bad
+    r = runner.invoke(app, ["compress", str(tmp_path / "x.npy"), "-m", str(model), "-o",
+                            str(out), "--device", "cpu", "--psnr", "25"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "PSNR target" in r.output and out.exists()

@@ -18,6 +18,10 @@ from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError
 from discretae.core.files import atomic_path, check_output
 
+# compress --psnr: images the candidates are measured on (the first ones read)
+PSNR_SAMPLE = 256
+MAX_ERROR_TOP = 127  # the largest max error a refinement takes
+
 
 def compress(
     data: str,
@@ -27,6 +31,7 @@ def compress(
     levels: int | None = None,
     max_error: int | None = None,
     rate_weight: float = 0.0,
+    psnr: float | None = None,
     names: bool = True,
     batch_size: int = 256,
     device: str = "auto",
@@ -42,19 +47,15 @@ def compress(
     refinement: no pixel value of the decoded images is off by more than it from the
     images as the model reads them (0: lossless), more bytes the smaller it is.
     ``rate_weight`` > 0 stores codes a little further from the images that the prior finds
-    cheaper (vq and rvq models; :mod:`discretae.compression.rate`). ``names``
+    cheaper (vq and rvq models; :mod:`discretae.compression.rate`). ``psnr`` instead of
+    ``levels`` and ``max_error``: the setting with the fewest bytes whose images reach
+    that mean PSNR (dB) on a sample of DATA (:func:`choose_for_psnr`). ``names``
     stores the images' file names when DATA has them (folders). Returns the archive's
     size, bytes and bits per image (header amortised), and more.
     """
     from discretae.compression.archive import parse_archive
-    from discretae.compression.rate import check_rate_weight
-    from discretae.compression.refine import check_max_error
 
-    check_output(out)
-    check_device(device)
-    if max_error is not None:
-        check_max_error(max_error)
-    check_rate_weight(rate_weight)
+    _check_options(out, device, levels, max_error, rate_weight, psnr)
     codec = load_codec(model, device, rate_weight=rate_weight)
     levels = codec.check_levels(levels)
     if codec.uniform and warn is not None:
@@ -63,6 +64,10 @@ def compress(
             "bits each; fit_prior/save_prior add one"
         )
     ds = load_model_data(data, codec.est, strict=strict, warn=warn)
+    chosen = None
+    if psnr is not None:
+        chosen = choose_for_psnr(codec, ds, psnr, batch_size)
+        levels, max_error = chosen["levels"], chosen["max_error"]
     sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, max_error)
     if sym is None:
         raise DiscretaeError(f"no readable images in {data!r}")
@@ -96,7 +101,92 @@ def compress(
         "prior": "uniform" if codec.uniform else codec.prior.kind,
         "names": stored is not None,
         "model_hash": codec.digest.hex(),
+        **({"psnr_target": chosen} if chosen is not None else {}),
     }
+
+
+def _check_options(out, device, levels, max_error, rate_weight, psnr) -> None:
+    """Refuse bad options before any work, with one line each."""
+    from discretae.compression.rate import check_rate_weight
+    from discretae.compression.refine import check_max_error
+
+    check_output(out)
+    check_device(device)
+    if max_error is not None:
+        check_max_error(max_error)
+    check_rate_weight(rate_weight)
+    if psnr is not None and (levels is not None or max_error is not None):
+        raise DiscretaeError("give a PSNR target or levels / a max error, not both")
+    if psnr is not None and not 0 < psnr <= 100:
+        raise DiscretaeError(f"psnr={psnr}: give a target in dB, above 0 and at most 100")
+
+
+def choose_for_psnr(codec, ds, target: float, batch_size: int = 256) -> dict:
+    """The setting with the fewest bytes per image whose decoded images reach a mean PSNR
+    of ``target`` dB, measured on the first ``PSNR_SAMPLE`` images of ``ds``: per level
+    prefix the codes' real archive size and their decoded images, and for a refinement
+    its real words, decoded again. Per level: the codes alone, or else the largest max
+    error of a refinement that reaches the target (a smaller one only adds bytes), found
+    by bisection over 0..127 (the PSNR falls as the max error grows; 0, lossless, always
+    reaches it). -> {"target_db", "levels", "max_error" (None: codes only),
+    "sample_images", "sample_psnr", "sample_bytes_per_image", "tried"}."""
+    from discretae.evaluation.metrics import psnr_per_image
+
+    x, sym = _psnr_sample(codec, ds, batch_size)
+    n = len(x)
+    levels = range(1, codec.n_levels + 1) if codec.residual else [codec.n_levels]
+    tried: list[dict] = []
+    best = None
+    for lv in levels:
+        s = sym[..., :lv]
+        base = codec.base_images(s)
+        codes_bytes = len(codec.encode_codes(codec.to_codes_prefix(s), levels=lv))
+
+        def measure(e: int | None, lv=lv, s=s, base=base, codes_bytes=codes_bytes) -> dict:
+            got, size = base, codes_bytes
+            if e is not None:
+                words = codec.refine_block(x, s, e)
+                got = codec.refinement.decode_block(words, base, s, e)
+                size += 4 * len(words)
+            psnr = float(psnr_per_image(got, x).mean())
+            tried.append({"levels": lv, "max_error": e, "psnr": psnr, "bytes_per_image": size / n})
+            return tried[-1]
+
+        row = measure(None)
+        if row["psnr"] < target:
+            lo, hi, row = 0, MAX_ERROR_TOP, None  # lo (lossless) reaches it: find the largest
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                got = measure(mid)
+                lo, hi, row = (mid, hi, got) if got["psnr"] >= target else (lo, mid - 1, row)
+            row = row or measure(lo)
+        if best is None or row["bytes_per_image"] < best["bytes_per_image"]:
+            best = row
+    return {
+        "target_db": target,
+        "levels": best["levels"],
+        "max_error": best["max_error"],
+        "sample_images": n,
+        "sample_psnr": best["psnr"],
+        "sample_bytes_per_image": best["bytes_per_image"],
+        "tried": tried,
+    }
+
+
+def _psnr_sample(codec, ds, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``PSNR_SAMPLE`` images of ``ds`` as the model reads them (uint8) and their
+    symbols."""
+    xs, syms, n = [], [], 0
+    for images, _ in model_batches(ds, min(batch_size, PSNR_SAMPLE), stage="psnr sample"):
+        images = images[: PSNR_SAMPLE - n]
+        xs.append(torch.round(images.float().clamp(0, 1) * 255).to(torch.uint8).numpy())
+        syms.append(codec.encode_images(images))
+        n += len(images)
+        if n >= PSNR_SAMPLE:
+            break
+    if not n:
+        raise DiscretaeError("no readable images to measure the PSNR target on")
+    return np.concatenate(xs), np.concatenate(syms)
 
 
 def _symbols(codec, ds, batch_size: int, callback, levels: int, max_error: int | None):

@@ -185,6 +185,23 @@ def psnr(x, x_hat, data_range: float = 1.0) -> float:
     return psnr_from_mse(mse(x, x_hat), data_range)
 
 
+PSNR_CAP = 100.0  # dB given to an image decoded exactly (its MSE is 0)
+
+
+def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a, b (N, ...) uint8 -> (N,) each image's PSNR in dB over all its pixels and
+    channels, capped at ``PSNR_CAP``. The mean of it is the PSNR that codec comparisons
+    (CompressAI's, this project's benchmarks) report."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim < 2:
+        raise DiscretaeError(f"images of shape {a.shape} and {b.shape}; expected equal (N, ...)")
+    d = a.reshape(len(a), -1).astype(np.float64) - b.reshape(len(b), -1)
+    mse_each = (d * d).mean(1)
+    with np.errstate(divide="ignore"):
+        p = 10 * np.log10(255.0**2 / mse_each)
+    return np.minimum(p, PSNR_CAP)
+
+
 def raw_bits_per_image(code_shape: tuple[int, ...], n_codes: int) -> int:
     """Bits to store one image's code as fixed-width integers: positions * ceil(log2 K).
 
