@@ -162,6 +162,8 @@ def choose_for_psnr(codec, ds, target: float, batch_size: int = 256) -> dict:
             row = row or measure(lo)
         if best is None or row["bytes_per_image"] < best["bytes_per_image"]:
             best = row
+        if row["max_error"] is None:
+            break  # the codes alone reach it: more levels only cost more
     return {
         "target_db": target,
         "levels": best["levels"],
