@@ -58,7 +58,7 @@ def compress(
             min=0.0,
             max=100.0,
             help="Instead of --levels and --max-error: the fewest bytes whose images reach "
-            "this mean PSNR in dB, measured on the first 256 images.",
+            "this mean PSNR in dB, measured on 256 images drawn across DATA.",
         ),
     ] = None,
     names: Annotated[
@@ -116,7 +116,8 @@ def _target_rows(chosen: dict | None) -> list[tuple]:
         (
             "PSNR target",
             f"{chosen['target_db']:g} dB: {chosen['sample_psnr']:.2f} dB and "
-            f"{chosen['sample_bytes_per_image']:.1f} B/image on the first "
-            f"{chosen['sample_images']} images ({len(chosen['tried'])} settings tried)",
+            f"{chosen['sample_bytes_per_image']:.1f} B/image on "
+            f"{chosen['sample_images']} images drawn across DATA "
+            f"({len(chosen['tried'])} settings tried)",
         )
     ]

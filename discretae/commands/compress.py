@@ -13,12 +13,13 @@ from discretae.commands.common import (
     load_codec,
     load_model_data,
     model_batches,
+    refuse_color_for_gray_model,
 )
 from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError
 from discretae.core.files import atomic_path, check_output
 
-# compress --psnr: images the candidates are measured on (the first ones read)
+# compress --psnr: images the candidates are measured on (a seeded draw across DATA)
 PSNR_SAMPLE = 256
 MAX_ERROR_TOP = 127  # the largest max error a refinement takes
 
@@ -123,7 +124,7 @@ def _check_options(out, device, levels, max_error, rate_weight, psnr) -> None:
 
 def choose_for_psnr(codec, ds, target: float, batch_size: int = 256) -> dict:
     """The setting with the fewest bytes per image whose decoded images reach a mean PSNR
-    of ``target`` dB, measured on the first ``PSNR_SAMPLE`` images of ``ds``: per level
+    of ``target`` dB, measured on ``PSNR_SAMPLE`` images drawn across ``ds``: per level
     prefix the codes' real archive size and their decoded images, and for a refinement
     its real words, decoded again. Per level: the codes alone, or else the largest max
     error of a refinement that reaches the target (a smaller one only adds bytes), found
@@ -176,16 +177,18 @@ def choose_for_psnr(codec, ds, target: float, batch_size: int = 256) -> dict:
 
 
 def _psnr_sample(codec, ds, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``PSNR_SAMPLE`` images of ``ds`` as the model reads them (uint8) and their
-    symbols."""
+    """``PSNR_SAMPLE`` images drawn across ``ds`` (a seeded shuffle, so a folder's first
+    category does not stand for all; every image when there are fewer) as the model
+    reads them (uint8), and their symbols."""
     xs, syms, n = [], [], 0
-    for images, _ in model_batches(ds, min(batch_size, PSNR_SAMPLE), stage="psnr sample"):
-        images = images[: PSNR_SAMPLE - n]
-        xs.append(torch.round(images.float().clamp(0, 1) * 255).to(torch.uint8).numpy())
-        syms.append(codec.encode_images(images))
-        n += len(images)
-        if n >= PSNR_SAMPLE:
-            break
+    with torch.inference_mode(), refuse_color_for_gray_model():
+        for images, _ in ds.batches(min(batch_size, PSNR_SAMPLE), shuffle=True, seed=0):
+            images = images[: PSNR_SAMPLE - n]
+            xs.append(torch.round(images.float().clamp(0, 1) * 255).to(torch.uint8).numpy())
+            syms.append(codec.encode_images(images))
+            n += len(images)
+            if n >= PSNR_SAMPLE:
+                break
     if not n:
         raise DiscretaeError("no readable images to measure the PSNR target on")
     return np.concatenate(xs), np.concatenate(syms)
