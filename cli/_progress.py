@@ -70,9 +70,18 @@ class _LazyProgress:
 
 
 class _StreamBar(_LazyProgress):
+    """Counts of ``what`` (images, steps), or of the unit an event names ("unit")."""
+
+    def __init__(self, *columns: ProgressColumn, what: str, **kwargs: Any) -> None:
+        super().__init__(*columns, unit=what, **kwargs)
+        self.what = what
+
     def on_event(self, event: dict) -> None:
         self.update(
-            total=event.get("total"), completed=event["done"], description=event.get("stage", "")
+            total=event.get("total"),
+            completed=event["done"],
+            description=event.get("stage", ""),
+            unit=event.get("unit", self.what),
         )
 
 
@@ -81,10 +90,11 @@ def _stream_bar(what: str) -> _StreamBar:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(what),
+        TextColumn("{task.fields[unit]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=True,
+        what=what,
     )
 
 

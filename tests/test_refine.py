@@ -255,9 +255,16 @@ def test_psnr_target_takes_the_fewest_bytes_that_reach_it(model, codec, digits, 
     x = digits[N_TRAIN : N_TRAIN + 256]  # as many as the sample: it holds them all
     np.save(tmp_path / "x.npy", x[:, 0])
     out = tmp_path / "t.dae"
-    result = compress(str(tmp_path / "x.npy"), model=model, out=out, psnr=target, device="cpu")
+    events = []
+    result = compress(str(tmp_path / "x.npy"), model=model, out=out, psnr=target, device="cpu",
+                      callback=events.append)  # fmt: skip
     chosen = result["psnr_target"]
     assert chosen["sample_images"] == 256 and chosen["sample_psnr"] >= target
+    # the search reports each setting measured, then the stream its images
+    search = [e for e in events if e["stage"] == "choosing the setting"]
+    assert [e["done"] for e in search] == list(range(1, len(chosen["tried"]) + 1))
+    assert all(e["unit"] == "settings" and e["total"] == 27 for e in search)
+    assert events.index(search[-1]) < min(i for i, e in enumerate(events) if e["stage"] == "encode")
     assert (result["levels"], result["max_error"]) == (chosen["levels"], chosen["max_error"])
     # the archive written decodes to images that reach the target
     images, _, _ = codec.decompress(out.read_bytes())

@@ -67,7 +67,7 @@ def compress(
     ds = load_model_data(data, codec.est, strict=strict, warn=warn)
     chosen = None
     if psnr is not None:
-        chosen = choose_for_psnr(codec, ds, psnr, batch_size)
+        chosen = choose_for_psnr(codec, ds, psnr, batch_size, callback)
         levels, max_error = chosen["levels"], chosen["max_error"]
     sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, max_error)
     if sym is None:
@@ -122,7 +122,9 @@ def _check_options(out, device, levels, max_error, rate_weight, psnr) -> None:
         raise DiscretaeError(f"psnr={psnr}: give a target in dB, above 0 and at most 100")
 
 
-def choose_for_psnr(codec, ds, target: float, batch_size: int = 256) -> dict:
+def choose_for_psnr(
+    codec, ds, target: float, batch_size: int = 256, callback: Callback = None
+) -> dict:
     """The setting with the fewest bytes per image whose decoded images reach a mean PSNR
     of ``target`` dB, measured on ``PSNR_SAMPLE`` images drawn across ``ds``: per level
     prefix the codes' real archive size and their decoded images, and for a refinement
@@ -130,7 +132,9 @@ def choose_for_psnr(codec, ds, target: float, batch_size: int = 256) -> dict:
     error of a refinement that reaches the target (a smaller one only adds bytes), found
     by bisection over 0..127 (the PSNR falls as the max error grows; 0, lossless, always
     reaches it). -> {"target_db", "levels", "max_error" (None: codes only),
-    "sample_images", "sample_psnr", "sample_bytes_per_image", "tried"}."""
+    "sample_images", "sample_psnr", "sample_bytes_per_image", "tried"}. ``callback`` is
+    told {"stage", "done", "total", "unit": "settings"} after each setting measured
+    (``total``: at most 9 a level, 1 + 7 bisection steps + lossless)."""
     from discretae.evaluation.metrics import psnr_per_image
 
     x, sym = _psnr_sample(codec, ds, batch_size)
@@ -151,6 +155,9 @@ def choose_for_psnr(codec, ds, target: float, batch_size: int = 256) -> dict:
                 size += 4 * len(words)
             psnr = float(psnr_per_image(got, x).mean())
             tried.append({"levels": lv, "max_error": e, "psnr": psnr, "bytes_per_image": size / n})
+            if callback is not None:
+                callback({"stage": "choosing the setting", "done": len(tried),
+                          "total": 9 * len(levels), "unit": "settings"})  # fmt: skip
             return tried[-1]
 
         row = measure(None)
