@@ -18,6 +18,7 @@ from discretae.commands.common import (
 from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError
 from discretae.core.files import atomic_path, check_output
+from discretae.core.images import to_uint8
 
 # compress --psnr: images the candidates are measured on (a seeded draw across DATA)
 PSNR_SAMPLE = 256
@@ -191,7 +192,7 @@ def _psnr_sample(codec, ds, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode(), refuse_color_for_gray_model():
         for images, _ in ds.batches(min(batch_size, PSNR_SAMPLE), shuffle=True, seed=0):
             images = images[: PSNR_SAMPLE - n]
-            xs.append(torch.round(images.float().clamp(0, 1) * 255).to(torch.uint8).numpy())
+            xs.append(to_uint8(images.numpy()))
             syms.append(codec.encode_images(images))
             n += len(images)
             if n >= PSNR_SAMPLE:
@@ -220,7 +221,7 @@ def _symbols(codec, ds, batch_size: int, callback, levels: int, max_error: int |
         sym = codec.encode_images(images)
         parts.append(sym)
         if max_error is not None:
-            pending.append(torch.round(images.float().clamp(0, 1) * 255).to(torch.uint8).numpy())
+            pending.append(to_uint8(images.numpy()))
             pending_sym.append(sym)
             flush(final=False)
     if max_error is not None:
