@@ -121,10 +121,10 @@ def schedule_of(variant: str, x, epochs: int | None = None) -> str:
     est = estimator(variant, epochs=epochs)
     shape = tuple(as_images(x[:1]).shape[1:])
     model = est._build(shape)
-    epochs, lr = est._schedule(model, len(x))
+    n_epochs, lr = est._schedule(model, len(x))  # the given epochs, or the recipe's
     names = ",".join(sorted(est._objective_names(shape))) or "none"
     decoder = model.config["decoder"]
-    schedule = f"{epochs} epochs, lr {lr:g}, {est.lr_schedule_used(model)}"
+    schedule = f"{n_epochs} epochs, lr {lr:g}, {est.lr_schedule_used(model)}"
     # runs from before the decoder and precision settings had the full decoder and
     # float32, and no mention of either
     dtype = est.training_dtype(model, est.device)
