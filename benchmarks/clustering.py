@@ -36,6 +36,9 @@ Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gum
     recipe+heads the recipe with 5 code heads (IIC's count; ``fit --heads 5``): the
                  kept head is the one the others agree with most, distilled into the
                  code when it is not the quantizer's own (opt-in)
+    recipe+kmeans the recipe, then k-means (10 seedings) on the contrastive embedding of
+                 the training images, and a short distillation of those clusters into the
+                 code (``objective_options={"embedding_kmeans": True}``)
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from discretae.estimator.recipe import RECIPE_OBJECTIVES
+from discretae.estimator.recluster import embedding_kmeans_on
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -68,12 +72,14 @@ VARIANTS = {
     "constant-lr": "mi,contrastive,style",
     "hold-lr": "mi,contrastive,style",
     "recipe+heads": "auto",
+    "recipe+kmeans": "auto",
 }
 # variants that change more than the objectives
 OPTIONS = {
     "constant-lr": {"lr_schedule": "constant"},
     "hold-lr": {"lr_schedule": "hold-cosine"},
     "recipe+heads": {"objective_options": {"heads": 5}},
+    "recipe+kmeans": {"objective_options": {"embedding_kmeans": True}},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 
@@ -134,6 +140,7 @@ def schedule_of(variant: str, x, epochs: int | None = None) -> str:
         + ("" if dtype is None else f"; {str(dtype).removeprefix('torch.')} networks")
         + _mining_of(model)
         + _heads_of(model)
+        + ("; embedding k-means distilled" if embedding_kmeans_on(est.objective_options) else "")
     )
 
 

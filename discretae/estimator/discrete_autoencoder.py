@@ -31,6 +31,7 @@ from discretae.core.serialization import read_model_file, write_model_file
 from discretae.data.framing import frame_tensor
 from discretae.estimator.ensemble import EnsembleFit
 from discretae.estimator.fitted import (
+    FIT_RECORDS,
     FittedCodes,
     as_images,
     attach_fitted,
@@ -49,6 +50,7 @@ from discretae.estimator.recipe import (
     recipe_decoder,
     recipe_epochs,
 )
+from discretae.estimator.recluster import ReclusterFit
 from discretae.estimator.resume import (
     CheckpointWriter,
     check_same_data,
@@ -71,7 +73,6 @@ from discretae.models.training import (
     steps_per_epoch,
     train,
 )
-from discretae.quantizers.kmeans import KMeans
 
 
 class EstimatorNotFittedError(NotFittedError, sklearn.exceptions.NotFittedError):
@@ -87,7 +88,7 @@ def _rank_seed(seed: int, rank: int, step: int) -> int:
 
 
 class DiscreteAutoencoder(
-    EnsembleFit, HeadsFit, FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator
+    EnsembleFit, HeadsFit, ReclusterFit, FittedCodes, TransformerMixin, ClusterMixin, BaseEstimator
 ):
     """A discrete autoencoder (vq, gumbel or binary) with scikit-learn conventions.
 
@@ -126,7 +127,7 @@ class DiscreteAutoencoder(
             latent on images (the clustering recipe), else "none".
         objective_options: overrides of ``OBJECTIVE_DEFAULTS`` (weights, entropy_weight,
             overcluster, temperature, embed_dim, ``augment`` ranges such as
-            ``{"flip": 0.5}``) and ``style_dim``.
+            ``{"flip": 0.5}``, ``heads``, ``embedding_kmeans``) and ``style_dim``.
         decoder: "full", "light" (the conv decoder without its full-resolution stage,
             about twice as fast to train on 32x32 colour images on the CPU;
             ``benchmarks/fit_step.py``) or "auto": light for the clustering recipe
@@ -142,8 +143,9 @@ class DiscreteAutoencoder(
     Fitted attributes: ``model_``, ``input_shape_`` ((C, H, W) or (F,)),
     ``n_features_in_``, ``code_shape_``, ``history_``, ``n_clusters_``, ``labels_``,
     ``kmeans_`` and ``cluster_centers_`` (None unless k-means is used), ``device_``,
-    ``ensemble_`` and ``heads_`` (what an ensemble fit or a choice of code head did, else
-    None; ``discretae.estimator.heads``).
+    ``ensemble_``, ``heads_`` and ``recluster_`` (what an ensemble fit, a choice of code
+    head or the embedding's clusters did, else None; ``discretae.estimator.heads``,
+    ``discretae.estimator.recluster``).
     """
 
     def __init__(
@@ -349,6 +351,7 @@ class DiscreteAutoencoder(
         self._set_fitted(state, tuple(data.shape[1:]), device)
         self._fit_clusters(self._encode(data), seed)
         self._choose_head(data, seed)
+        self._recluster(data, seed)
         return self
 
     def fit_memory(self, input_shape: tuple[int, ...], n_images: int) -> dict:
@@ -449,22 +452,8 @@ class DiscreteAutoencoder(
         self.n_features_in_ = int(np.prod(self.input_shape_))
         self.code_shape_ = self.model_.code_shape
         self.history_ = state.history
-        self.ensemble_ = self.heads_ = None  # set by an ensemble fit, a choice of head
-
-    def _fit_clusters(self, codes: torch.Tensor, seed: int) -> None:
-        """codes of the training inputs -> ``labels_``, ``n_clusters_``, ``kmeans_`` and
-        ``cluster_centers_`` (k-means on the codes unless the code is the cluster)."""
-        if self._uses_codes_as_clusters():
-            self.kmeans_ = self.cluster_centers_ = None
-            self.n_clusters_ = self.model_.config["n_codes"]
-            self.labels_ = codes.numpy()
-            return
-        self.n_clusters_ = int(self.n_clusters or 10)
-        km = KMeans(self.n_clusters_, n_init=4, random_state=seed)
-        km.fit(self._code_features(codes))
-        self.kmeans_ = km
-        self.cluster_centers_ = km.cluster_centers_.cpu().numpy()
-        self.labels_ = km.labels_.cpu().numpy()
+        # set by an ensemble fit, a choice of head, the embedding's clusters
+        self.ensemble_ = self.heads_ = self.recluster_ = None
 
     # ------------------------------------------------------------------- files
     def save(self, path) -> None:
@@ -481,8 +470,7 @@ class DiscreteAutoencoder(
             "input_shape": list(self.input_shape_),
             "n_clusters": self.n_clusters_,
             "history": self.history_,
-            "ensemble": self.ensemble_,
-            "heads": self.heads_,
+            **{k: getattr(self, f"{k}_") for k in FIT_RECORDS},
         }
         write_model_file(path, tensors, config)
 

@@ -26,6 +26,9 @@ from discretae.quantizers.kmeans import KMeans
 # inputs per forward pass at inference
 INFER_BATCH = 1024
 CHANNELS = (1, 3, 4)
+# what a fit records beside the model, each a dict or None, stored in the model file
+# under its name and set as the attribute of that name plus "_" (heads -> heads_)
+FIT_RECORDS = ("ensemble", "heads", "recluster")
 
 
 def _is_sparse(X) -> bool:
@@ -206,6 +209,21 @@ class FittedCodes:
             lat = self.model_.quantizer.codes_to_latent(codes.to(self.device_))
         return lat.reshape(codes.shape[0], -1).float()
 
+    def _fit_clusters(self, codes: torch.Tensor, seed: int) -> None:
+        """codes of the training inputs -> ``labels_``, ``n_clusters_``, ``kmeans_`` and
+        ``cluster_centers_`` (k-means on the codes unless the code is the cluster)."""
+        if self._uses_codes_as_clusters():
+            self.kmeans_ = self.cluster_centers_ = None
+            self.n_clusters_ = self.model_.config["n_codes"]
+            self.labels_ = codes.numpy()
+            return
+        self.n_clusters_ = int(self.n_clusters or 10)
+        km = KMeans(self.n_clusters_, n_init=4, random_state=seed)
+        km.fit(self._code_features(codes))
+        self.kmeans_ = km
+        self.cluster_centers_ = km.cluster_centers_.cpu().numpy()
+        self.labels_ = km.labels_.cpu().numpy()
+
     def _cluster(self, codes: torch.Tensor) -> np.ndarray:
         if self.kmeans_ is None:
             return codes.numpy().astype(np.int64)
@@ -314,8 +332,8 @@ def attach_fitted(obj, tensors: dict, config: dict, path, device):
     obj.n_features_in_ = int(np.prod(input_shape))
     obj.code_shape_ = model.code_shape
     obj.history_ = list(config.get("history", []))
-    obj.ensemble_ = config.get("ensemble")
-    obj.heads_ = config.get("heads")
+    for key in FIT_RECORDS:  # None in files written before the record existed
+        setattr(obj, f"{key}_", config.get(key))
     obj.n_clusters_ = n_clusters
     centers = tensors.get("kmeans.cluster_centers")
     if centers is None:

@@ -38,16 +38,22 @@ def head_agreement(parts: list[np.ndarray]) -> list[float]:
     ]
 
 
-class _Offset:
-    """The distillation's step events continued from the fit's own epochs."""
+class Offset:
+    """A distillation's step events continued from the fit's own ``done`` epochs, marked
+    with its ``phase``."""
 
-    def __init__(self, callback, done: int) -> None:
-        self.callback, self.done = callback, done
+    def __init__(self, callback, done: int, phase: str) -> None:
+        self.callback, self.done, self.phase = callback, done, phase
 
     def __call__(self, event: dict) -> None:
         epochs = self.done + int(event["epochs"])
         self.callback({**event, "epoch": self.done + int(event["epoch"]), "epochs": epochs,
-                       "phase": "kept head"})  # fmt: skip
+                       "phase": self.phase})  # fmt: skip
+
+
+def continued(est, phase: str) -> Offset | None:
+    """The callback for a distillation after ``est``'s fit: its own, continued."""
+    return None if est.callback is None else Offset(est.callback, len(est.history_), phase)
 
 
 class HeadsFit:
@@ -79,7 +85,7 @@ class HeadsFit:
         if kept != 0:
             k = int(self.model_.config["n_codes"])
             targets = aligned(parts[kept], parts[0], k)
-            cb = None if self.callback is None else _Offset(self.callback, len(self.history_))
+            cb = continued(self, "kept head")
             state = self._distill(self, data, targets, seed, cb, phase="kept head")
             self._set_fitted(state, self.input_shape_, self.device_)
             codes = self._encode(data)

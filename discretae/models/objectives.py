@@ -155,6 +155,9 @@ OBJECTIVE_DEFAULTS = {
     "neighbour_entropy": 0.0,
     # code heads trained at once (1: the quantizer's alone); see the module docstring
     "heads": 1,
+    # after the fit, the code trains toward k-means clusters of the contrastive
+    # embedding (discretae.estimator.recluster); the estimator's step, not a term
+    "embedding_kmeans": False,
     "augment": {},
 }
 
@@ -175,6 +178,8 @@ def objective_settings(given: dict | None) -> dict:
     check_int("overcluster", out["overcluster"], low=0)
     for key in ("embed_dim", "n_neighbours", "neighbour_every", "heads"):
         check_int(key, out[key])
+    if not isinstance(on := out["embedding_kmeans"], bool):
+        raise DiscretaeError(f"objective setting embedding_kmeans must be true or false: {on!r}")
     if not any(out[k] for k in VIEW_TERMS):
         raise DiscretaeError(
             f"view objectives need a nonzero weight for one of {', '.join(VIEW_TERMS)}"
@@ -289,7 +294,8 @@ class ViewObjectives(nn.Module):
     @classmethod
     def from_settings(cls, settings: dict, n_codes: int, latent_dim: int) -> ViewObjectives:
         """From the checked settings of :func:`objective_settings` (augment is not ours)."""
-        kept = {k: v for k, v in settings.items() if k not in ("embed_dim", "augment")}
+        skip = ("embed_dim", "augment", "embedding_kmeans")
+        kept = {k: v for k, v in settings.items() if k not in skip}
         return cls(n_codes, latent_dim, settings["embed_dim"], **kept)
 
     def _mi(self, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""``objective_options={"embedding_kmeans": True}``: after a clustering fit, the code
+learns the k-means clusters of the contrastive embedding.
+
+The contrastive term trains an embedding (the ``h`` part of the encoder's output,
+L2-normalised) in which augmented views of an image lie close and other images apart;
+SCAN and the two-stage methods cluster such an embedding rather than trust a head
+trained at the same time. Here, once the fit is done, k-means (k = the number of
+codes, ``KMEANS_INITS`` seedings) clusters the embeddings of the training images, and
+the model trains on toward those clusters for a short distillation, the ensemble's
+(:mod:`discretae.estimator.ensemble`): its own objectives plus the cross-entropy of its
+code against the clusters, renumbered to match its codes. So the one exported code (the
+quantizer's, which the decoder reads and ``predict`` returns) carries them.
+
+No labels enter. ``recluster_`` records how far the code agreed with the embedding's
+clusters before (NMI) and after the distillation (its fidelity), and its steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from discretae.core import distributed
+from discretae.estimator.ensemble import aligned
+from discretae.estimator.fitted import INFER_BATCH
+from discretae.estimator.heads import continued
+from discretae.evaluation.metrics import nmi
+from discretae.models.training import to_unit_float
+from discretae.quantizers.kmeans import KMeans
+
+KMEANS_INITS = 10
+RECLUSTER_RULE = (
+    "the code trained on toward k-means clusters of the contrastive embedding; no labels"
+)
+
+
+def embedding_clusters(embeddings: torch.Tensor, k: int, seed: int) -> np.ndarray:
+    """(N, E) embeddings -> (N,) int64 k-means cluster ids in [0, k)."""
+    km = KMeans(k, n_init=KMEANS_INITS, random_state=seed).fit(embeddings)
+    return km.labels_.cpu().numpy().astype(np.int64)
+
+
+def embedding_kmeans_on(objective_options: dict | None) -> bool:
+    """The ``embedding_kmeans`` setting in these options, else its default."""
+    from discretae.models.objectives import OBJECTIVE_DEFAULTS
+
+    options = objective_options or {}
+    return bool(options.get("embedding_kmeans", OBJECTIVE_DEFAULTS["embedding_kmeans"]))
+
+
+class ReclusterFit:
+    """The estimator's reclustering step (a mixin of ``DiscreteAutoencoder``)."""
+
+    def _embeddings(self, data: torch.Tensor) -> torch.Tensor:
+        """data (N, *input_shape_) on CPU -> (N, E) contrastive embeddings, on the
+        model's device."""
+        return torch.cat([
+            self.model_.embed(to_unit_float(data[i : i + INFER_BATCH].to(self.device_)))
+            for i in range(0, data.shape[0], INFER_BATCH)
+        ])  # fmt: skip
+
+    def _wants_recluster(self) -> bool:
+        """Whether the step applies: the option on, a contrastive term trained, and a
+        model whose code is the cluster."""
+        objectives = self.model_.objectives
+        trained = objectives is not None and objectives.weights["contrastive"] > 0
+        return (
+            embedding_kmeans_on(self.objective_options)
+            and trained
+            and self._uses_codes_as_clusters()
+        )
+
+    def _recluster(self, data: torch.Tensor, seed: int) -> None:
+        """With the option on, train the code toward the embedding's clusters (module
+        docstring); else ``recluster_`` stays None."""
+        if not self._wants_recluster():
+            return
+        k = int(self.model_.config["n_codes"])
+        targets = torch.from_numpy(embedding_clusters(self._embeddings(data), k, seed))
+        distributed.broadcast_(targets)  # under torchrun, rank 0's clusters for all
+        targets = targets.numpy()
+        codes = np.asarray(self.labels_)
+        before = nmi(targets, codes)
+        heads = self.heads_  # _set_fitted forgets them
+        phase = "embedding clusters"
+        cb = continued(self, phase)
+        state = self._distill(self, data, aligned(targets, codes, k), seed, cb, phase=phase)
+        self._set_fitted(state, self.input_shape_, self.device_)
+        self._fit_clusters(self._encode(data), seed)
+        self.heads_ = heads
+        self.recluster_ = {
+            "before": before,
+            "fidelity": nmi(targets, np.asarray(self.labels_)),
+            "distill_steps": state.step,
+            "rule": RECLUSTER_RULE,
+        }
