@@ -157,6 +157,15 @@ Heads = Annotated[
         "others agree with most (no labels).",
     ),
 ]
+EmbeddingKmeans = Annotated[
+    bool | None,
+    typer.Option(
+        "--embedding-kmeans/--no-embedding-kmeans",
+        help="After fitting a clustering model, train its code toward k-means clusters of "
+        "its contrastive embedding (no labels) [default: off].",
+        show_default=False,
+    ),
+]
 PriorOption = Annotated[
     PriorKind,
     typer.Option(
@@ -250,6 +259,7 @@ def fit(
     precision: PrecisionOption = Precision.auto,
     ensemble: Ensemble = 1,
     heads: Heads = 1,
+    embedding_kmeans: EmbeddingKmeans = None,
     max_memory: MaxMemory = None,
     prior: PriorOption = PriorKind.auto,
     labels: Labels = None,
@@ -285,8 +295,6 @@ def fit(
       discretae fit fashion-mnist --model binary --bits 16 --clusters 10
 
       discretae fit fashion-mnist --ensemble 3 --out steady.safetensors
-
-      discretae fit data.npy --model vq --latent grid --grid 7x7 --device cuda
 
       discretae fit fashion-mnist --checkpoint-every 500 --out model.safetensors
 
@@ -357,6 +365,7 @@ def _table(result: dict) -> Table:
         *_prior_row(result),
         *_ensemble_row(result),
         *_heads_row(result),
+        *_recluster_row(result),
         ("device", result["device"]),
     ]
     if result.get("clustering"):
@@ -407,6 +416,19 @@ def _heads_row(result: dict) -> list[tuple[str, str]]:
         (
             "heads",
             f"{h['heads']}, agreement with the others {agree}; kept head {h['kept']}{distilled}",
+        )
+    ]
+
+
+def _recluster_row(result: dict) -> list[tuple[str, str]]:
+    r = result.get("recluster")
+    if not r:
+        return []
+    return [
+        (
+            "embedding k-means",
+            f"the code's NMI to the clusters {r['before']:.3f}, {r['fidelity']:.3f} after "
+            f"{r['distill_steps']} steps toward them",
         )
     ]
 

@@ -51,6 +51,9 @@ FIT_DEFAULTS = {
     "precision": "auto",  # the estimator's: bfloat16 for the recipe on a CPU that has it
     "ensemble": 1,  # members whose consensus is kept (clustering models)
     "heads": 1,  # code heads trained at once (clustering models); objective_options
+    # the code trained toward k-means clusters of the contrastive embedding after the
+    # fit (clustering models); objective_options, OBJECTIVE_DEFAULTS's default
+    "embedding_kmeans": False,
 }
 # codes per level when --codes is not given, by model (others: 10): 256 makes rvq a
 # compressor by itself (benchmarks/rate_distortion.py fits 7x7 grids of 256 codes)
@@ -77,6 +80,8 @@ _FIT_PARAMS = {
     "precision": "precision",
     "ensemble": "ensemble",
 }
+# fit's settings that are objective_options of the estimator
+_OPTION_SETTINGS = ("heads", "embedding_kmeans")
 
 
 def default_checkpoint(out: str | os.PathLike) -> Path:
@@ -120,6 +125,7 @@ def fit(
     precision: str | None = None,
     ensemble: int | None = None,
     heads: int | None = None,
+    embedding_kmeans: bool | None = None,
     max_memory: str | int | None = None,
     prior: str = "auto",
     labels: str | None = None,
@@ -137,12 +143,11 @@ def fit(
     checkpoint's when resuming. ``objectives``, ``lr_schedule``, ``decoder``, ``precision``
     and ``ensemble`` are :class:`DiscreteAutoencoder`'s: "auto" objectives make a global
     gumbel code on images the clustering recipe, "none" reconstruction alone; "auto"
-    decoder and precision are the recipe's light decoder and bfloat16 where the CPU has
-    it; ``ensemble`` N > 1 keeps the consensus of N seeds; ``heads`` N > 1 trains N code
-    heads and keeps one (``objective_options={"heads": N}``).
+    decoder and precision the recipe's light decoder and bfloat16 where the CPU has it;
+    ``ensemble`` N > 1 keeps N seeds' consensus; ``heads``, ``embedding_kmeans``: its
+    ``objective_options``.
 
     ``image_size``, ``resize``, ``background``, ``max_memory``, ``prior``: module docstring.
-
     Checkpoints: the training state is written to ``checkpoint`` (default
     :func:`default_checkpoint` of ``out``) every ``checkpoint_every`` optimisation steps
     (0: never) and on SIGINT/SIGTERM, which then raise ``TrainingInterrupted``.
@@ -205,7 +210,9 @@ def _fit_settings(given: dict, resume) -> dict:
 
     params = checkpoint_params(read_checkpoint(resume).config)
     settings = {k: params.get(p, FIT_DEFAULTS[k]) for k, p in _FIT_PARAMS.items()}
-    settings["heads"] = (params.get("objective_options") or {}).get("heads", 1)
+    options = params.get("objective_options") or {}
+    for key in _OPTION_SETTINGS:
+        settings[key] = options.get(key, FIT_DEFAULTS[key])
     settings["grid"] = tuple(settings["grid"]) if settings["grid"] is not None else None
     clash = [
         f"--{k.replace('_', '-')} {v} (checkpoint: {settings[k]})"
@@ -328,8 +335,9 @@ def _estimator(settings, size, batch):
     from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
 
     params = {param: settings[k] for k, param in _FIT_PARAMS.items()}
-    if settings["heads"] > 1:
-        params["objective_options"] = {"heads": settings["heads"]}
+    options = {k: settings[k] for k in _OPTION_SETTINGS if settings[k] != FIT_DEFAULTS[k]}
+    if options:
+        params["objective_options"] = options
     # a resumed checkpoint without a working size (an estimator's fit on arrays, or one
     # from before the setting) keeps none: the data's own size
     keep_none = settings.get("resumed") and settings["image_size"] is None
@@ -418,6 +426,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "prior": run.prior,
         "ensemble": est.ensemble_,
         "heads": est.heads_,
+        "recluster": est.recluster_,
         "checkpoint": str(ckpt) if ckpt.exists() else None,
         "resumed_from": str(resume) if resume is not None else None,
         # how the fitted clusters match DATA's labels, when it has any
