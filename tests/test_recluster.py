@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from discretae import DiscreteAutoencoder
 from discretae.commands.fit import FIT_DEFAULTS
@@ -113,3 +114,23 @@ def test_cli_embedding_kmeans(tmp_path):
     proc = subprocess.run(off, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["recluster"] is None
+
+
+def test_recluster_after_a_fit_is_the_fits_last_step(digits, one_thread):
+    """``recluster(X)`` on a model fitted without the option ends where a fit with it does."""
+    with_step = recipe(True, seed=1).fit(digits)
+    later = recipe(False, seed=1).fit(digits)
+    assert later.recluster_ is None
+    assert later.recluster(digits) is later
+    assert later.recluster_ == with_step.recluster_
+    assert (later.labels_ == with_step.labels_).all()
+    assert (later.predict(digits) == with_step.predict(digits)).all()
+
+
+def test_recluster_refuses_what_it_cannot_do(digits, one_thread):
+    with pytest.raises(NotFittedError):
+        recipe(False).recluster(digits)
+    no_embedding = DiscreteAutoencoder("gumbel", n_codes=6, epochs=1, objectives="mi").fit(digits)
+    with pytest.raises(DiscretaeError, match="contrastive"):
+        no_embedding.recluster(digits)
+    assert no_embedding.recluster_ is None

@@ -59,27 +59,43 @@ class ReclusterFit:
             for i in range(0, data.shape[0], INFER_BATCH)
         ])  # fmt: skip
 
-    def _wants_recluster(self) -> bool:
-        """Whether the step applies: the option on, a contrastive term trained, and a
-        model whose code is the cluster."""
+    def _can_recluster(self) -> bool:
+        """A contrastive term trained, and a model whose code is the cluster."""
         objectives = self.model_.objectives
         trained = objectives is not None and objectives.weights["contrastive"] > 0
-        return (
-            embedding_kmeans_on(self.objective_options)
-            and trained
-            and self._uses_codes_as_clusters()
-        )
+        return trained and self._uses_codes_as_clusters()
 
-    def _recluster(self, data: torch.Tensor, seed: int) -> None:
-        """With the option on, train the code toward the embedding's clusters (module
-        docstring); else ``recluster_`` stays None."""
-        if not self._wants_recluster():
+    def recluster(self, X, y=None):
+        """Train the fitted code on toward k-means clusters of its contrastive embedding
+        of X (the module docstring): what ``objective_options={"embedding_kmeans": True}``
+        does at the end of a fit, for a model fitted without it. X is typically the
+        training data; ``labels_`` become X's clusters. Returns self.
+
+        Raises DiscretaeError for a model without a contrastive embedding or whose
+        clusters are k-means on the codes (``n_clusters``)."""
+        from discretae.core.errors import DiscretaeError
+        from discretae.estimator.fitted import as_images
+
+        self._check_fitted()
+        if not self._can_recluster():
+            raise DiscretaeError(
+                "recluster needs a clustering model trained with the contrastive objective "
+                "whose code is the cluster (a gumbel or vq code, objectives auto)"
+            )
+        seed = 0 if self.random_state is None else int(self.random_state)
+        self._recluster(self._at_working_size(as_images(X)), seed, force=True)
+        return self
+
+    def _recluster(self, data: torch.Tensor, seed: int, force: bool = False) -> None:
+        """With the option on (or ``force``), train the code toward the embedding's
+        clusters (module docstring); else ``recluster_`` stays None."""
+        if not (force or (embedding_kmeans_on(self.objective_options) and self._can_recluster())):
             return
         k = int(self.model_.config["n_codes"])
         targets = torch.from_numpy(embedding_clusters(self._embeddings(data), k, seed))
         distributed.broadcast_(targets)  # under torchrun, rank 0's clusters for all
         targets = targets.numpy()
-        codes = np.asarray(self.labels_)
+        codes = self._encode(data).numpy().astype(np.int64)  # the code is the cluster
         before = nmi(targets, codes)
         heads = self.heads_  # _set_fitted forgets them
         phase = "embedding clusters"
