@@ -134,3 +134,18 @@ def test_recluster_refuses_what_it_cannot_do(digits, one_thread):
     with pytest.raises(DiscretaeError, match="contrastive"):
         no_embedding.recluster(digits)
     assert no_embedding.recluster_ is None
+
+
+def test_cli_says_when_the_step_cannot_apply(tmp_path):
+    out = tmp_path / "m.safetensors"
+    cmd = [sys.executable, "-m", "discretae.cli", "fit", "digits", "--objectives", "mi",
+           "--embedding-kmeans", "--epochs", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "--embedding-kmeans did nothing" in proc.stderr and out.exists()
+    # without view objectives at all (binary's default) the estimator refuses first
+    out.unlink()
+    bad = [*cmd[:5], "--model", "binary", *cmd[7:]]
+    proc = subprocess.run(bad, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "embedding_kmeans" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -274,6 +274,12 @@ def _train_and_save(
         world = distributed.world_size()
         if not distributed.is_main():
             return _Run(None, None, len(x), seconds, world, distributed.rank(), plan)
+        if settings["embedding_kmeans"] and est.recluster_ is None and warn is not None:
+            warn(
+                "--embedding-kmeans did nothing: it needs a clustering model whose code is "
+                "the cluster (gumbel or vq, no --clusters) trained with the contrastive "
+                "objective"
+            )
         est.save(out)
         if len(est.input_shape_) == 3:  # image models: learn the archive's code prior now
             from discretae.compression.codec import fit_prior, fit_refinement, save_prior
