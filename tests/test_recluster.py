@@ -125,6 +125,10 @@ def test_recluster_after_a_fit_is_the_fits_last_step(digits, one_thread):
     assert later.recluster_ == with_step.recluster_
     assert (later.labels_ == with_step.labels_).all()
     assert (later.predict(digits) == with_step.predict(digits)).all()
+    # what the fit recorded before stays; the step's record is the newest
+    later.ensemble_ = {"members": 3}
+    later.recluster(digits)
+    assert later.ensemble_ == {"members": 3} and later.recluster_["distill_steps"] > 0
 
 
 def test_recluster_refuses_what_it_cannot_do(digits, one_thread):

@@ -25,7 +25,7 @@ import torch
 
 from discretae.core import distributed
 from discretae.estimator.ensemble import aligned
-from discretae.estimator.fitted import INFER_BATCH
+from discretae.estimator.fitted import FIT_RECORDS, INFER_BATCH
 from discretae.estimator.heads import continued
 from discretae.evaluation.metrics import nmi
 from discretae.models.training import to_unit_float
@@ -72,7 +72,8 @@ class ReclusterFit:
         """Train the fitted code on toward k-means clusters of its contrastive embedding
         of X (the module docstring): what ``objective_options={"embedding_kmeans": True}``
         does at the end of a fit, for a model fitted without it. X is typically the
-        training data; ``labels_`` become X's clusters. Returns self.
+        training data; ``labels_`` become X's clusters; k-means and the distillation are
+        seeded by ``random_state`` (0 when None). Returns self.
 
         Raises DiscretaeError for a model without a contrastive embedding or whose
         clusters are k-means on the codes (``n_clusters``)."""
@@ -100,13 +101,14 @@ class ReclusterFit:
         targets = targets.numpy()
         codes = self._encode(data).numpy().astype(np.int64)  # the code is the cluster
         before = nmi(targets, codes)
-        heads = self.heads_  # _set_fitted forgets them
+        records = {k: getattr(self, f"{k}_") for k in FIT_RECORDS}  # _set_fitted forgets
         phase = "embedding clusters"
         cb = continued(self, phase)
         state = self._distill(self, data, aligned(targets, codes, k), seed, cb, phase=phase)
         self._set_fitted(state, self.input_shape_, self.device_)
         self._fit_clusters(self._encode(data), seed)
-        self.heads_ = heads
+        for key, record in records.items():
+            setattr(self, f"{key}_", record)
         self.recluster_ = {
             "before": before,
             "fidelity": nmi(targets, np.asarray(self.labels_)),
