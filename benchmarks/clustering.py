@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from discretae.estimator.recipe import RECIPE_OBJECTIVES
-from discretae.estimator.recluster import embedding_kmeans_on
+from discretae.estimator.recluster import embedding_kmeans_on, trains_contrastive
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -165,10 +165,8 @@ def schedule_of(variant: str, x, epochs: int | None = None) -> str:
 
 def _recluster_of(est, model) -> str:
     """ "; embedding k-means distilled" for a fit that ends with the step, else ""."""
-    views = model.objectives
     on = embedding_kmeans_on(est.objective_options)  # every variant's code is its cluster
-    trained = views is not None and views.weights["contrastive"] > 0
-    return "; embedding k-means distilled" if on and trained else ""
+    return "; embedding k-means distilled" if on and trains_contrastive(model) else ""
 
 
 def _mining_of(model) -> str:

@@ -51,6 +51,13 @@ def embedding_kmeans_on(objective_options: dict | None) -> bool:
     return bool(options.get("embedding_kmeans", OBJECTIVE_DEFAULTS["embedding_kmeans"]))
 
 
+def trains_contrastive(model) -> bool:
+    """Whether ``model`` (an autoencoder, fitted or just built) trains the contrastive
+    embedding the step clusters."""
+    views = model.objectives
+    return views is not None and views.weights["contrastive"] > 0
+
+
 class ReclusterFit:
     """The estimator's reclustering step (a mixin of ``DiscreteAutoencoder``)."""
 
@@ -64,9 +71,7 @@ class ReclusterFit:
 
     def _can_recluster(self) -> bool:
         """A contrastive term trained, and a model whose code is the cluster."""
-        objectives = self.model_.objectives
-        trained = objectives is not None and objectives.weights["contrastive"] > 0
-        return trained and self._uses_codes_as_clusters()
+        return trains_contrastive(self.model_) and self._uses_codes_as_clusters()
 
     def recluster(self, X, y=None):
         """Train the fitted code on toward k-means clusters of its contrastive embedding
