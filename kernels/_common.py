@@ -167,10 +167,14 @@ def rerank_rows(x, codebook, rows, cand, k):
     c64, finite, _, _ = _finite_codes(codebook)
     cand, _ = cand.sort(1)  # index order, so a stable sort by distance breaks ties low
     r_n, c_n = cand.shape
-    pk = cand.clamp(max=k_codes - 1).reshape(-1)
-    pr = torch.arange(r_n, device=x.device).repeat_interleave(c_n)
-    dist = _direct(x[rows].to(torch.float64), c64, finite, pr, pk).view(r_n, c_n)
-    dist.masked_fill_(cand >= k_codes, math.inf)
+    pk = cand.clamp(max=k_codes - 1)
+    xr = x[rows].to(torch.float64)
+    dist = torch.empty(r_n, c_n, dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 20) // (c_n * c64.shape[1]))
+    for r0 in range(0, r_n, step):  # each row broadcast against its candidates: no copies of x
+        diff = xr[r0 : r0 + step].unsqueeze(1) - c64[pk[r0 : r0 + step]]
+        torch.sum(diff.square_(), 2, out=dist[r0 : r0 + step])
+    dist.masked_fill_(~finite[pk] | (cand >= k_codes), math.inf)
     order = dist.argsort(dim=1, stable=True)[:, :k]
     return cand.gather(1, order), dist.gather(1, order)
 

@@ -67,6 +67,7 @@ def shrink(mp, tile_floats=256, tile_codes=96, groups=16, batch_floats=2000):
     mp.setattr(topk, "TILE_FLOATS", tile_floats)
     mp.setattr(topk, "TILE_CODES", tile_codes)
     mp.setattr(topk, "GROUPS", groups)
+    mp.setattr(topk, "GROUPS_PER_KEPT", 2)
     mp.setattr(topk, "BATCH_FLOATS", batch_floats)
 
 
