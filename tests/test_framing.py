@@ -117,7 +117,8 @@ def test_image_over_the_pixel_limit_is_skipped_as_such(tmp_path, monkeypatch):
     warnings = []
     ds = load_dataset(tmp_path, warn=warnings.append, framing=Framing())
     assert len(ds) == 1 and ds.skipped == ["a/huge.png"]
-    assert "pixel limit" in warnings[0] and "corrupt" not in warnings[0]
+    assert "over Pillow's pixel limit (40,000 pixels, limit 1,000)" in warnings[0]
+    assert "corrupt" not in warnings[0]
 
 
 def make_every_kind(root):
