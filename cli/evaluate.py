@@ -108,6 +108,8 @@ def summary_rows(report: dict) -> list[tuple[str, object]]:
     """The table rows of a report (see ``evaluation.report``); absent sections are left out."""
     rows: list[tuple[str, object]] = [("images", (report.get("data") or {}).get("n_images"))]
     clustering = report.get("clustering") or {}
+    if "n_classes" in clustering:  # purity's floor is the largest class's share
+        rows.append(("classes in the labels", clustering["n_classes"]))
     for key, name in (("purity", "purity"), ("nmi", "NMI"), ("acc", "ACC"), ("ari", "ARI")):
         if key in clustering:
             rows.append((name, clustering[key]))

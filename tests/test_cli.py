@@ -466,6 +466,8 @@ def test_evaluate_table(pngs, model):
     ok(r)
     for row in ("purity", "NMI", "ACC", "ARI", "codes used", "PSNR", "real .dae archive"):
         assert row in r.stdout
+    n_classes = len([p for p in pngs.iterdir() if p.is_dir()])
+    assert re.search(rf"classes in the labels\s*│\s*{n_classes}\s*│", r.stdout), r.stdout
 
 
 def test_evaluate_codes_without_model(work):
