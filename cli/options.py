@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 DATA_HELP = (
-    "Images: a folder (subfolders are labels), a .npy array, an IDX file or folder, "
+    "Images: a folder (subfolders are labels), one image file, a .npy array, an IDX file or folder, "
     "'digits', or 'fashion-mnist[:train|:test]'."
 )
 

@@ -295,6 +295,22 @@ def test_encode_clusters_with_names(work, pngs, model):
     assert "names" in r.stdout
 
 
+def test_encode_one_image_file(work, pngs, model):
+    """An image file given as DATA is encoded as a folder of one: its code is the one it
+    gets among its folder, and compress / decompress give it back under its name."""
+    ok(cli("encode", pngs, "-m", model, "--out", work / "folder-codes.npy", "-q"))
+    folder_codes = np.load(work / "folder-codes.npy")
+    names = sorted(p.relative_to(pngs).as_posix() for p in pngs.rglob("*.png"))
+    i = 5
+    out = work / "one-code.npy"
+    ok(cli("encode", pngs / names[i], "-m", model, "--out", out, "-q"))
+    assert np.load(out).tolist() == [folder_codes[i]]
+    archive, back = work / "one.dae", work / "one-back"
+    ok(cli("compress", pngs / names[i], "-m", model, "--out", archive, "-q"))
+    ok(cli("decompress", archive, "-m", model, "--out", back, "-q"))
+    assert [p.name for p in back.rglob("*.png")] == [Path(names[i]).name]
+
+
 def test_encode_dtype_grows_with_codebook(work):
     """300 codes do not fit uint8, so codes come back as uint16 (IDX input)."""
     images, labels = make_images(20)

@@ -115,6 +115,17 @@ def test_not_an_image_named_png_strict(tmp_path, model, out):
     assert "fake.png" in line
 
 
+def test_one_image_file_not_an_image(tmp_path, model):
+    """A single file given as DATA is checked before any work, with or without --strict."""
+    (tmp_path / "fake.png").write_text("I am text")
+    out = tmp_path / "codes.npy"
+    line = fails_in_process("encode", tmp_path / "fake.png", "-m", model, "--out", out,
+                            outputs=(out,))  # fmt: skip
+    assert "fake.png" in line and "not an image" in line
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    assert "unsupported file" in fails("fit", tmp_path / "notes.txt", "--out", out)
+
+
 def test_truncated_image_strict(tmp_path, out):
     data = png_folder(tmp_path / "data")
     whole = (data / "a" / "1.png").read_bytes()

@@ -60,6 +60,7 @@ from discretae.data.framing import LEGACY_FRAMING, Framing
 from discretae.data.readers import (
     FASHION_MNIST_LABELS,
     GRAY_MODES,
+    IMAGE_EXTENSIONS,
     encode_label_strings,
     fashion_mnist_folder,
     idx_image_files,
@@ -128,14 +129,21 @@ def _labels_from_csv(path: Path, names: list[str], warn: Warn):
 
 
 def _load_folder(
-    root: Path, labels_path, image_size, channels, strict, warn, gray_from_color, framing
-) -> FolderDataset:
+    root: Path, labels_path, image_size, channels, strict, warn, gray_from_color, framing,
+    only: list[str] | None = None,
+) -> FolderDataset:  # fmt: skip
+    """A folder's images, or with ``only`` (names relative to root) just those: one image
+    file given as DATA is a folder of one, which it names when it cannot be read."""
     if channels not in (None, 1, 3):
         raise DiscretaeError(f"channels={channels} is not 1 or 3 for a folder of images")
     # with size and channels fixed (a fitted model's), probing every file up front only
     # repeats what the decoding stream does: it drops bad files with one warning too
-    scan = scan_folder(root, probe=image_size is None or channels is None)
+    probe = image_size is None or channels is None or only is not None  # one file: check it now
+    scan = scan_folder(root, probe=probe, only=only)
     names = scan.names
+    if only is not None and scan.bad:
+        i = min(scan.bad)
+        raise DiscretaeError(f"{root / names[i]}: {scan.bad[i]}")
     if strict and scan.bad:
         i = min(scan.bad)
         raise DiscretaeError(f"{root / names[i]}: {scan.bad[i]}")
@@ -287,9 +295,14 @@ def load_dataset(
             ds = ArrayDataset(read_npy(path), str(path), **kw)
         elif looks_like_idx(path):
             ds = _load_idx([path], str(path), **kw)
+        elif path.name.lower().endswith(IMAGE_EXTENSIONS):
+            return _load_folder(
+                path.parent, lab, size, channels, strict, warn, gray_from_color, framing,
+                only=[path.name],
+            )  # fmt: skip
         else:
             raise DiscretaeError(
-                f"{text}: unsupported file; expected a folder of images, a .npy "
+                f"{text}: unsupported file; expected an image, a folder of images, a .npy "
                 "array or an IDX file"
             )
     elif text.lower() == "digits":

@@ -108,13 +108,16 @@ def probe_image(path: Path, full: bool) -> tuple[tuple[int, int], str]:
     return ((w, h) if orient in (5, 6, 7, 8) else (h, w)), mode
 
 
-def scan_folder(root: Path, full_check: bool | None = None, probe: bool = True) -> FolderScan:
-    """List and probe every image under ``root``. Bad files are recorded, not raised.
+def scan_folder(
+    root: Path, full_check: bool | None = None, probe: bool = True, only: list[str] | None = None
+) -> FolderScan:
+    """List and probe every image under ``root`` (or the files ``only`` names, relative to
+    it: one image given by itself). Bad files are recorded, not raised.
 
     ``probe=False`` only lists the files (sizes and modes stay None): for callers that
     already know the output size and channels, the decoding stream finds bad files.
     """
-    names, others = list_image_files(root)
+    names, others = (list(only), 0) if only is not None else list_image_files(root)
     if not names:
         if others == 0:
             raise DiscretaeError(f"folder {str(root)!r} is empty")
