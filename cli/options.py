@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 DATA_HELP = (
-    "Images: a folder (subfolders are labels), one image file, a .npy array, an IDX file or folder, "
-    "'digits', or 'fashion-mnist[:train|:test]'."
+    "Images: a folder (subfolders are labels), one image file, a .npy array, an IDX "
+    "file or folder, 'digits', or 'fashion-mnist[:train|:test]'."
 )
 
 
