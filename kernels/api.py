@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -176,5 +177,11 @@ def nearest_codes(
     x2 = x.reshape(-1, x.shape[-1])
     exact = precision == "exact"
     _pick_backend(x, backend)  # same checks as nearest_code; every backend runs torch's path
-    indices, sq_dist = nearest_codes_torch(x2, codebook, k, exact=exact)
+    if k == 1:  # the k = 1 pass (one argmin per tile) is faster than the top-k one: a third
+        # less time at (65536, 8192, 64) on 2 threads, same index, same distance rule
+        idx, dist = nearest_code_torch(x2, codebook, exact=exact)
+        dist = dist.masked_fill_(x2.isnan().any(1), math.nan)  # NaN rows: NaN, as for k > 1
+        indices, sq_dist = idx.unsqueeze(1), dist.unsqueeze(1)
+    else:
+        indices, sq_dist = nearest_codes_torch(x2, codebook, k, exact=exact)
     return indices.reshape(*lead, k), sq_dist.reshape(*lead, k)
