@@ -141,10 +141,7 @@ def _load_folder(
     probe = image_size is None or channels is None or only is not None  # one file: check it now
     scan = scan_folder(root, probe=probe, only=only)
     names = scan.names
-    if only is not None and scan.bad:
-        i = min(scan.bad)
-        raise DiscretaeError(f"{root / names[i]}: {scan.bad[i]}")
-    if strict and scan.bad:
+    if (strict or only is not None) and scan.bad:
         i = min(scan.bad)
         raise DiscretaeError(f"{root / names[i]}: {scan.bad[i]}")
     if len(scan.bad) == len(names):
