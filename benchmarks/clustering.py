@@ -36,6 +36,10 @@ Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gum
     recipe+heads the recipe with 5 code heads (IIC's count; ``fit --heads 5``): the
                  kept head is the one the others agree with most, distilled into the
                  code when it is not the quantizer's own (opt-in)
+    recipe+erase, recipe+zoom, recipe+shift  the recipe with one augmentation range
+                 stronger than its default: a random rectangle erased in a quarter of
+                 the images (default: none), zoom +-25% (default 12%), shift +-20% of
+                 the side (default 10%)
     recipe+kmeans the recipe, then the embedding-k-means step (opt-in: k-means, 10
                  seedings, on the contrastive embedding of the training images, distilled
                  into the code; ``objective_options={"embedding_kmeans": True}``). It is
@@ -76,6 +80,9 @@ VARIANTS = {
     "hold-lr": "mi,contrastive,style",
     "recipe+heads": "auto",
     "recipe+kmeans": "auto",
+    "recipe+erase": "auto",
+    "recipe+zoom": "auto",
+    "recipe+shift": "auto",
 }
 # variants that change more than the objectives
 OPTIONS = {
@@ -83,6 +90,10 @@ OPTIONS = {
     "hold-lr": {"lr_schedule": "hold-cosine"},
     "recipe+heads": {"objective_options": {"heads": 5}},
     "recipe+kmeans": {"objective_options": {"embedding_kmeans": True}},
+    # stronger augmentations than the defaults (models.augment.AugmentConfig)
+    "recipe+erase": {"objective_options": {"augment": {"erase": 0.25}}},
+    "recipe+zoom": {"objective_options": {"augment": {"scale": 0.25}}},
+    "recipe+shift": {"objective_options": {"augment": {"translate": 0.2}}},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 # variant -> the name of its fit scored before the embedding-k-means step: the variant is
@@ -160,7 +171,19 @@ def schedule_of(variant: str, x, epochs: int | None = None) -> str:
         + _mining_of(model)
         + _heads_of(model)
         + _recluster_of(est, model)
+        + _augment_of(model)
     )
+
+
+def _augment_of(model) -> str:
+    """ "; augment NAME VALUE, .." for the ranges that differ from the defaults, else ""."""
+    from discretae.models.augment import AugmentConfig
+
+    if getattr(model, "augment", None) is None:
+        return ""
+    default = AugmentConfig().to_dict()
+    changed = [f"{k} {v:g}" for k, v in model.augment.to_dict().items() if v != default[k]]
+    return f"; augment {', '.join(changed)}" if changed else ""
 
 
 def _recluster_of(est, model) -> str:
