@@ -166,6 +166,16 @@ EmbeddingKmeans = Annotated[
         show_default=False,
     ),
 ]
+AugmentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--augment",
+        help="Augmentation ranges other than the defaults for the view objectives, e.g. "
+        "'erase=0.25,flip=0.5' (flip, the chance of a mirrored view: not for digits or text); "
+        "names: rotate, scale, shear, translate, flip, erase, jitter, noise.",
+        show_default=False,
+    ),
+]
 PriorOption = Annotated[
     PriorKind,
     typer.Option(
@@ -260,6 +270,7 @@ def fit(
     ensemble: Ensemble = 1,
     heads: Heads = 1,
     embedding_kmeans: EmbeddingKmeans = None,
+    augment: AugmentOption = None,
     max_memory: MaxMemory = None,
     prior: PriorOption = PriorKind.auto,
     labels: Labels = None,
@@ -358,6 +369,7 @@ def _table(result: dict) -> Table:
         ("memory (estimate)", _memory(result)),
         ("epochs", f"{result['epochs']}, learning rate {result['lr_schedule']}"),
         ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
+        *_augment_row(result),
         ("final loss", result["final_loss"]),
         ("codes used (last epoch)", _used(result)),
         ("perplexity", result["perplexity"]),
@@ -399,6 +411,15 @@ def _ensemble_row(result: dict) -> list[tuple[str, str]]:
             f"{e['to_consensus'][e['kept']]:.3f}, {e['fidelity']:.3f} after "
             f"{e['distill_steps']} steps toward it)",
         )
+    ]
+
+
+def _augment_row(result: dict) -> list[tuple[str, str]]:
+    ranges = result.get("augment")
+    if not ranges:
+        return []
+    return [
+        ("augmentation", ", ".join(f"{k} {v:g}" for k, v in ranges.items()) + "; others default")
     ]
 
 

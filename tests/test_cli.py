@@ -189,6 +189,27 @@ def test_fit_takes_a_learning_rate_curve(work, pngs):
     assert not (work / "never.safetensors").exists()
 
 
+def test_fit_takes_augmentation_ranges(work, pngs):
+    """--augment replaces the ranges named, keeps the others, and says so in the table; a
+    bad name or value is one line in a real process, with no model file."""
+    out = work / "fit-augment.safetensors"
+    r = cli("fit", pngs, "--epochs", 1, "--codes", 3, "--augment", "erase=0.25, flip=0.5",
+            "--out", out)  # fmt: skip
+    ok(r)
+    assert re.search(r"augmentation\s*│\s*erase 0.25, flip 0.5; others default", r.stdout)
+    from discretae import DiscreteAutoencoder
+    from discretae.models.augment import AugmentConfig
+
+    used = DiscreteAutoencoder.load(out).model_.augment
+    assert used == AugmentConfig(erase=0.25, flip=0.5) != AugmentConfig()
+    never = work / "never-augment.safetensors"
+    for bad, said in (("warp=1", "warp"), ("erase=1.5", "below 1"), ("erase", "NAME=VALUE")):
+        r = run("fit", pngs, "--epochs", 1, "--augment", bad, "--out", never)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and said in lines[0], r.stderr
+    assert not never.exists()
+
+
 def test_fit_progress_bar_and_table(work):
     images, _ = make_images(24)
     data = work / "fit-progress.npy"

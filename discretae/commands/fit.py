@@ -54,6 +54,9 @@ FIT_DEFAULTS = {
     # the code trained toward k-means clusters of the contrastive embedding after the
     # fit (clustering models); objective_options, OBJECTIVE_DEFAULTS's default
     "embedding_kmeans": False,
+    # augmentation ranges other than the defaults ("erase=0.25,flip=0.5"), for the view
+    # objectives (models.augment.AugmentConfig); objective_options
+    "augment": None,
 }
 # codes per level when --codes is not given, by model (others: 10): 256 makes rvq a
 # compressor by itself (benchmarks/rate_distortion.py fits 7x7 grids of 256 codes)
@@ -81,7 +84,7 @@ _FIT_PARAMS = {
     "ensemble": "ensemble",
 }
 # fit's settings that are objective_options of the estimator
-_OPTION_SETTINGS = ("heads", "embedding_kmeans")
+_OPTION_SETTINGS = ("heads", "embedding_kmeans", "augment")
 
 
 def default_checkpoint(out: str | os.PathLike) -> Path:
@@ -126,6 +129,7 @@ def fit(
     ensemble: int | None = None,
     heads: int | None = None,
     embedding_kmeans: bool | None = None,
+    augment: str | dict | None = None,
     max_memory: str | int | None = None,
     prior: str = "auto",
     labels: str | None = None,
@@ -144,8 +148,8 @@ def fit(
     and ``ensemble`` are :class:`DiscreteAutoencoder`'s: "auto" objectives make a global
     gumbel code on images the clustering recipe, "none" reconstruction alone; "auto"
     decoder and precision the recipe's light decoder and bfloat16 where the CPU has it;
-    ``ensemble`` N > 1 keeps N seeds' consensus; ``heads``, ``embedding_kmeans``: its
-    ``objective_options``.
+    ``ensemble`` N > 1 keeps N seeds' consensus; ``heads``, ``embedding_kmeans``,
+    ``augment`` (:func:`parse_augment`): its ``objective_options``.
 
     ``image_size``, ``resize``, ``background``, ``max_memory``, ``prior``: module docstring.
     Checkpoints: the training state is written to ``checkpoint`` (default
@@ -163,9 +167,7 @@ def fit(
     check_output(out)
     check_device(device)
     _check_prior(prior)
-    given = {k: v for k, v in locals().items() if k in FIT_DEFAULTS}  # None: not given
-    given["grid"] = parse_grid(grid) if isinstance(grid, str) else grid
-    given["image_size"] = _size_setting(image_size)
+    given = _parsed({k: v for k, v in locals().items() if k in FIT_DEFAULTS})  # None: not given
     budget = _memory_budget(max_memory)
     settings = _fit_settings(given, resume)
     if settings["grid"] is not None and settings["latent"] != "grid":
@@ -372,6 +374,41 @@ def _halved(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, size[0] // 2), max(1, size[1] // 2)
 
 
+def _parsed(given: dict) -> dict:
+    """The settings given as text (grid, image size, augmentation) in their parsed form."""
+    grid = given["grid"]
+    given["grid"] = parse_grid(grid) if isinstance(grid, str) else grid
+    given["image_size"] = _size_setting(given["image_size"])
+    given["augment"] = parse_augment(given["augment"])
+    return given
+
+
+def parse_augment(text: str | dict | None) -> dict | None:
+    """``"erase=0.25,flip=0.5"`` -> ``{"erase": 0.25, "flip": 0.5}``: augmentation ranges
+    that replace the defaults of :class:`~discretae.models.augment.AugmentConfig`, checked
+    there; a dict is checked the same way; None stays None."""
+    from discretae.models.augment import AugmentConfig
+
+    if text is None:
+        return None
+    names = AugmentConfig.__dataclass_fields__
+    usage = f"--augment takes NAME=VALUE pairs joined by commas, NAME one of {', '.join(names)}"
+    if isinstance(text, dict):
+        ranges = dict(text)
+    else:
+        pairs = [p.partition("=") for p in str(text).split(",") if p.strip()]
+        try:
+            ranges = {k.strip(): float(v) for k, sep, v in pairs if sep}
+        except ValueError:
+            raise DiscretaeError(f"{usage}; got {text!r}") from None
+        if len(ranges) != len(pairs) or not ranges:
+            raise DiscretaeError(f"{usage}; got {text!r}")
+    if set(ranges) - set(names):
+        raise DiscretaeError(f"{usage}; got {', '.join(sorted(set(ranges) - set(names)))}")
+    AugmentConfig(**ranges)  # its ranges' checks, as DiscretaeError
+    return ranges
+
+
 def _size_setting(image_size):
     """``--image-size`` as (H, W), an int (the longer side), or None."""
     from discretae.data.framing import check_size, parse_image_size
@@ -424,6 +461,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "world_size": run.world_size,
         "epochs": len(est.history_),
         "objectives": _objectives_in(est.model_),
+        "augment": s["augment"],  # the ranges given instead of the defaults, or None
         "lr_schedule": est.lr_schedule_used(est.model_),
         "final_loss": last.get("loss"),
         "codes_used": last.get("usage"),  # distinct codes in the last epoch
