@@ -146,6 +146,19 @@ def test_resume_refuses_other_settings_data_and_files(tmp_path, digits):
         fit_model("digits", out=tmp_path / "o.safetensors", epochs=5, resume=ckpt)
 
 
+def test_resume_keeps_the_augmentation_ranges(tmp_path):
+    """A run started with --augment resumes with its ranges, and other ranges are refused."""
+    out = tmp_path / "aug.safetensors"
+    kw = {"out": out, "epochs": 2, "batch_size": 256, "device": "cpu", "checkpoint_every": 3}
+    fit_model("digits", augment="erase=0.25", **kw)
+    ckpt = default_checkpoint(out)
+    with pytest.raises(DiscretaeError, match=r"--augment \{'erase': 0.3\} \(checkpoint"):
+        fit_model("digits", augment="erase=0.3", resume=ckpt, **kw)
+    summary = fit_model("digits", resume=ckpt, **kw)
+    assert summary["augment"] == {"erase": 0.25}
+    assert DiscreteAutoencoder.load(out).model_.augment.erase == 0.25
+
+
 # ----------------------------------------------------------------------- NaN and inf
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_npy):
     out = tmp_path / "nan.safetensors"
