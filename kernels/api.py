@@ -180,7 +180,7 @@ def nearest_codes(
     if k == 1:  # the k = 1 pass (one argmin per tile) is faster than the top-k one: a third
         # less time at (65536, 8192, 64) on 2 threads, same index, same distance rule
         idx, dist = nearest_code_torch(x2, codebook, exact=exact)
-        dist = dist.masked_fill_(x2.isnan().any(1), math.nan)  # NaN rows: NaN, as for k > 1
+        dist.masked_fill_(x2.isnan().any(1), math.nan)  # NaN rows: NaN, as for k > 1
         indices, sq_dist = idx.unsqueeze(1), dist.unsqueeze(1)
     else:
         indices, sq_dist = nearest_codes_torch(x2, codebook, k, exact=exact)

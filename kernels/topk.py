@@ -120,13 +120,13 @@ def settle(xb, codebook, cand_v, cand_i, theta, x_norm, bound, k, exact, out_i, 
     nxt = theta if c == k else torch.minimum(top_v[:, k], theta)
     seq = torch.cat([top_v[:, :k], nxt.unsqueeze(1)], 1)
     clear = (seq.diff(dim=1) > margin.unsqueeze(1)).all(1)  # NaN compares False
-    inside = theta > vk + margin
+    reach = vk + margin  # the largest value the reference's top k can hold
+    inside = theta > reach
     amb = torch.nonzero(~clear & inside).squeeze(1)
     if amb.numel():
         # only candidates within v_k + margin can reach the reference's top k: rerank those
-        lim = (vk + margin)[amb].unsqueeze(1)
         av = cand_v[amb]
-        width = int((av <= lim).sum(1).max())  # >= k: v_1 .. v_k are within
+        width = int((av <= reach[amb].unsqueeze(1)).sum(1).max())  # >= k: v_1 .. v_k are within
         near = torch.topk(av, width, 1, largest=False, sorted=False).indices
         ri, rd = rerank_rows(xb, codebook, amb, cand_i[amb].gather(1, near), k)
         out_i[amb], out_d[amb] = ri, rd.to(out_d.dtype)

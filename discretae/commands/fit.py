@@ -403,8 +403,9 @@ def parse_augment(text: str | dict | None) -> dict | None:
             raise DiscretaeError(f"{usage}; got {text!r}") from None
         if len(ranges) != len(pairs) or not ranges:
             raise DiscretaeError(f"{usage}; got {text!r}")
-    if set(ranges) - set(names):
-        raise DiscretaeError(f"{usage}; got {', '.join(sorted(set(ranges) - set(names)))}")
+    unknown = sorted(set(ranges) - set(names))
+    if unknown:
+        raise DiscretaeError(f"{usage}; got {', '.join(unknown)}")
     AugmentConfig(**ranges)  # its ranges' checks, as DiscretaeError
     return ranges
 

@@ -230,8 +230,8 @@ def bad_file_reason(e: Exception) -> str:
     if isinstance(e, UnidentifiedImageError):
         return "not an image"
     if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        size = re.search(r"\((\d+) pixels\)", str(e))  # the size, as Pillow words it
-        size = f"{int(size.group(1)):,} pixels, " if size else ""
+        found = re.search(r"\((\d+) pixels\)", str(e))  # the size, as Pillow words it
+        size = f"{int(found.group(1)):,} pixels, " if found else ""
         return f"over Pillow's pixel limit ({size}limit {Image.MAX_IMAGE_PIXELS:,})"
     if isinstance(e, OSError) and e.errno is not None:
         # the file system's error (a link to nowhere, no permission), not the image's
