@@ -287,6 +287,37 @@ def test_autoencoder_bf16_autocast_has_no_nans():
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize(
+    "c_in, c_out, hw", [(5, 1, (7, 9)), (6, 3, (4, 4)), (3, 4, (1, 6)), (4, 8, (3, 5))]
+)
+def test_upsample_without_gradients_is_the_transposed_convolution(monkeypatch, c_in, c_out, hw):
+    from discretae.models.networks import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(c_in, c_out)
+    x = torch.randn(3, c_in, *hw)
+    want = torch.nn.functional.conv_transpose2d(x, up.weight, up.bias, stride=2, padding=1)
+    shuffles = []
+    shuffle = torch.nn.functional.pixel_shuffle
+    monkeypatch.setattr(
+        torch.nn.functional, "pixel_shuffle", lambda y, r: shuffles.append(r) or shuffle(y, r)
+    )
+    with torch.no_grad():
+        got = up(x)
+    # the image layer (few output channels) takes the pixel-shuffle way, others not
+    assert shuffles == ([2] if c_out <= Upsample.SHUFFLE_MAX_OUT else [])
+    assert got.shape == want.shape == (3, c_out, 2 * hw[0], 2 * hw[1])
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-5)
+    # with gradients it is the transposed convolution itself, and trains
+    out = up(x)
+    assert torch.equal(out, want) and len(shuffles) <= 1
+    out.sum().backward()
+    assert up.weight.grad is not None
+    # the parameters (and so model files) are a ConvTranspose2d's
+    plain = torch.nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+    assert up.state_dict().keys() == plain.state_dict().keys()
+
+
 def test_light_decoder_trains_saves_and_is_smaller(tmp_path):
     from discretae.core.serialization import read_model_file, write_model_file
 
