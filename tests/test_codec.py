@@ -87,6 +87,27 @@ def test_round_trip_every_model_kind(digits, model, kw):
     np.testing.assert_array_equal(c.to_codes(sym), codes)
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_codes_decode_in_bfloat16_where_native_and_refinements_hold(
+    codec, digits, monkeypatch, native
+):
+    from discretae.compression import codec as codec_module
+
+    monkeypatch.setattr(codec_module, "native_bf16_cpu", lambda: native)
+    x = digits[N_TRAIN : N_TRAIN + 200]
+    sym = codec.encode_images(torch.from_numpy(x).float() / 255)
+    fast, base = codec.decode_images(sym), codec.base_images(sym)
+    # bfloat16 moves a few pixels by a step or two; float32 is the base itself
+    moved = np.abs(fast.astype(int) - base)
+    assert (moved.max() > 0) == native and moved.max() <= 8
+    images, _, _ = codec.decompress(codec.encode_codes(codec.to_codes(sym)))
+    np.testing.assert_array_equal(images, fast)
+    for e in (0, 3):  # refinements are coded against the float32 base: the bound holds
+        data = codec.encode_with_refinement(x, max_error=e)
+        images, _, _ = codec.decompress(data)
+        assert np.abs(images.astype(int) - x).max() <= e
+
+
 def test_round_trip_every_level_prefix(codec, digits):
     codes = codec.est.transform(digits[N_TRAIN:])
     sizes = []

@@ -149,8 +149,10 @@ def choose_for_psnr(
         codes_bytes = len(codec.encode_codes(codec.to_codes_prefix(s), levels=lv))
 
         def measure(e: int | None, lv=lv, s=s, base=base, codes_bytes=codes_bytes) -> dict:
-            got, size = base, codes_bytes
-            if e is not None:
+            size = codes_bytes
+            if e is None:  # what a codes-only archive decodes to (bfloat16 where fast)
+                got = codec.decode_images(s)
+            else:
                 words = codec.refine_block(x, s, e)
                 got = codec.refinement.decode_block(words, base, s, e)
                 size += 4 * len(words)

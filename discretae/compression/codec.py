@@ -38,6 +38,7 @@ from discretae.compression.rate import RateAwareEncoder, check_rate_weight, code
 from discretae.compression.refine import KEY as REFINE_KEY
 from discretae.compression.refine import Refinement, check_max_error
 from discretae.core.checks import check_int
+from discretae.core.devices import native_bf16_cpu
 from discretae.core.errors import DiscretaeError
 from discretae.core.serialization import read_model_file, write_model_file
 from discretae.quantizers.base import alphabet_size
@@ -50,6 +51,16 @@ REFINE_FIT_IMAGES = 8192  # training images the refinement table is fitted on, a
 PRIOR_KINDS = ("auto", "context", "learned")
 HELD_OUT = 0.1  # share of the training images "auto" scores the two priors on
 MIN_LEARNED_IMAGES = 200  # "auto" keeps the context tables for fewer training images
+
+
+def decode_dtype(device) -> torch.dtype | None:
+    """The autocast dtype a codes-only archive's images are decoded in: bfloat16 on a CPU
+    that computes it in hardware, else None (float32). Fashion-MNIST test images (rvq
+    7x7, 256 codes, light decoder; one thread, 128 a call): 10,200 images/s against
+    6,500 in float32, at 27.246 dB against 27.247 for 2 levels and 31.160 against
+    31.162 for 4 (8.5% of pixels differ, by at most 3). Refinements are coded against
+    the float32 decode (``Codec.base_images``), whose pixels they bound."""
+    return torch.bfloat16 if torch.device(device).type == "cpu" and native_bf16_cpu() else None
 
 
 # ----------------------------------------------------------------------- the model side
@@ -391,10 +402,11 @@ class Codec:
         """Yield (symbols (n, h, w, l), images (n, C, H, W) uint8), block by block: the
         images the codes decode to, refined when the archive has a refinement."""
         for b, sym in enumerate(self.decode_blocks(header, blocks)):
-            images = self.base_images(sym)
-            if header.max_error is not None:
-                images = self.refinement.decode_block(blocks[b][1], images, sym, header.max_error)
-            yield sym, images
+            if header.max_error is None:
+                yield sym, self.decode_images(sym)
+                continue
+            base = self.base_images(sym)
+            yield sym, self.refinement.decode_block(blocks[b][1], base, sym, header.max_error)
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, list[str] | None, ArchiveHeader]:
         """Archive bytes -> (images (N, C, H, W) uint8, names or None, header)."""
@@ -407,7 +419,7 @@ class Codec:
         refinement is coded against, computed the same way by encoder and decoder."""
         if len(sym) == 0:
             return np.zeros((0, *self.est.input_shape_), dtype=np.uint8)
-        return self.decode_images(sym)
+        return self._decode_chunks(sym, None)
 
     def decode_archive(self, data: bytes) -> tuple[np.ndarray, list[str] | None, ArchiveHeader]:
         """Archive bytes -> (symbols (N, h, w, l) int64, names or None, header)."""
@@ -428,28 +440,35 @@ class Codec:
         codes = self.est.encode_batch(x).cpu().numpy()
         return codes.reshape(len(codes), *self.grid, self.n_levels).astype(np.int64)
 
-    @torch.inference_mode()
     def decode_images(self, sym: np.ndarray) -> np.ndarray:
-        """symbols (B, h, w, l) -> images (B, C, H, W) uint8. A prefix l < T (rvq) is
-        decoded from the sum of its levels alone. The network runs on ``DECODE_CHUNK``
-        images at a time, counted from the first: on one CPU thread 128 images a call
-        decoded 1.3-1.6x as many Fashion-MNIST images per second as 512."""
-        if len(sym) > DECODE_CHUNK:
-            parts = [
-                self._decode(sym[i : i + DECODE_CHUNK]) for i in range(0, len(sym), DECODE_CHUNK)
-            ]
-            return np.concatenate(parts)
-        return self._decode(sym)
+        """symbols (B, h, w, l) -> images (B, C, H, W) uint8: the images of a codes-only
+        archive. A prefix l < T (rvq) is decoded from the sum of its levels alone. On a
+        CPU that computes bfloat16 in hardware the network runs under bfloat16 autocast
+        (:func:`decode_dtype`); :meth:`base_images` is the float32 decode."""
+        return self._decode_chunks(sym, decode_dtype(self.est.device_))
 
-    def _decode(self, sym: np.ndarray) -> np.ndarray:
+    @torch.inference_mode()
+    def _decode_chunks(self, sym: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
+        """The network on ``DECODE_CHUNK`` images at a time, counted from the first: on
+        one CPU thread 128 images a call decoded 1.3-1.6x as many Fashion-MNIST images per
+        second as 512."""
+        parts = [
+            self._decode(sym[i : i + DECODE_CHUNK], dtype)
+            for i in range(0, max(len(sym), 1), DECODE_CHUNK)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _decode(self, sym: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
         model = self.est.model_
-        c = torch.from_numpy(np.ascontiguousarray(sym)).to(self.est.device_)
-        if sym.shape[-1] == self.n_levels:
-            c = c.reshape(len(sym), *self.est.code_shape_).to(model.code_dtype)
-            x = self.est.decode_batch(c)
-        else:
-            c = c.reshape(len(sym), *model.latent_shape, sym.shape[-1])
-            x = torch.sigmoid(model.decoder(model.quantizer.codes_to_latent(c)).float())
+        device = self.est.device_
+        c = torch.from_numpy(np.ascontiguousarray(sym)).to(device)
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+            if sym.shape[-1] == self.n_levels:
+                c = c.reshape(len(sym), *self.est.code_shape_).to(model.code_dtype)
+                x = model.decode(c)
+            else:
+                c = c.reshape(len(sym), *model.latent_shape, sym.shape[-1])
+                x = torch.sigmoid(model.decoder(model.quantizer.codes_to_latent(c)).float())
         return torch.round(x.float().clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
 
     def measure(self, codes, *, levels=None) -> dict:

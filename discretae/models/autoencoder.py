@@ -7,6 +7,7 @@ kinds are registered in :mod:`discretae.models.kinds`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -78,8 +79,12 @@ class Autoencoder(nn.Module):
         self.low_precision: torch.dtype | None = None
 
     def _networks_cast(self, x: torch.Tensor):
-        """Autocast to ``low_precision`` around a network, in training only."""
-        dtype = self.low_precision if self.training else None
+        """Autocast to ``low_precision`` around a network in training; outside training
+        the caller's autocast, if any, holds (the codec decodes under bfloat16 where a
+        CPU computes it natively)."""
+        if not self.training:
+            return contextlib.nullcontext()
+        dtype = self.low_precision
         return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None)
 
     def set_progress(self, frac: float) -> None:
