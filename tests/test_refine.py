@@ -155,10 +155,11 @@ def test_table_survives_the_model_file_and_is_part_of_the_hash(model, codec, dig
         Codec(codec.est, codec.prior, Refinement((1, 8, 9), (2, 2)))
 
 
-def test_archives_without_refinement_stay_version_1(codec, digits):
+def test_archives_are_written_as_version_3(codec, digits):
+    # versions 1 (no refinement) and 2 (a refinement) are read: tests/test_two_stage.py
     data = codec.encode_codes(codec.est.transform(digits[:10]))
-    assert data[len(MAGIC)] == 1
-    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 2
+    assert data[len(MAGIC)] == 3
+    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 3
 
 
 @pytest.mark.parametrize("bad", [-1, 128, 2.5, True])

@@ -1,16 +1,18 @@
 """The ``.dae`` code archive: a binary container for entropy-coded codes.
 
-Format version 2 (an archive without refinement is written as version 1, which version 2
-only extends). Integers are little-endian; a *varint* is an unsigned LEB128 integer of at
-most 10 bytes.
+Format version 3. Its layout is version 2's, which extends version 1 (an archive without
+refinement); version 3 codes each code symbol of an alphabet above 16 in two stages, its
+group of 16 and then its place in the group (``discretae.compression.prior``), where
+versions 1 and 2, still read, code it in one. Integers are little-endian; a *varint* is
+an unsigned LEB128 integer of at most 10 bytes.
 
 =========  =======  ===================================================================
 field      size     meaning
 =========  =======  ===================================================================
 magic      4        ``b"\\x89DAE"``
-version    1        format version: 1, or 2 when flag bit 2 is set
+version    1        format version: 3 (1, or 2 when flag bit 2 is set, when written earlier)
 flags      1        bit 0: file names follow; bit 1: codes coded with the uniform prior
-                    (the model had none); bit 2 (version 2): a refinement follows the
+                    (the model had none); bit 2 (version >= 2): a refinement follows the
                     codes; other bits are 0
 model      16       the first 16 bytes of the sha256 of the model that made the codes
                     (``discretae.compression.codec.model_digest``: network config, every tensor,
@@ -53,7 +55,7 @@ import numpy as np
 from discretae.core.errors import DiscretaeError
 
 MAGIC = b"\x89DAE"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 HASH_BYTES = 16
 FLAG_NAMES = 1
 FLAG_UNIFORM = 2
@@ -81,6 +83,8 @@ class ArchiveHeader:
     # words (filled by parse_archive; pack_archive takes the words themselves)
     max_error: int | None = None
     refine_words: tuple[int, ...] = ()
+    # symbols coded in two stages (format 3); False: one stage (formats 1 and 2)
+    split_symbols: bool = True
 
     @property
     def n_blocks(self) -> int:
@@ -141,7 +145,8 @@ def pack_archive(
         raise ValueError("a refinement needs max_error and one word array per block")
     flags = (FLAG_NAMES if names is not None else 0) | (FLAG_UNIFORM if header.uniform_prior else 0)
     flags |= FLAG_REFINE if refined else 0
-    parts = [MAGIC, bytes([2 if refined else 1, flags]), header.model_hash]
+    version = FORMAT_VERSION if header.split_symbols else 2 if refined else 1
+    parts = [MAGIC, bytes([version, flags]), header.model_hash]
     fields = [header.n_images, *header.shape, *header.grid, header.levels, header.n_codes]
     fields.append(header.block)
     if refined:
@@ -215,7 +220,9 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
     extra = []
     if max_error is not None:
         extra = [r.varint("refinement length") for _ in range(header.n_blocks)]
-    header = dataclasses.replace(header, max_error=max_error, refine_words=tuple(extra))
+    header = dataclasses.replace(
+        header, max_error=max_error, refine_words=tuple(extra), split_symbols=version >= 3
+    )
     words = [w + e for w, e in zip(words, extra, strict=True)] if extra else words
     payload = 4 * sum(words)
     if (names_len or 0) + payload != r.end - r.pos:

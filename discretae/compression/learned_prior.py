@@ -44,6 +44,7 @@ import torch
 from torch.nn import functional as F
 
 from discretae.compression.prior import (
+    CoderTable,
     checked_codes,
     decode_slots,
     encode_slots,
@@ -225,6 +226,11 @@ class LearnedPrior:
             pos.fill(i * w + j)
             yield (i, j, t), self.nets[t].rows(context(pad, columns(t), i, j), pos)
 
+    def _coder_rows(self, rows_by_slot):
+        """(slot, (CoderTable, row indices)) for ``encode_slots`` from (slot, rows)."""
+        for slot, rows in rows_by_slot:
+            yield slot, (CoderTable(rows), np.arange(len(rows)))
+
     def _all_rows(self, sym: np.ndarray) -> list[np.ndarray]:
         """Per level t < l, the coder rows (n, h, w, A) of every symbol of known codes."""
         n, h, w, levels = sym.shape
@@ -233,27 +239,31 @@ class LearnedPrior:
             out[t][:, i, j] = rows
         return out
 
-    def encode_block(self, codes: np.ndarray) -> np.ndarray:
-        """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32)."""
+    def encode_block(self, codes: np.ndarray, split: bool = True) -> np.ndarray:
+        """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32); ``split``:
+        two stages (archive format 3)."""
         sym = np.ascontiguousarray(codes, dtype=np.int64)
         order = reversed(slots(self.grid, sym.shape[3]))
-        return encode_slots(sym, self._rows_by_slot(sym, order))
+        return encode_slots(sym, self._coder_rows(self._rows_by_slot(sym, order)), split=split)
 
-    def decode_block(self, words: np.ndarray, n: int, n_levels: int) -> np.ndarray:
-        """ANS words -> codes (n, h, w, l) int64; DiscretaeError unless the words hold
-        exactly these symbols."""
+    def decode_block(
+        self, words: np.ndarray, n: int, n_levels: int, split: bool = True
+    ) -> np.ndarray:
+        """ANS words -> codes (n, h, w, l) int64, coded as ``encode_block`` with ``split``
+        codes them; DiscretaeError unless the words hold exactly these symbols."""
         h, w = self.grid
         # "outside" everywhere until decoded: a context reads only symbols decoded before
         pad = np.full((n, h + PAD, w + 2 * PAD, n_levels), self.n_codes, dtype=np.int64)
 
         def rows_of(slot):
             i, j, t = slot
-            return self.nets[t].rows(context(pad, columns(t), i, j), np.full(n, i * w + j))
+            rows = self.nets[t].rows(context(pad, columns(t), i, j), np.full(n, i * w + j))
+            return CoderTable(rows), np.arange(n)
 
         def store(slot, decoded):
             pad[:, PAD + slot[0], PAD + slot[1], slot[2]] = decoded
 
-        decode_slots(words, slots(self.grid, n_levels), rows_of, store)
+        decode_slots(words, slots(self.grid, n_levels), rows_of, store, split=split)
         return pad[:, PAD:, PAD : PAD + w].copy()
 
     def slot_table(self, sym: np.ndarray, i: int, j: int, t: int) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""Archive format 3: code symbols of alphabets above GROUP coded in two stages (group, then
+place in the group), and the one-stage archives of formats 1 and 2 still read."""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from discretae.compression.archive import MAGIC, pack_archive, parse_archive
+from discretae.compression.codec import Codec, fit_prior
+from discretae.compression.learned_prior import LearnedPrior
+from discretae.compression.prior import (
+    GROUP,
+    CoderTable,
+    decode_slots,
+    encode_slots,
+    max_ans_symbols,
+    quantize_rows,
+)
+from discretae.core.errors import DiscretaeError
+from discretae.data.datasets import load_dataset
+from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder
+
+A = 40  # three groups of 16, the last with 8 entries of padding
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return np.rint(load_dataset("digits").to_array() * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def codec(digits) -> Codec:
+    torch.set_num_threads(1)
+    est = DiscreteAutoencoder(
+        model="rvq", n_codes=A, latent="grid", grid=(2, 2), epochs=1, batch_size=32,
+        quantizer_options={"levels": 2}, device="cpu", random_state=0,
+    ).fit(digits[:400])  # fmt: skip
+    return Codec(est, fit_prior(est, digits[:400]))
+
+
+def one_stage(data: bytes, codec: Codec) -> bytes:
+    """The same archive as formats 1 and 2 wrote it: every symbol in one stage."""
+    header, names, blocks = parse_archive(data)
+    codes, refine = blocks, None
+    if header.max_error is not None:
+        cut = [len(b) - r for b, r in zip(blocks, header.refine_words, strict=True)]
+        codes = [b[:c] for b, c in zip(blocks, cut, strict=True)]
+        refine = [b[c:] for b, c in zip(blocks, cut, strict=True)]
+    sizes = header.block_sizes()
+    old = [
+        codec.prior.encode_block(codec.prior.decode_block(w, n, header.levels), split=False)
+        for w, n in zip(codes, sizes, strict=True)
+    ]
+    return pack_archive(dataclasses.replace(header, split_symbols=False), old, names, refine)
+
+
+def test_wide_codes_round_trip_in_two_stages_and_old_archives_still_read(codec, digits):
+    codes = codec.est.transform(digits[400:])
+    assert codes.max() >= GROUP  # the second and third groups are used
+    data = codec.encode_codes(codes, names=[f"im{i}" for i in range(len(codes))])
+    assert data[len(MAGIC)] == 3
+    sym, names, header = codec.decode_archive(data)
+    assert header.split_symbols and names[5] == "im5"
+    np.testing.assert_array_equal(codec.to_codes(sym), codes)
+    old = one_stage(data, codec)
+    assert old[len(MAGIC)] == 1 and old != data
+    # the integer rows are the same: two stages cost about what one did
+    assert abs(len(old) - len(data)) <= 0.01 * len(old) + 16
+    images, names_old, header_old = codec.decompress(old)
+    assert not header_old.split_symbols and names_old == names
+    np.testing.assert_array_equal(images, codec.decompress(data)[0])
+    # a refined archive: format 2 before, format 3 now
+    refined = codec.encode_with_refinement(digits[400:460], max_error=3)
+    assert refined[len(MAGIC)] == 3
+    old = one_stage(refined, codec)
+    assert old[len(MAGIC)] == 2
+    np.testing.assert_array_equal(codec.decompress(old)[0], codec.decompress(refined)[0])
+    # a one-stage archive read as two stages does not pass for the codes
+    forged = bytearray(old)
+    forged[len(MAGIC)] = 3
+    body = bytes(forged[:-4])
+    forged = body + zlib.crc32(body).to_bytes(4, "little")
+    try:
+        got, _, _ = codec.decompress(forged)
+    except DiscretaeError:
+        pass
+    else:
+        assert not np.array_equal(got, codec.decompress(refined)[0])
+
+
+def test_learned_prior_codes_wide_alphabets_in_two_stages():
+    rng = np.random.default_rng(0)
+    codes = (rng.integers(0, 6, (300, 3, 3, 2)) * 7 + rng.integers(0, 3, (300, 3, 3, 2))) % A
+    prior = LearnedPrior.fit(codes, A, steps=40)
+    for split in (True, False):
+        words = prior.encode_block(codes[:50], split=split)
+        np.testing.assert_array_equal(prior.decode_block(words, 50, 2, split=split), codes[:50])
+    two, one = prior.encode_block(codes[:50]), prior.encode_block(codes[:50], split=False)
+    assert not np.array_equal(two, one) and abs(len(two) - len(one)) <= 0.02 * len(one) + 4
+
+
+def test_a_symbol_decoded_into_the_padding_is_refused():
+    rng = np.random.default_rng(1)
+    n, a = 30, 20  # groups of 16 and 4 (+ 12 of padding)
+    rows = rng.integers(1, 50, (n, a)).astype(np.float64)
+    wide = np.concatenate([rows, np.zeros((n, 32 - a))], 1)  # the padding, as 32 codes
+    sym = np.full((n, 1, 1, 1), 25)  # in the padding of the 20-code table
+    words = encode_slots(sym, [((0, 0, 0), (CoderTable(wide), np.arange(n)))])
+    with pytest.raises(DiscretaeError, match="past the alphabet"):
+        decode_slots(words, [(0, 0, 0)], lambda s: (CoderTable(rows), np.arange(n)),
+                     lambda s, v: None)  # fmt: skip
+    # the same symbols within the alphabet decode
+    sym[:] = 19
+    words = encode_slots(sym, [((0, 0, 0), (CoderTable(rows), np.arange(n)))])
+    got = []
+    decode_slots(words, [(0, 0, 0)], lambda s: (CoderTable(rows), np.arange(n)),
+                 lambda s, v: got.append(v))  # fmt: skip
+    np.testing.assert_array_equal(got[0], 19)
+
+
+@pytest.mark.parametrize("top", [17, A - 1])
+def test_the_most_likely_symbol_still_costs_its_bound_in_two_stages(top):
+    """``max_symbols`` assumes every symbol costs at least MIN_BITS_PER_SYMBOL: a coder
+    row whose top entry is at P_MAX (in a middle group, or in the padded last one),
+    that symbol coded in two stages many times over. (Not symbol 0 in group 0: an empty
+    ANS coder's state stays 0 while it codes a symbol whose range starts at 0, in one
+    stage as in two.)"""
+    n = 200_000
+    rows = quantize_rows(np.eye(1, A, top)).astype(np.float64)
+    assert rows[0].argmax() == top
+    sym = np.full((n, 1, 1, 1), top)
+    words = encode_slots(sym, [((0, 0, 0), (CoderTable(rows), np.zeros(n, dtype=np.int64)))])
+    assert n <= max_ans_symbols(len(words))
+    one = encode_slots(
+        sym, [((0, 0, 0), (CoderTable(rows), np.zeros(n, dtype=np.int64)))], split=False
+    )
+    print(f"top {top}: {32 * len(words) / n:.5f} bits a symbol in two stages, "
+          f"{32 * len(one) / n:.5f} in one")  # fmt: skip
