@@ -1,5 +1,6 @@
 """Archive format 3: code symbols of alphabets above GROUP coded in two stages (group, then
-place in the group), and the one-stage archives of formats 1 and 2 still read."""
+place in the group) after an end mark, and the one-stage archives of formats 1 and 2
+still read."""
 
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ def one_stage(data: bytes, codec: Codec) -> bytes:
         refine = [b[c:] for b, c in zip(blocks, cut, strict=True)]
     sizes = header.block_sizes()
     old = [
-        codec.prior.encode_block(codec.prior.decode_block(w, n, header.levels), split=False)
+        codec.prior.encode_block(codec.prior.decode_block(w, n, header.levels), format3=False)
         for w, n in zip(codes, sizes, strict=True)
     ]
-    return pack_archive(dataclasses.replace(header, split_symbols=False), old, names, refine)
+    return pack_archive(dataclasses.replace(header, version=1), old, names, refine)
 
 
 def test_wide_codes_round_trip_in_two_stages_and_old_archives_still_read(codec, digits):
@@ -65,14 +66,14 @@ def test_wide_codes_round_trip_in_two_stages_and_old_archives_still_read(codec, 
     data = codec.encode_codes(codes, names=[f"im{i}" for i in range(len(codes))])
     assert data[len(MAGIC)] == 3
     sym, names, header = codec.decode_archive(data)
-    assert header.split_symbols and names[5] == "im5"
+    assert header.version == 3 and names[5] == "im5"
     np.testing.assert_array_equal(codec.to_codes(sym), codes)
     old = one_stage(data, codec)
     assert old[len(MAGIC)] == 1 and old != data
     # the integer rows are the same: two stages cost about what one did
     assert abs(len(old) - len(data)) <= 0.01 * len(old) + 16
     images, names_old, header_old = codec.decompress(old)
-    assert not header_old.split_symbols and names_old == names
+    assert header_old.version == 1 and names_old == names
     np.testing.assert_array_equal(images, codec.decompress(data)[0])
     # a refined archive: format 2 before, format 3 now
     refined = codec.encode_with_refinement(digits[400:460], max_error=3)
@@ -97,10 +98,10 @@ def test_learned_prior_codes_wide_alphabets_in_two_stages():
     rng = np.random.default_rng(0)
     codes = (rng.integers(0, 6, (300, 3, 3, 2)) * 7 + rng.integers(0, 3, (300, 3, 3, 2))) % A
     prior = LearnedPrior.fit(codes, A, steps=40)
-    for split in (True, False):
-        words = prior.encode_block(codes[:50], split=split)
-        np.testing.assert_array_equal(prior.decode_block(words, 50, 2, split=split), codes[:50])
-    two, one = prior.encode_block(codes[:50]), prior.encode_block(codes[:50], split=False)
+    for format3 in (True, False):
+        words = prior.encode_block(codes[:50], format3=format3)
+        np.testing.assert_array_equal(prior.decode_block(words, 50, 2, format3=format3), codes[:50])
+    two, one = prior.encode_block(codes[:50]), prior.encode_block(codes[:50], format3=False)
     assert not np.array_equal(two, one) and abs(len(two) - len(one)) <= 0.02 * len(one) + 4
 
 
@@ -123,13 +124,12 @@ def test_a_symbol_decoded_into_the_padding_is_refused():
     np.testing.assert_array_equal(got[0], 19)
 
 
-@pytest.mark.parametrize("top", [17, A - 1])
+@pytest.mark.parametrize("top", [0, 17, A - 1])
 def test_the_most_likely_symbol_still_costs_its_bound_in_two_stages(top):
     """``max_symbols`` assumes every symbol costs at least MIN_BITS_PER_SYMBOL: a coder
-    row whose top entry is at P_MAX (in a middle group, or in the padded last one),
-    that symbol coded in two stages many times over. (Not symbol 0 in group 0: an empty
-    ANS coder's state stays 0 while it codes a symbol whose range starts at 0, in one
-    stage as in two.)"""
+    row whose top entry is at P_MAX (symbol 0, a middle group, the padded last group),
+    that symbol coded in two stages after the end mark many times over. Without the
+    mark an empty coder's state stays 0 while it codes symbol 0: no words at all."""
     n = 200_000
     rows = quantize_rows(np.eye(1, A, top)).astype(np.float64)
     assert rows[0].argmax() == top
@@ -137,7 +137,17 @@ def test_the_most_likely_symbol_still_costs_its_bound_in_two_stages(top):
     words = encode_slots(sym, [((0, 0, 0), (CoderTable(rows), np.zeros(n, dtype=np.int64)))])
     assert n <= max_ans_symbols(len(words))
     one = encode_slots(
-        sym, [((0, 0, 0), (CoderTable(rows), np.zeros(n, dtype=np.int64)))], split=False
+        sym, [((0, 0, 0), (CoderTable(rows), np.zeros(n, dtype=np.int64)))], format3=False
     )
-    print(f"top {top}: {32 * len(words) / n:.5f} bits a symbol in two stages, "
-          f"{32 * len(one) / n:.5f} in one")  # fmt: skip
+    assert (len(one) == 0) == (top == 0)  # formats 1 and 2: symbol 0 cost nothing
+
+
+def test_a_block_of_zero_codes_decodes(codec):
+    """All-zero codes (blank images, say) took no payload words in formats 1 and 2, and the
+    decoder's size bound refused the archive as corrupt."""
+    zeros = np.zeros((3000, 2, 2, 2), dtype=codec.est.transform(np.zeros((1, 8, 8))).dtype)
+    data = codec.encode_codes(zeros)
+    sym, _, _ = codec.decode_archive(data)
+    np.testing.assert_array_equal(codec.to_codes(sym), zeros)
+    with pytest.raises(DiscretaeError, match="cannot be coded in 0 bytes"):
+        codec.decode_archive(one_stage(data, codec))

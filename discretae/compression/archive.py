@@ -83,8 +83,9 @@ class ArchiveHeader:
     # words (filled by parse_archive; pack_archive takes the words themselves)
     max_error: int | None = None
     refine_words: tuple[int, ...] = ()
-    # symbols coded in two stages (format 3); False: one stage (formats 1 and 2)
-    split_symbols: bool = True
+    # the format: 3 codes symbols in two stages with an end mark; 1 and 2 (read, and
+    # written only to test that they still read) in one stage
+    version: int = FORMAT_VERSION
 
     @property
     def n_blocks(self) -> int:
@@ -145,7 +146,7 @@ def pack_archive(
         raise ValueError("a refinement needs max_error and one word array per block")
     flags = (FLAG_NAMES if names is not None else 0) | (FLAG_UNIFORM if header.uniform_prior else 0)
     flags |= FLAG_REFINE if refined else 0
-    version = FORMAT_VERSION if header.split_symbols else 2 if refined else 1
+    version = header.version if header.version >= 3 else 2 if refined else 1
     parts = [MAGIC, bytes([version, flags]), header.model_hash]
     fields = [header.n_images, *header.shape, *header.grid, header.levels, header.n_codes]
     fields.append(header.block)
@@ -221,7 +222,7 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
     if max_error is not None:
         extra = [r.varint("refinement length") for _ in range(header.n_blocks)]
     header = dataclasses.replace(
-        header, max_error=max_error, refine_words=tuple(extra), split_symbols=version >= 3
+        header, max_error=max_error, refine_words=tuple(extra), version=version
     )
     words = [w + e for w, e in zip(words, extra, strict=True)] if extra else words
     payload = 4 * sum(words)

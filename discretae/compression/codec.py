@@ -396,7 +396,7 @@ class Codec:
         """Yield symbols (n, h, w, l) int64, block by block."""
         for n, words in zip(header.block_sizes(), blocks, strict=True):
             codes = words[0] if header.max_error is not None else words
-            yield self.prior.decode_block(codes, n, header.levels, split=header.split_symbols)
+            yield self.prior.decode_block(codes, n, header.levels, format3=header.version >= 3)
 
     def decode_image_blocks(self, header: ArchiveHeader, blocks):
         """Yield (symbols (n, h, w, l), images (n, C, H, W) uint8), block by block: the

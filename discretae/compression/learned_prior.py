@@ -239,17 +239,17 @@ class LearnedPrior:
             out[t][:, i, j] = rows
         return out
 
-    def encode_block(self, codes: np.ndarray, split: bool = True) -> np.ndarray:
-        """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32); ``split``:
-        two stages (archive format 3)."""
+    def encode_block(self, codes: np.ndarray, format3: bool = True) -> np.ndarray:
+        """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32); ``format3``:
+        as archive format 3 codes them (two stages, an end mark)."""
         sym = np.ascontiguousarray(codes, dtype=np.int64)
         order = reversed(slots(self.grid, sym.shape[3]))
-        return encode_slots(sym, self._coder_rows(self._rows_by_slot(sym, order)), split=split)
+        return encode_slots(sym, self._coder_rows(self._rows_by_slot(sym, order)), format3=format3)
 
     def decode_block(
-        self, words: np.ndarray, n: int, n_levels: int, split: bool = True
+        self, words: np.ndarray, n: int, n_levels: int, format3: bool = True
     ) -> np.ndarray:
-        """ANS words -> codes (n, h, w, l) int64, coded as ``encode_block`` with ``split``
+        """ANS words -> codes (n, h, w, l) int64, coded as ``encode_block`` with ``format3``
         codes them; DiscretaeError unless the words hold exactly these symbols."""
         h, w = self.grid
         # "outside" everywhere until decoded: a context reads only symbols decoded before
@@ -263,7 +263,7 @@ class LearnedPrior:
         def store(slot, decoded):
             pad[:, PAD + slot[0], PAD + slot[1], slot[2]] = decoded
 
-        decode_slots(words, slots(self.grid, n_levels), rows_of, store, split=split)
+        decode_slots(words, slots(self.grid, n_levels), rows_of, store, format3=format3)
         return pad[:, PAD:, PAD : PAD + w].copy()
 
     def slot_table(self, sym: np.ndarray, i: int, j: int, t: int) -> np.ndarray:

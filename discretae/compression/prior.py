@@ -43,15 +43,18 @@ Coding order within a block of n codes: cells in raster order, levels within a c
 the n codes of each slot in order; constriction's ``AnsCoder`` (a stack) encodes that
 sequence in reverse, so it decodes forward with every context already known.
 
-Two stages (archive format 3, ``split=True``): a symbol s of an alphabet larger than
-``GROUP`` is coded as its group ``s // GROUP`` under the row's group sums, then as
-``s % GROUP`` under the row's entries of that group (the last group padded with zero
-weights, which a decoder refuses). The integer rows are the same; constriction's cost per
-symbol grows with the row's length (one CPU thread: 50 ns for 16 entries, 350 for 256),
-and the context tables' group sums are computed once, so two rows of 16 take a third of
-the time of one of 256: Fashion-MNIST rvq codes (7x7, 256 codes, 4 levels) decoded in
-26 us an image against 81, in 149.39 bytes against 149.41. Archives of formats 1 and 2
-code every symbol in one stage (``split=False``).
+Archive format 3 (``format3=True``) codes a symbol s of an alphabet larger than ``GROUP``
+in two stages: its group ``s // GROUP`` under the row's group sums, then ``s % GROUP``
+under the row's entries of that group (the last group padded with zero weights, which a
+decoder refuses). The integer rows are the same; constriction's cost per symbol grows
+with the row's length (one CPU thread: 50 ns for 16 entries, 350 for 256), and the
+context tables' group sums are computed once, so two rows of 16 take a third of the
+time of one of 256: Fashion-MNIST rvq codes (7x7, 256 codes, 4 levels) decoded in 26 us
+an image against 81, in 149.39 bytes against 149.41. Format 3 also codes an end mark
+first (decoded last and checked): an empty ANS coder's state is small and stays as it
+is while it codes symbols whose range starts at 0, so without it a block of all-zero
+codes took no words and ``max_symbols`` refused it as corrupt. Archives of formats 1
+and 2 code every symbol in one stage, without the mark (``format3=False``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ from discretae.core.errors import DiscretaeError
 P_MAX = float.fromhex("0x1.f50765b6e4540p-1")  # every symbol costs >= 1/32 bit
 MIN_BITS_PER_SYMBOL = 1.0 / 32.0
 GROUP = 16  # entries per group when a symbol is coded in two stages
+# format 3's end mark: twice symbol 1 of two equally likely, coded first. The coder's
+# state x then is 3 * 2**23 >= 2**24, above any symbol's frequency f (24-bit precision):
+# from x >= f a symbol takes x to at least 2**24 * floor(x / f), so every later symbol
+# costs its bits, while from x < f a symbol whose range starts at 0 leaves x as it is
+_END_MARK = np.array([1, 1], dtype=np.int32)
+_END_MODEL = constriction.stream.model.Categorical(np.array([0.5, 0.5]), perfect=False)
 TABLE_SCALE = 2**16
 TABLE_BUDGET = 2**22  # table entries (8 MiB as uint16) per part of the prior
 MAX_ENTRIES = 2**25  # table entries a stored prior may rebuild (256 MiB of float64)
@@ -347,22 +356,22 @@ class CodePrior:
             return np.zeros(previous.shape, dtype=np.int64)
         return self._offsets[t] + self.class_maps[t][previous]
 
-    def encode_block(self, codes: np.ndarray, split: bool = True) -> np.ndarray:
-        """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32); ``split``:
-        large alphabets in two stages (archive format 3)."""
+    def encode_block(self, codes: np.ndarray, format3: bool = True) -> np.ndarray:
+        """codes (n, h, w, l) ints in [0, A), l <= T -> ANS words (uint32); ``format3``:
+        as archive format 3 codes them (two stages, an end mark)."""
         if self.n_codes == 1:
             return np.zeros(0, dtype=np.uint32)
         sym = np.ascontiguousarray(codes, dtype=np.int64)
         order = reversed(slots(self.grid, sym.shape[3]))
         table = self._coder_table
         return encode_slots(
-            sym, ((s, (table, self.slot_rows(sym, *s))) for s in order), split=split
+            sym, ((s, (table, self.slot_rows(sym, *s))) for s in order), format3=format3
         )
 
     def decode_block(
-        self, words: np.ndarray, n: int, n_levels: int, split: bool = True
+        self, words: np.ndarray, n: int, n_levels: int, format3: bool = True
     ) -> np.ndarray:
-        """ANS words -> codes (n, h, w, l) int64, coded as ``encode_block`` with ``split``
+        """ANS words -> codes (n, h, w, l) int64, coded as ``encode_block`` with ``format3``
         codes them; raises DiscretaeError unless the words hold exactly these symbols."""
         h, w = self.grid
         sym = np.zeros((n, h, w, n_levels), dtype=np.int64)
@@ -379,7 +388,7 @@ class CodePrior:
             slots(self.grid, n_levels),
             lambda slot: (self._coder_table, self.slot_rows(sym, *slot)),
             store,
-            split=split,
+            format3=format3,
         )
         return sym
 
@@ -442,15 +451,18 @@ class CoderTable:
         return self.within.sum(2)
 
 
-def encode_slots(sym: np.ndarray, rows_by_slot, split: bool = True) -> np.ndarray:
+def encode_slots(sym: np.ndarray, rows_by_slot, format3: bool = True) -> np.ndarray:
     """ANS words of the symbols ``sym`` (n, h, w, l): ``rows_by_slot`` gives each slot
     (i, j, t) with its coder rows, a :class:`CoderTable` and the (n,) indices of its
-    rows, in reverse coding order (the coder is a stack); ``split``: two stages."""
+    rows, in reverse coding order (the coder is a stack); ``format3``: two stages
+    and the end mark (archive format 3)."""
     coder = constriction.stream.stack.AnsCoder()
     family = constriction.stream.model.Categorical(perfect=False)
+    if format3:
+        coder.encode_reverse(_END_MARK, _END_MODEL)
     for (i, j, t), (table, idx) in rows_by_slot:
         s = sym[:, i, j, t]
-        if split and table.n_codes > GROUP:
+        if format3 and table.n_codes > GROUP:
             group, rest = np.divmod(s, GROUP)
             coder.encode_reverse(rest.astype(np.int32), family, table.within[idx, group])
             coder.encode_reverse(group.astype(np.int32), family, table.groups[idx])
@@ -459,17 +471,18 @@ def encode_slots(sym: np.ndarray, rows_by_slot, split: bool = True) -> np.ndarra
     return coder.get_compressed()
 
 
-def decode_slots(words: np.ndarray, order, rows_of, store, split: bool = True) -> None:
+def decode_slots(words: np.ndarray, order, rows_of, store, format3: bool = True) -> None:
     """Decode ANS words slot by slot in coding ``order``: ``rows_of(slot)`` gives the
     coder rows (a :class:`CoderTable` and (n,) row indices) from the symbols stored so
-    far, ``store(slot, symbols)`` keeps the decoded ones; ``split``: two stages.
+    far, ``store(slot, symbols)`` keeps the decoded ones; ``format3``: two stages
+    and the end mark (archive format 3).
     DiscretaeError unless the words hold exactly these symbols."""
     try:
         coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
         family = constriction.stream.model.Categorical(perfect=False)
         for slot in order:
             table, idx = rows_of(slot)
-            if split and table.n_codes > GROUP:
+            if format3 and table.n_codes > GROUP:
                 group = coder.decode(family, table.groups[idx])
                 s = group * GROUP + coder.decode(family, table.within[idx, group])
                 if s.max(initial=0) >= table.n_codes:
@@ -477,6 +490,8 @@ def decode_slots(words: np.ndarray, order, rows_of, store, split: bool = True) -
             else:
                 s = coder.decode(family, table.rows[idx])
             store(slot, s)
+        if format3 and not np.array_equal(coder.decode(_END_MODEL, 2), _END_MARK):
+            raise ValueError("the end mark is missing")
         exact = coder.is_empty()
     except Exception as e:  # constriction reports malformed words as ValueError
         raise DiscretaeError(f"corrupt archive: the code payload does not decode ({e})") from None
