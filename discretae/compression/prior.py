@@ -442,6 +442,8 @@ class CoderTable:
     @functools.cached_property
     def within(self) -> np.ndarray:
         r, a = self.rows.shape
+        if a % GROUP == 0:  # a view: no copy of a large table
+            return self.rows.reshape(r, -1, GROUP)
         padded = np.zeros((r, -(-a // GROUP) * GROUP))
         padded[:, :a] = self.rows
         return padded.reshape(r, -1, GROUP)
