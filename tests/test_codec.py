@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 from discretae.cli.app import app
 from discretae.commands import compress, decompress
 from discretae.commands.common import load_codec
+from discretae.compression.ans import MIN_BITS_PER_SYMBOL
 from discretae.compression.archive import FORMAT_VERSION, MAGIC, parse_archive
 from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
-from discretae.compression.prior import MIN_BITS_PER_SYMBOL, P_MAX
+from discretae.compression.prior import P_MAX
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset
 from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder

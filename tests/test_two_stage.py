@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from discretae.compression.archive import MAGIC, pack_archive, parse_archive
-from discretae.compression.codec import Codec, fit_prior
-from discretae.compression.learned_prior import LearnedPrior
-from discretae.compression.prior import (
+from discretae.compression.ans import (
     GROUP,
     CoderTable,
     decode_slots,
     encode_slots,
     max_ans_symbols,
-    quantize_rows,
 )
+from discretae.compression.archive import MAGIC, pack_archive, parse_archive
+from discretae.compression.codec import Codec, fit_prior
+from discretae.compression.learned_prior import LearnedPrior
+from discretae.compression.prior import quantize_rows
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset
 from discretae.estimator.discrete_autoencoder import DiscreteAutoencoder

@@ -43,14 +43,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from discretae.compression.prior import (
-    CoderTable,
-    checked_codes,
-    decode_slots,
-    encode_slots,
-    max_ans_symbols,
-    slots,
-)
+from discretae.compression.ans import CoderTable, decode_slots, encode_slots, max_ans_symbols
+from discretae.compression.prior import checked_codes, slots
 from discretae.compression.prior_network import (
     EMBED,
     EXP_SCALE,
