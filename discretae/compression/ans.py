@@ -50,6 +50,11 @@ class CoderTable:
         self.rows = rows
         self.n_codes = rows.shape[1]
 
+    def staged(self, format3: bool) -> bool:
+        """Whether this table's symbols are coded in two stages: format 3, more than
+        ``GROUP`` codes."""
+        return format3 and self.n_codes > GROUP
+
     @functools.cached_property
     def within(self) -> np.ndarray:
         r, a = self.rows.shape
@@ -75,7 +80,7 @@ def encode_slots(sym: np.ndarray, rows_by_slot, format3: bool = True) -> np.ndar
         coder.encode_reverse(_END_MARK, _END_MODEL)
     for (i, j, t), (table, idx) in rows_by_slot:
         s = sym[:, i, j, t]
-        if format3 and table.n_codes > GROUP:
+        if table.staged(format3):
             group, rest = np.divmod(s, GROUP)
             coder.encode_reverse(rest.astype(np.int32), family, table.within[idx, group])
             coder.encode_reverse(group.astype(np.int32), family, table.groups[idx])
@@ -95,7 +100,7 @@ def decode_slots(words: np.ndarray, order, rows_of, store, format3: bool = True)
         family = constriction.stream.model.Categorical(perfect=False)
         for slot in order:
             table, idx = rows_of(slot)
-            if format3 and table.n_codes > GROUP:
+            if table.staged(format3):
                 group = coder.decode(family, table.groups[idx])
                 s = group * GROUP + coder.decode(family, table.within[idx, group])
                 if s.max(initial=0) >= table.n_codes:
