@@ -1,11 +1,13 @@
 """The refinement (compress --max-error): the error bound, lossless round trips, sizes,
-the table in the model file, a fuzzed decoder, the CLI.
+the table in the model file, the two modes of a block (by class, from neighbours) and
+the format 3 layout still read, a fuzzed decoder, the CLI.
 
 Models are tiny (8x8 digits, one epoch) so the file runs in seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 
@@ -19,7 +21,7 @@ from typer.testing import CliRunner
 from discretae.cli.app import app
 from discretae.commands import compress
 from discretae.commands.common import load_codec
-from discretae.compression.archive import MAGIC, parse_archive
+from discretae.compression.archive import MAGIC, pack_archive, parse_archive
 from discretae.compression.codec import (
     Codec,
     fit_prior,
@@ -63,10 +65,23 @@ def codec(model) -> Codec:
     return load_codec(model, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def small(codec, digits) -> bytes:
-    """A refined archive of 3 images, small enough to fuzz exhaustively."""
-    return codec.encode_with_refinement(digits[-3:], max_error=2, names=["a", "b", "c"])
+def with_refine_words(codec, data: bytes, x: np.ndarray, version: int | None = None, **kw):
+    """The archive ``data`` (one block of the images x) with its refinement coded again by
+    ``encode_block(..., **kw)``, as format ``version`` (default: the archive's)."""
+    header, names, blocks = parse_archive(data)
+    codes = blocks[0][: len(blocks[0]) - header.refine_words[0]]
+    sym = codec.decode_archive(data)[0]
+    words = codec.refinement.encode_block(x, codec.base_images(sym), sym, header.max_error, **kw)
+    header = dataclasses.replace(header, version=version or header.version)
+    return pack_archive(header, [codes], names, [words])
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["by-class", "from-neighbours"])
+def small(request, codec, digits) -> bytes:
+    """A refined archive of 3 images, small enough to fuzz exhaustively, in each mode."""
+    x = digits[-3:]
+    data = codec.encode_with_refinement(x, max_error=2, names=["a", "b", "c"])
+    return with_refine_words(codec, data, x, mode=request.param)
 
 
 def max_abs(a, b) -> int:
@@ -155,11 +170,103 @@ def test_table_survives_the_model_file_and_is_part_of_the_hash(model, codec, dig
         Codec(codec.est, codec.prior, Refinement((1, 8, 9), (2, 2)))
 
 
-def test_archives_are_written_as_version_3(codec, digits):
+def test_archives_are_written_as_version_4(codec, digits):
     # versions 1 (no refinement) and 2 (a refinement) are read: tests/test_two_stage.py
     data = codec.encode_codes(codec.est.transform(digits[:10]))
-    assert data[len(MAGIC)] == 3
-    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 3
+    assert data[len(MAGIC)] == 4
+    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 4
+
+
+# ----------------------------------------------------------------------- the two modes
+def steady_offsets(rng, n, shape, spread=30, cells=2, noise=2):
+    """Images x and a base off by a steady amount per region and channel, plus noise: the
+    residual a network leaves on a flat area of clip art."""
+    x = rng.integers(0, 256, (n, *shape))
+    c, h, w = shape
+    off = rng.integers(-spread, spread + 1, (n, 1, cells, cells))  # the same in every channel
+    off = off.repeat(-(-h // cells), 2).repeat(-(-w // cells), 3)[:, :, :h, :w].repeat(c, 1)
+    base = np.clip(x + off + rng.integers(-noise, noise + 1, x.shape), 0, 255)
+    return x.astype(np.uint8), base.astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 5, 7), (1, 1, 1), (2, 1, 6), (3, 16, 16)])
+def test_both_modes_round_trip_within_the_bound_and_the_shorter_is_kept(shape):
+    rng = np.random.default_rng(sum(shape))
+    ref = Refinement(shape, (1, 1))  # no table: every symbol in class 0
+    codes = np.zeros((40, 1, 1, 1), dtype=np.int64)
+    x, base = steady_offsets(rng, 40, shape)
+    x[0], base[0] = 255, 0  # the largest residual, in every channel
+    x[1], base[1] = 0, 255
+    for e in (0, 1, 5, 127):
+        sizes = []
+        for mode in (0, 1):
+            words = ref.encode_block(x, base, codes, e, mode=mode)
+            assert max_abs(ref.decode_block(words, base, codes, e), x) <= e, (mode, e)
+            sizes.append(len(words))
+        assert len(ref.encode_block(x, base, codes, e)) == min(sizes)
+        old = ref.encode_block(x, base, codes, e, modes=False)  # formats 2 and 3
+        assert max_abs(ref.decode_block(old, base, codes, e, modes=False), x) <= e
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_neighbours_code_steady_offsets_in_far_fewer_bytes(channels):
+    rng = np.random.default_rng(channels)
+    shape = (channels, 16, 16)
+    x, base = steady_offsets(rng, 64, shape, spread=20, cells=4, noise=1)
+    ref = Refinement(shape, (1, 1))
+    codes = np.zeros((64, 1, 1, 1), dtype=np.int64)
+    by_class = len(ref.encode_block(x, base, codes, 1, mode=0))
+    neighbours = len(ref.encode_block(x, base, codes, 1, mode=1))
+    assert neighbours < 0.75 * by_class, (neighbours, by_class)
+    # noise alone has no neighbours to learn from: the classes stay the shorter
+    noise = rng.integers(0, 256, x.shape).astype(np.uint8)
+    assert len(ref.encode_block(noise, base, codes, 1)) == len(
+        ref.encode_block(noise, base, codes, 1, mode=0)
+    )
+
+
+def test_format_3_refined_archives_still_read(codec, digits):
+    x = digits[N_TRAIN : N_TRAIN + 100]
+    data = codec.encode_with_refinement(x, levels=2, max_error=3)
+    old = with_refine_words(codec, data, x, version=3, modes=False)
+    assert old[len(MAGIC)] == 3 and old != data
+    np.testing.assert_array_equal(codec.decompress(old)[0], codec.decompress(data)[0])
+    # and the format 4 words of the same block are not read as format 3
+    forced = with_refine_words(codec, data, x, version=3, mode=1)
+    try:
+        got, _, _ = codec.decompress(forced)
+    except DiscretaeError:
+        pass
+    else:
+        assert not np.array_equal(got, codec.decompress(data)[0])
+
+
+def test_crafted_context_lists_are_refused():
+    import constriction
+
+    from discretae.compression.refine import N_CONTEXTS, _model
+
+    ref = Refinement((1, 1, 1), (1, 1))  # one pixel: phase A of the first channel, class 0
+    x = base = np.full((1, 1, 1, 1), 100, dtype=np.uint8)
+    codes = np.zeros((1, 1, 1, 1), dtype=np.int64)
+    uniform, top, params = constriction.stream.model.Uniform, 52, (30000, 30000, 30000)
+
+    def words(present):  # one symbol, q = 0, in context 1 (class 0, group 0, no activity)
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(np.array([top], dtype=np.int32), _model(params, top))
+        coder.encode_reverse(np.array(params * len(present), dtype=np.int32), uniform(2**16))
+        coder.encode_reverse(np.array(present, dtype=np.int32), uniform(N_CONTEXTS))
+        coder.encode_reverse(np.array([len(present)], dtype=np.int32), uniform(N_CONTEXTS + 1))
+        coder.encode_reverse(np.array([1], dtype=np.int32), uniform(2))  # mode 1
+        return coder.get_compressed()
+
+    np.testing.assert_array_equal(ref.decode_block(words([1]), base, codes, 2), x)
+    with pytest.raises(DiscretaeError, match="out of order"):
+        ref.decode_block(words([3, 1]), base, codes, 2)
+    with pytest.raises(DiscretaeError, match="contexts do not fit"):
+        ref.decode_block(words([0]), base, codes, 2)
+    with pytest.raises(DiscretaeError, match="does not use"):
+        ref.decode_block(words([1, 2]), base, codes, 2)
 
 
 @pytest.mark.parametrize("bad", [-1, 128, 2.5, True])
@@ -211,7 +318,7 @@ def test_garbage_refinement_words(codec, digits):
     sym = codec.encode_images(torch.from_numpy(digits[:3]).float() / 255)
     base = codec.base_images(sym)
     rng = np.random.default_rng(1)
-    for n in (0, 1, 2, 5, 40):
+    for n in (0, 1, 2, 5, 40, 40, 40, 40, 300):
         words = rng.integers(0, 2**32, n, dtype=np.uint32)
         try:
             out = codec.refinement.decode_block(words, base, sym, 2)

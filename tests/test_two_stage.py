@@ -44,14 +44,17 @@ def codec(digits) -> Codec:
     return Codec(est, fit_prior(est, digits[:400]))
 
 
-def one_stage(data: bytes, codec: Codec) -> bytes:
-    """The same archive as formats 1 and 2 wrote it: every symbol in one stage."""
+def one_stage(data: bytes, codec: Codec, x: np.ndarray | None = None) -> bytes:
+    """The same archive as formats 1 and 2 wrote it: every symbol in one stage, and a
+    refinement of the images x coded by class alone."""
     header, names, blocks = parse_archive(data)
     codes, refine = blocks, None
     if header.max_error is not None:
         cut = [len(b) - r for b, r in zip(blocks, header.refine_words, strict=True)]
         codes = [b[:c] for b, c in zip(blocks, cut, strict=True)]
-        refine = [b[c:] for b, c in zip(blocks, cut, strict=True)]
+        sym = codec.decode_archive(data)[0]  # one block
+        base = codec.base_images(sym)
+        refine = [codec.refinement.encode_block(x, base, sym, header.max_error, modes=False)]
     sizes = header.block_sizes()
     old = [
         codec.prior.encode_block(codec.prior.decode_block(w, n, header.levels), format3=False)
@@ -64,9 +67,9 @@ def test_wide_codes_round_trip_in_two_stages_and_old_archives_still_read(codec, 
     codes = codec.est.transform(digits[400:])
     assert codes.max() >= GROUP  # the second and third groups are used
     data = codec.encode_codes(codes, names=[f"im{i}" for i in range(len(codes))])
-    assert data[len(MAGIC)] == 3
+    assert data[len(MAGIC)] == 4
     sym, names, header = codec.decode_archive(data)
-    assert header.version == 3 and names[5] == "im5"
+    assert header.version == 4 and names[5] == "im5"
     np.testing.assert_array_equal(codec.to_codes(sym), codes)
     old = one_stage(data, codec)
     assert old[len(MAGIC)] == 1 and old != data
@@ -75,10 +78,10 @@ def test_wide_codes_round_trip_in_two_stages_and_old_archives_still_read(codec, 
     images, names_old, header_old = codec.decompress(old)
     assert header_old.version == 1 and names_old == names
     np.testing.assert_array_equal(images, codec.decompress(data)[0])
-    # a refined archive: format 2 before, format 3 now
+    # a refined archive: format 2 before, format 4 now
     refined = codec.encode_with_refinement(digits[400:460], max_error=3)
-    assert refined[len(MAGIC)] == 3
-    old = one_stage(refined, codec)
+    assert refined[len(MAGIC)] == 4
+    old = one_stage(refined, codec, digits[400:460])
     assert old[len(MAGIC)] == 2
     np.testing.assert_array_equal(codec.decompress(old)[0], codec.decompress(refined)[0])
     # a one-stage archive read as two stages does not pass for the codes

@@ -1,16 +1,19 @@
 """The ``.dae`` code archive: a binary container for entropy-coded codes.
 
-Format version 3. Its layout is version 2's, which extends version 1 (an archive without
+Format version 4. Its layout is version 2's, which extends version 1 (an archive without
 refinement); version 3 codes each code symbol of an alphabet above 16 in two stages, its
 group of 16 and then its place in the group (``discretae.compression.prior``), where
-versions 1 and 2, still read, code it in one. Integers are little-endian; a *varint* is
+versions 1 and 2, still read, code it in one; version 4 starts each block's refinement
+with its mode, which may code the residual from its neighbours
+(``discretae.compression.refine``), where versions 2 and 3, still read, code it by class
+alone. Integers are little-endian; a *varint* is
 an unsigned LEB128 integer of at most 10 bytes.
 
 =========  =======  ===================================================================
 field      size     meaning
 =========  =======  ===================================================================
 magic      4        ``b"\\x89DAE"``
-version    1        format version: 3 (1, or 2 when flag bit 2 is set, when written earlier)
+version    1        format version: 4 (1, 2 or 3 when written earlier)
 flags      1        bit 0: file names follow; bit 1: codes coded with the uniform prior
                     (the model had none); bit 2 (version >= 2): a refinement follows the
                     codes; other bits are 0
@@ -55,7 +58,7 @@ import numpy as np
 from discretae.core.errors import DiscretaeError
 
 MAGIC = b"\x89DAE"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 HASH_BYTES = 16
 FLAG_NAMES = 1
 FLAG_UNIFORM = 2

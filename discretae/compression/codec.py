@@ -406,7 +406,9 @@ class Codec:
                 yield sym, self.decode_images(sym)
                 continue
             base = self.base_images(sym)
-            yield sym, self.refinement.decode_block(blocks[b][1], base, sym, header.max_error)
+            modes = header.version >= 4  # formats 2 and 3 code the refinement by class
+            yield sym, self.refinement.decode_block(blocks[b][1], base, sym, header.max_error,
+                                                    modes=modes)  # fmt: skip
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, list[str] | None, ArchiveHeader]:
         """Archive bytes -> (images (N, C, H, W) uint8, names or None, header)."""

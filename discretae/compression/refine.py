@@ -21,11 +21,15 @@ the decoded image's local contrast saved 18%, but the decoded image is floating-
 arithmetic and may differ between machines, and a class that differs breaks decoding.
 A model without a table (or whose table would be too large) codes every symbol in class 0.
 
-Block stream (one per archive block, ANS words): a ``N_CLASSES``-bit mask of the classes
-present; for each, ``z``, ``s`` and ``theta`` as 16-bit integers (value / 65536), fitted by
-the encoder on the block; then each present class's symbols in raster order (image,
-channel, row, column), class by class. The probabilities are integers computed from the
-three parameters with correctly rounded float64 steps, so decoding is exact everywhere.
+Block stream (one per archive block, ANS words). From archive format 4 it starts with the
+block's mode (``Uniform(2)``): 0, the classes alone, as below; 1, every symbol predicted
+and modelled from its decoded neighbours (:mod:`discretae.compression.refine_context`). The
+encoder codes both and keeps the shorter. Mode 0, and the whole stream of formats 2 and 3:
+a ``N_CLASSES``-bit mask of the classes present; for each, ``z``, ``s`` and ``theta`` as
+16-bit integers (value / 65536), fitted by the encoder on the block; then each present
+class's symbols in raster order (image, channel, row, column), class by class. The
+probabilities are integers computed from the three parameters with correctly rounded
+float64 steps, so decoding is exact everywhere.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import constriction
 import numpy as np
 import torch
 
+from discretae.compression import refine_context
 from discretae.core.errors import DiscretaeError
 
 EDGES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # eighths of a step
@@ -48,6 +53,8 @@ MAX_ERROR = 127
 PARAM = 2**16
 TABLE_SCALE = 2**16
 KEY = "refinement"
+N_CONTEXTS = refine_context.n_contexts(N_CLASSES)
+_MODE = constriction.stream.model.Uniform(2)  # format 4: 0 by class, 1 from neighbours
 
 
 def step_of(max_error: int) -> int:
@@ -176,51 +183,62 @@ class Refinement:
 
     # ------------------------------------------------------------------ coding
     def encode_block(
-        self, x: np.ndarray, base: np.ndarray, codes: np.ndarray, max_error: int
+        self,
+        x: np.ndarray,
+        base: np.ndarray,
+        codes: np.ndarray,
+        max_error: int,
+        *,
+        modes: bool = True,
+        mode: int | None = None,
     ) -> np.ndarray:
-        """x, base (n, C, H, W) uint8, codes (n, h, w, l) -> ANS words (uint32)."""
+        """x, base (n, C, H, W) uint8, codes (n, h, w, l) -> ANS words (uint32). ``modes``:
+        format 4's layout, the block's mode first and then its symbols coded by class
+        (mode 0) or from their neighbours (mode 1, ``refine_context``), whichever is
+        shorter unless ``mode`` names one; False: formats 2 and 3 (by class, no mode)."""
         step = step_of(max_error)
         top = 255 // step + 1
         q = np.floor_divide(x.astype(np.int16) - base.astype(np.int16) + max_error, step)
         cls = self.classes(codes, step)
-        coder = constriction.stream.stack.AnsCoder()
-        present, params = [], []
-        for k in range(N_CLASSES):
-            sel = q[cls == k]
-            if sel.size:
-                present.append(k)
-                params.append((_fit_params(sel), sel))
-        for p, sel in reversed(params):
-            coder.encode_reverse((sel + top).astype(np.int32), _model(p, top))
-        uniform = constriction.stream.model.Uniform(PARAM)
-        flat = np.array([v for p, _ in params for v in p], dtype=np.int32)
-        if len(flat):
-            coder.encode_reverse(flat, uniform)
-        mask = sum(1 << k for k in present)
-        coder.encode_reverse(np.array([mask], dtype=np.int32),
-                             constriction.stream.model.Uniform(1 << N_CLASSES))  # fmt: skip
-        return coder.get_compressed()
+        if not modes:
+            coder = constriction.stream.stack.AnsCoder()
+            _push_classes(coder, q, cls, top)
+            return coder.get_compressed()
+        best = None
+        for m in (0, 1) if mode is None else (mode,):
+            coder = constriction.stream.stack.AnsCoder()
+            if m == 0:
+                _push_classes(coder, q, cls, top)
+            else:
+                refine_context.encode(coder, q, cls, top, N_CONTEXTS, _fit_params, _model)
+            coder.encode_reverse(np.array([m], dtype=np.int32), _MODE)
+            words = coder.get_compressed()
+            if best is None or len(words) < len(best):
+                best = words
+        return best
 
     def decode_block(
-        self, words: np.ndarray, base: np.ndarray, codes: np.ndarray, max_error: int
+        self,
+        words: np.ndarray,
+        base: np.ndarray,
+        codes: np.ndarray,
+        max_error: int,
+        *,
+        modes: bool = True,
     ) -> np.ndarray:
         """ANS words, base (n, C, H, W) uint8, codes (n, h, w, l) -> the images (uint8);
-        DiscretaeError unless the words hold exactly this block's residual."""
+        DiscretaeError unless the words hold exactly this block's residual. ``modes`` as
+        for :meth:`encode_block`: False reads formats 2 and 3."""
         step = step_of(max_error)
         top = 255 // step + 1
         cls = self.classes(codes, step)
-        counts = np.bincount(cls.ravel(), minlength=N_CLASSES)
-        q = np.zeros(cls.shape, dtype=np.int16)
         try:
             coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
-            mask = int(coder.decode(constriction.stream.model.Uniform(1 << N_CLASSES), 1)[0])
-            present = [k for k in range(N_CLASSES) if mask >> k & 1]
-            if present != [k for k in range(N_CLASSES) if counts[k]]:
-                raise DiscretaeError("corrupt archive: the refinement's classes do not fit")
-            flat = coder.decode(constriction.stream.model.Uniform(PARAM), 3 * len(present))
-            for i, k in enumerate(present):
-                p = tuple(int(v) for v in flat[3 * i : 3 * i + 3])
-                q[cls == k] = coder.decode(_model(p, top), int(counts[k])) - top
+            mode = int(coder.decode(_MODE, 1)[0]) if modes else 0
+            if mode == 0:
+                q = _pop_classes(coder, cls, top)
+            else:
+                q = refine_context.decode(coder, cls, top, N_CONTEXTS, _model)
             exact = coder.is_empty()
         except DiscretaeError:
             raise
@@ -230,6 +248,40 @@ class Refinement:
             raise DiscretaeError("corrupt archive: the refinement holds more data than it codes")
         out = base.astype(np.int16) + q * np.int16(step)
         return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _push_classes(coder, q: np.ndarray, cls: np.ndarray, top: int) -> None:
+    """Mode 0: push the symbols q, class by class, onto the ANS coder."""
+    present, params = [], []
+    for k in range(N_CLASSES):
+        sel = q[cls == k]
+        if sel.size:
+            present.append(k)
+            params.append((_fit_params(sel), sel))
+    for p, sel in reversed(params):
+        coder.encode_reverse((sel + top).astype(np.int32), _model(p, top))
+    uniform = constriction.stream.model.Uniform(PARAM)
+    flat = np.array([v for p, _ in params for v in p], dtype=np.int32)
+    if len(flat):
+        coder.encode_reverse(flat, uniform)
+    mask = sum(1 << k for k in present)
+    coder.encode_reverse(np.array([mask], dtype=np.int32),
+                         constriction.stream.model.Uniform(1 << N_CLASSES))  # fmt: skip
+
+
+def _pop_classes(coder, cls: np.ndarray, top: int) -> np.ndarray:
+    """Mode 0: the symbols :func:`_push_classes` pushed, (n, C, H, W) int16."""
+    counts = np.bincount(cls.ravel(), minlength=N_CLASSES)
+    q = np.zeros(cls.shape, dtype=np.int16)
+    mask = int(coder.decode(constriction.stream.model.Uniform(1 << N_CLASSES), 1)[0])
+    present = [k for k in range(N_CLASSES) if mask >> k & 1]
+    if present != [k for k in range(N_CLASSES) if counts[k]]:
+        raise DiscretaeError("corrupt archive: the refinement's classes do not fit")
+    flat = coder.decode(constriction.stream.model.Uniform(PARAM), 3 * len(present))
+    for i, k in enumerate(present):
+        p = tuple(int(v) for v in flat[3 * i : 3 * i + 3])
+        q[cls == k] = coder.decode(_model(p, top), int(counts[k])) - top
+    return q
 
 
 def _fit_params(q: np.ndarray) -> tuple[int, int, int]:
