@@ -46,7 +46,7 @@ from discretae.core.errors import DiscretaeError
 N_GROUPS = 4
 ACTIVITY = (1, 2, 4, 8, 16)  # bin edges of the activity
 N_ACTIVITY = len(ACTIVITY) + 1
-_BIN = np.searchsorted(ACTIVITY, np.arange(ACTIVITY[-1] + 1), side="right")
+_BIN = np.searchsorted(ACTIVITY, np.arange(ACTIVITY[-1] + 1), side="right").astype(np.int16)
 N_SIGNS = 3
 DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 CROSS = ((0, -1), (0, 1), (-1, 0), (1, 0))
@@ -67,9 +67,11 @@ class _Walk:
 
     def __init__(self, cls: np.ndarray, top: int) -> None:
         n, c, h, w = cls.shape
-        self.cls, self.top, self.shape = cls, top, cls.shape
+        self.cls = cls.astype(np.int16)  # every context below 2**15: int16 arithmetic
+        self.top, self.shape = top, cls.shape
         # |q| <= 256, so int16 holds these and every sum plan() forms from them
-        self.q = np.zeros((n, c, h, w), dtype=np.int16)
+        self.padded = np.zeros((n, c, h + 2, w + 2), dtype=np.int16)  # a zero border
+        self.q = self.padded[:, :, 1:-1, 1:-1]
         self.err = np.zeros((n, c, h, w), dtype=np.int16)  # q - spatial prediction
         self.earlier = np.zeros((n, h, w), dtype=np.int16)  # sum |q| of earlier channels
         self.side = 1 << max(0, max(h, w) - 1).bit_length()  # a power of 2, >= H and W
@@ -92,6 +94,10 @@ class _Walk:
         """The values at (row + di, column + dj) of one step's pixels, 0 outside the image."""
         ch, s, r0, c0 = step
         h, w = self.shape[2:]
+        if s == 1:  # neighbours at most one pixel out: a slice of the bordered array
+            ni, nj = len(range(r0, h, 2)), len(range(c0, w, 2))
+            r, c = r0 + 1 + di, c0 + 1 + dj
+            return self.padded[:, ch, r : r + 2 * ni - 1 : 2, c : c + 2 * nj - 1 : 2]
         rows, cols = np.arange(r0, h, 2 * s) + di, np.arange(c0, w, 2 * s) + dj
         inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
         v = self.q[:, ch][:, rows.clip(0, h - 1)[:, None], cols.clip(0, w - 1)[None, :]]
@@ -105,7 +111,7 @@ class _Walk:
         """(context, spatial prediction, prediction) of one step's symbols, (n, ni, nj)."""
         ch, s, r0, c0 = step
         rs, cs = self._slice(step)
-        cls = self.cls[:, ch, rs, cs].astype(np.int64)
+        cls = self.cls[:, ch, rs, cs]
         if s == self.side:
             zero = np.zeros(cls.shape, dtype=np.int16)
             spatial, activity, signed, group = zero, zero, zero, 0
@@ -141,7 +147,7 @@ class _Walk:
 
 def _runs(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order: a stable sort of the flattened contexts, the contexts present, their counts)."""
-    flat = ctx.ravel().astype(np.uint16)  # fewer than 2**16 contexts: a radix sort
+    flat = ctx.ravel().view(np.uint16)  # contexts in [0, 2**15): a radix sort
     order = np.argsort(flat, kind="stable")
     counts = np.bincount(flat)
     present = np.flatnonzero(counts)
@@ -210,7 +216,7 @@ def decode(coder, cls: np.ndarray, top: int, n_all: int, model) -> np.ndarray:
             start += cnt
         qs = walk.wrap(r.reshape(ctx.shape) + pred)
         walk.store(step, qs, spatial)
-    q = walk.q
+    q = np.ascontiguousarray(walk.q)
     if len(used) != len(models):
         raise DiscretaeError("corrupt archive: the refinement names contexts it does not use")
     return q
