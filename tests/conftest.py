@@ -8,7 +8,10 @@ compiled and tested on the GPU. An explicit TRITON_INTERPRET in the environment 
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +37,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def rd():
+    """benchmarks/rate_distortion.py as a module."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))  # its sibling import: _common
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "rate_distortion", benchmarks / "rate_distortion.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(benchmarks))
+    return module

@@ -3,9 +3,7 @@ openclipart split and loader, and Pillow's colour round trip. No model is fitted
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +12,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def rd():
-    sys.path.insert(0, str(BENCHMARKS))  # its sibling import: _common
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "rate_distortion", BENCHMARKS / "rate_distortion.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
 
 
 def point(bytes_per_image, psnr, ms=None, enc=2.0, dec=1.0, **extra):

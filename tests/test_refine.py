@@ -241,6 +241,15 @@ def test_format_3_refined_archives_still_read(codec, digits):
         assert not np.array_equal(got, codec.decompress(data)[0])
 
 
+def test_the_benchmark_compares_the_same_archive_by_class(rd, codec, digits):
+    x = digits[N_TRAIN : N_TRAIN + 100]
+    data = codec.encode_with_refinement(x, levels=2, max_error=3)
+    by_class = rd.refined_by_class(codec, data, x)
+    assert by_class == with_refine_words(codec, data, x, version=3, modes=False)
+    # the shorter of the two modes is kept: never more than the mode's one bit (a word) longer
+    assert len(data) <= len(by_class) + 4
+
+
 def test_crafted_context_lists_are_refused():
     import constriction
 
