@@ -46,7 +46,6 @@ from discretae.core.errors import DiscretaeError
 N_GROUPS = 4
 ACTIVITY = (1, 2, 4, 8, 16)  # bin edges of the activity
 N_ACTIVITY = len(ACTIVITY) + 1
-_BIN = np.searchsorted(ACTIVITY, np.arange(ACTIVITY[-1] + 1), side="right").astype(np.int16)
 N_SIGNS = 3
 DIAGONAL = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 CROSS = ((0, -1), (0, 1), (-1, 0), (1, 0))
@@ -67,7 +66,8 @@ class _Walk:
 
     def __init__(self, cls: np.ndarray, top: int) -> None:
         n, c, h, w = cls.shape
-        self.cls = cls.astype(np.int16)  # every context below 2**15: int16 arithmetic
+        # the class's part of every context; all contexts below 2**15: int16 arithmetic
+        self.cls = cls.astype(np.int16) * np.int16(N_GROUPS * N_ACTIVITY * N_SIGNS)
         self.top, self.shape = top, cls.shape
         # |q| <= 256, so int16 holds these and every sum plan() forms from them
         self.padded = np.zeros((n, c, h + 2, w + 2), dtype=np.int16)  # a zero border
@@ -111,9 +111,9 @@ class _Walk:
         """(context, spatial prediction, prediction) of one step's symbols, (n, ni, nj)."""
         ch, s, r0, c0 = step
         rs, cs = self._slice(step)
-        cls = self.cls[:, ch, rs, cs]
+        ctx = self.cls[:, ch, rs, cs]
         if s == self.side:
-            zero = np.zeros(cls.shape, dtype=np.int16)
+            zero = np.zeros(ctx.shape, dtype=np.int16)
             spatial, activity, signed, group = zero, zero, zero, 0
         else:
             offsets = DIAGONAL if (r0, c0) == (s, s) else CROSS
@@ -124,15 +124,21 @@ class _Walk:
             spatial = (a + b + c + d - low - high) >> 1
             if (r0, c0) == (s, 0):
                 near = near + [self._at(step, di * s, dj * s) for di, dj in DIAGONAL]
-            activity = sum(np.abs(v) for v in near)
-            signed = sum(near)
+            activity, signed = np.abs(near[0]), near[0].copy()
+            for v in near[1:]:
+                activity += np.abs(v)
+                signed += v
             group = 1 if s > 1 else 2 if (r0, c0) == (1, 1) else 3
         pred = spatial
         if ch > 0:
             pred = spatial + self.err[:, ch - 1, rs, cs]
             activity = activity + 2 * self.earlier[:, rs, cs]
-        act = _BIN[np.minimum(activity, len(_BIN) - 1)]
-        ctx = ((cls * N_GROUPS + group) * N_ACTIVITY + act) * N_SIGNS + (np.sign(signed) + 1)
+        act = (activity >= ACTIVITY[0]).astype(np.int16)  # its bin: the edges it reaches
+        for edge in ACTIVITY[1:]:
+            act += activity >= edge
+        ctx = ctx + np.int16(group * N_ACTIVITY * N_SIGNS + 1)
+        ctx += act * np.int16(N_SIGNS)
+        ctx += np.sign(signed)
         return ctx, spatial, pred
 
     def wrap(self, v: np.ndarray) -> np.ndarray:
@@ -141,8 +147,9 @@ class _Walk:
     def store(self, step, q: np.ndarray, spatial: np.ndarray) -> None:
         rs, cs = self._slice(step)
         self.q[:, step[0], rs, cs] = q
-        self.err[:, step[0], rs, cs] = q - spatial
-        self.earlier[:, rs, cs] += np.abs(q)
+        if step[0] < self.shape[1] - 1:  # what a later channel reads
+            self.err[:, step[0], rs, cs] = q - spatial
+            self.earlier[:, rs, cs] += np.abs(q)
 
 
 def _runs(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
