@@ -200,18 +200,15 @@ class Refinement:
         top = 255 // step + 1
         q = np.floor_divide(x.astype(np.int16) - base.astype(np.int16) + max_error, step)
         cls = self.classes(codes, step)
-        if not modes:
-            coder = constriction.stream.stack.AnsCoder()
-            _push_classes(coder, q, cls, top)
-            return coder.get_compressed()
         best = None
-        for m in (0, 1) if mode is None else (mode,):
+        for m in (0,) if not modes else (0, 1) if mode is None else (mode,):
             coder = constriction.stream.stack.AnsCoder()
             if m == 0:
                 _push_classes(coder, q, cls, top)
             else:
                 refine_context.encode(coder, q, cls, top, N_CONTEXTS, _fit_params, _model)
-            coder.encode_reverse(np.array([m], dtype=np.int32), _MODE)
+            if modes:
+                coder.encode_reverse(np.array([m], dtype=np.int32), _MODE)
             words = coder.get_compressed()
             if best is None or len(words) < len(best):
                 best = words
