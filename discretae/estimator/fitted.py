@@ -19,7 +19,7 @@ from discretae.core.devices import check_device
 from discretae.core.errors import DiscretaeError, NotFittedError
 from discretae.core.serialization import read_model_file
 from discretae.data.framing import LEGACY_FRAMING, Framing, frame_tensor, parse_background
-from discretae.models.autoencoder import build_autoencoder
+from discretae.models.autoencoder import build_autoencoder, earlier_model_config
 from discretae.models.training import to_unit_float
 from discretae.quantizers.kmeans import KMeans
 
@@ -318,7 +318,7 @@ def framing_from_params(params: dict) -> Framing:
 def attach_fitted(obj, tensors: dict, config: dict, path, device):
     """Set ``obj``'s fitted attributes from a model file's tensors and config."""
     try:
-        model = build_autoencoder(**config["model"])
+        model = build_autoencoder(**earlier_model_config(config["model"]))
         state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(state, strict=True)
         input_shape = tuple(int(s) for s in config["input_shape"])

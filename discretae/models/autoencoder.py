@@ -221,6 +221,7 @@ def build_autoencoder(
     style_dim: int = 0,
     objectives: dict | None = None,
     decoder: str = "full",
+    stages: int | None = None,
 ) -> Autoencoder:
     """Build a discrete autoencoder.
 
@@ -245,6 +246,10 @@ def build_autoencoder(
         decoder: "full", or "light" (a conv decoder without its full-resolution stage,
             twice as fast to train on 32x32 colour images; see ``ConvDecoder``). Model
             files from before this setting read as "full".
+        stages: the conv networks' stride-2 stages; None: ``default_stages`` (fewer
+            than the image size alone would take when the grid is finer than that
+            feature map). Model files from before this setting read as
+            ``default_downsampling`` of the image (``earlier_model_config``).
 
     Raises:
         DiscretaeError (a ValueError): an unknown kind, latent or loss, or bad sizes.
@@ -263,8 +268,9 @@ def build_autoencoder(
     objectives = objective_settings(objectives)
     _check_extras(spec, kind, latent, groups, input_shape, objectives, style_dim)
     grid = _latent_grid(input_shape, latent, grid)
+    stages = _checked_stages(input_shape, grid, stages)
     enc_dim = latent_dim + 2 * style_dim + objectives.get("embed_dim", 0)
-    nets = dict(latent=latent, grid=grid, width=width, hidden=hidden)
+    nets = dict(latent=latent, grid=grid, width=width, hidden=hidden, n_down=stages)
     encoder, dec = _networks(input_shape, enc_dim, latent_dim + style_dim, nets, decoder)
     quantizer = _quantizer(spec, kind, n_codes, n_bits, latent_dim, options)
     config = {
@@ -282,6 +288,7 @@ def build_autoencoder(
         "style_dim": style_dim,
         "objectives": objectives,
         "decoder": decoder,
+        "stages": stages,
     }
     views = ViewObjectives.from_settings(objectives, n_codes, latent_dim) if objectives else None
     return Autoencoder(encoder, quantizer, dec, config, views)
@@ -334,6 +341,43 @@ def _latent_grid(input_shape: tuple[int, ...], latent: str, grid) -> tuple[int, 
     if grid[0] > h or grid[1] > w:
         raise DiscretaeError(f"grid {grid} is larger than the image ({h}, {w})")
     return grid
+
+
+def default_stages(image_hw: tuple[int, int], grid: tuple[int, int] | None) -> int:
+    """Stride-2 stages for an image and its code grid: ``default_downsampling`` of the
+    image, fewer while the feature map would be coarser than the grid (at least one), so
+    that a fine grid (16x16 on 64x64 images) gets its own features instead of a coarse
+    map's repeated."""
+    h, w = image_hw
+    n = default_downsampling(h, w)
+    while (
+        grid is not None
+        and n > 1
+        and (math.ceil(h / 2**n) < grid[0] or math.ceil(w / 2**n) < grid[1])
+    ):
+        n -= 1
+    return n
+
+
+def _checked_stages(input_shape: tuple[int, ...], grid, stages) -> int | None:
+    """The stride-2 stages of a conv pair (None for flat vectors)."""
+    if len(input_shape) == 1:
+        return None
+    if stages is None:
+        return default_stages(input_shape[1:], grid)
+    check_int("stages", stages)
+    if not 1 <= stages <= 6:
+        raise DiscretaeError(f"stages must be from 1 to 6, got {stages}")
+    return stages
+
+
+def earlier_model_config(model_config: dict) -> dict:
+    """A model file's network config, with what files written before ``stages`` was
+    stored built: ``default_downsampling`` of the image, whatever the grid."""
+    shape = model_config.get("input_shape") or []
+    if "stages" in model_config or len(shape) != 3:
+        return model_config
+    return {**model_config, "stages": default_downsampling(int(shape[1]), int(shape[2]))}
 
 
 def _networks(
