@@ -83,3 +83,20 @@ def test_model_files_from_before_the_setting_keep_their_networks(tmp_path):
     assert loaded.transform(x[:4]).shape == est.transform(x[:4]).shape
     # and the new file reads back as written
     assert DiscreteAutoencoder.load(path, device="cpu").model_.encoder.n_down == 1
+
+
+@pytest.mark.parametrize(
+    "kind, shape, grid",
+    [
+        ("rvq", (3, 64, 64), (16, 16)),  # a compressor: the image over 4
+        ("vq", (3, 64, 64), (8, 8)),  # the others: the image size's stages
+        ("rvq", (1, 28, 28), (7, 7)),
+        ("rvq", (3, 32, 32), (8, 8)),
+        ("rvq", (1, 8, 8), (4, 4)),
+        ("rvq", (3, 128, 96), (32, 24)),
+    ],
+)
+def test_default_grid_by_kind(kind, shape, grid):
+    m = build_autoencoder(kind, shape, latent="grid", n_codes=8, width=8)
+    assert tuple(m.config["grid"]) == grid
+    assert m.encoder.feat_hw == grid  # its own feature map, not a pooled or repeated one

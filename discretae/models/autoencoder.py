@@ -233,7 +233,8 @@ def build_autoencoder(
         n_codes: codebook size K for vq, gumbel and rvq.
         n_bits: bits B for binary.
         latent_dim: latent dimension D for vq, gumbel and rvq (default 32); binary uses B.
-        grid: (h, w) of a grid latent; None takes (H, W) / 2**stages.
+        grid: (h, w) of a grid latent; None takes (H, W) / 2**stages (rvq: at most 2
+            stages, the image over 4).
         width: channels of the first conv stage (doubling per stage, at most 256).
         hidden: width of the dense layer of a global conv latent.
         loss: reconstruction loss, "bce" or "mse", on [0, 1] inputs.
@@ -267,7 +268,7 @@ def build_autoencoder(
     check_int("style_dim", style_dim, low=0)
     objectives = objective_settings(objectives)
     _check_extras(spec, kind, latent, groups, input_shape, objectives, style_dim)
-    grid = _latent_grid(input_shape, latent, grid)
+    grid = _latent_grid(input_shape, latent, grid, spec.grid_stages)
     stages = _checked_stages(input_shape, grid, stages)
     enc_dim = latent_dim + 2 * style_dim + objectives.get("embed_dim", 0)
     nets = dict(latent=latent, grid=grid, width=width, hidden=hidden, n_down=stages)
@@ -325,15 +326,18 @@ def _check_extras(
         )
 
 
-def _latent_grid(input_shape: tuple[int, ...], latent: str, grid) -> tuple[int, int] | None:
-    """The (h, w) of a grid latent (given, or the image over 2**stages); None if global."""
+def _latent_grid(
+    input_shape: tuple[int, ...], latent: str, grid, max_stages: int | None = None
+) -> tuple[int, int] | None:
+    """The (h, w) of a grid latent (given, or the image over 2**stages, at most
+    ``max_stages`` of them); None if global."""
     if latent != "grid":
         return None
     if len(input_shape) == 1:
         raise DiscretaeError("latent='grid' needs image input (N, H, W[, C]); got flat vectors")
     _, h, w = input_shape
     if grid is None:
-        f = 2 ** default_downsampling(h, w)
+        f = 2 ** min(default_downsampling(h, w), max_stages or 99)
         grid = (math.ceil(h / f), math.ceil(w / f))
     grid = tuple(grid)
     if len(grid) != 2 or not all(isinstance(g, int) and g >= 1 for g in grid):
