@@ -180,6 +180,10 @@ MODELS = {
         "rvq-16x16-k256-l3": dict(
             model="rvq", n_codes=256, grid=(16, 16), epochs=15, quantizer_options={"levels": 3}
         ),
+        # fit's default for 64x64 (16x16 grid, 4 levels), trained twice as long
+        "rvq-16x16-k256-l4": dict(
+            model="rvq", n_codes=256, grid=(16, 16), epochs=30, quantizer_options={"levels": 4}
+        ),
     },
 }
 
