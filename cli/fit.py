@@ -361,9 +361,22 @@ def _interrupted(e, *, speaks: bool, data: str, checkpoint: Path | None, out: Pa
     )
 
 
+def _model_row(result: dict) -> str:
+    """The kind and latent; a grid's size, codes and levels ("rvq, grid latent 16x12,
+    256 codes, 4 levels")."""
+    row = f"{result['model_type']}, {result['latent']} latent"
+    if result.get("grid"):
+        row += " {}x{}".format(*result["grid"])
+        if result.get("n_codes"):
+            row += f", {result['n_codes']} codes"
+        if result.get("levels"):
+            row += f", {result['levels']} levels"
+    return row
+
+
 def _table(result: dict) -> Table:
     rows = [
-        ("model", f"{result['model_type']}, {result['latent']} latent"),
+        ("model", _model_row(result)),
         ("images", result["n_images"]),
         ("working size", _working(result)),
         ("memory (estimate)", _memory(result)),

@@ -267,6 +267,20 @@ def test_fit_table_counts_rvq_codes_as_level_tuples():
     assert _used({"codes_used": 7, "n_codes": 10}) == "7 of 10"
 
 
+def test_fit_table_names_the_grid():
+    """The table's model row gives a grid's size, codes and levels; a global code not."""
+    from cli.fit import _model_row
+
+    grid = {"model_type": "rvq", "latent": "grid", "grid": [16, 12], "n_codes": 256}
+    assert _model_row({**grid, "levels": 4}) == "rvq, grid latent 16x12, 256 codes, 4 levels"
+    assert _model_row({**grid, "model_type": "vq", "levels": None}) == (
+        "vq, grid latent 16x12, 256 codes"
+    )
+    assert _model_row({"model_type": "gumbel", "latent": "global", "grid": None}) == (
+        "gumbel, global latent"
+    )
+
+
 def test_codes_default_is_per_model_and_resume_keeps_it(work, idx28):
     """Without --codes other models keep 10; a resumed rvq run keeps its 256 and refuses
     another --codes."""
