@@ -289,7 +289,7 @@ def _train_and_save(
             # a grid model compresses: it also gets the refinement table (compress
             # --max-error); a global code is for clustering, and codes every residual
             # value with one distribution
-            grid = est.model_.latent_shape is not None
+            grid = bool(est.model_.latent_shape)  # () for a global code
             code_prior = fit_prior(est, x, kind=prior, callback=callback)
             refinement = fit_refinement(est, x) if grid else None
             save_prior(out, code_prior, refinement=refinement)

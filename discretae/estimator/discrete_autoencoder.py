@@ -42,8 +42,10 @@ from discretae.estimator.fitted import (
 from discretae.estimator.heads import HeadsFit
 from discretae.estimator.parameters import Integer, check_parameters
 from discretae.estimator.recipe import (
+    GRID_EPOCHS,
     RECIPE_LR,
     RECIPE_LR_SCHEDULE,
+    grid_epochs,
     objective_config,
     objective_names,
     recipe_applies,
@@ -100,7 +102,8 @@ class DiscreteAutoencoder(
         grid: (h, w) for a grid latent; None picks it from the image size.
         n_clusters: clusters for ``predict``; None means n_codes for a global vq/gumbel
             latent (the code is the cluster) and 10 otherwise (k-means on codes).
-        epochs, batch_size, lr: Adam training schedule. None: 30 epochs at lr 1e-3; with
+        epochs, batch_size, lr: Adam training schedule. None: 30 epochs at lr 1e-3 (a
+            grid latent: more on small data, up to the recipe's steps, ``grid_epochs``); with
             view objectives (the clustering recipe) lr 2e-3 and the epochs that make
             about ``RECIPE_STEPS`` steps (fewer on larger images: ``RECIPE_MAX_PIXELS``),
             at least 12 and at most 300. The recipe's
@@ -232,11 +235,12 @@ class DiscreteAutoencoder(
         lr = self.lr if self.lr is not None else (RECIPE_LR if recipe else 1e-3)
         if self.epochs is not None:
             return int(self.epochs), float(lr)
-        if not recipe:
-            return 30, float(lr)
+        if not recipe and not model.latent_shape:  # a global code
+            return GRID_EPOCHS, float(lr)
         steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
-        pixels = math.prod(model.input_shape[1:])  # the recipe is on images (C, H, W)
-        return recipe_epochs(steps, int(self.batch_size), pixels), float(lr)
+        pixels = math.prod(model.input_shape[1:])  # both are on images (C, H, W)
+        epochs = recipe_epochs if recipe else grid_epochs
+        return epochs(steps, int(self.batch_size), pixels), float(lr)
 
     def training_dtype(self, model: torch.nn.Module, device) -> torch.dtype | None:
         """What ``model``'s networks train in on ``device`` (None: float32): the given

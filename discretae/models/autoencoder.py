@@ -233,8 +233,7 @@ def build_autoencoder(
         n_codes: codebook size K for vq, gumbel and rvq.
         n_bits: bits B for binary.
         latent_dim: latent dimension D for vq, gumbel and rvq (default 32); binary uses B.
-        grid: (h, w) of a grid latent; None takes (H, W) / 2**stages (rvq: at most 2
-            stages, the image over 4).
+        grid: (h, w) of a grid latent; None: (H, W) / 2**stages (rvq: the image / 4).
         width: channels of the first conv stage (doubling per stage, at most 256).
         hidden: width of the dense layer of a global conv latent.
         loss: reconstruction loss, "bce" or "mse", on [0, 1] inputs.
@@ -247,10 +246,8 @@ def build_autoencoder(
         decoder: "full", or "light" (a conv decoder without its full-resolution stage,
             twice as fast to train on 32x32 colour images; see ``ConvDecoder``). Model
             files from before this setting read as "full".
-        stages: the conv networks' stride-2 stages; None: ``default_stages`` (fewer
-            than the image size alone would take when the grid is finer than that
-            feature map). Model files from before this setting read as
-            ``default_downsampling`` of the image (``earlier_model_config``).
+        stages: the conv networks' stride-2 stages; None: ``default_stages``. Model
+            files from before this setting read as ``earlier_model_config`` says.
 
     Raises:
         DiscretaeError (a ValueError): an unknown kind, latent or loss, or bad sizes.
@@ -258,14 +255,9 @@ def build_autoencoder(
     spec = model_kind(kind)
     input_shape = _checked_input(input_shape, latent, loss, decoder)
     sizes = {"n_codes": n_codes, "n_bits": n_bits, "width": width, "hidden": hidden}
-    for name, value in sizes.items():
-        check_int(name, value)
-    options = dict(quantizer_options or {})
-    groups = spec.groups(options)
-    check_int("groups", groups)
-    latent_dim = spec.latent_dim(latent_dim, n_bits, groups)
-    check_int("latent_dim", latent_dim)
-    check_int("style_dim", style_dim, low=0)
+    options, groups, latent_dim = _checked_sizes(
+        spec, sizes, dict(quantizer_options or {}), latent_dim, style_dim
+    )
     objectives = objective_settings(objectives)
     _check_extras(spec, kind, latent, groups, input_shape, objectives, style_dim)
     grid = _latent_grid(input_shape, latent, grid, spec.grid_stages)
@@ -293,6 +285,20 @@ def build_autoencoder(
     }
     views = ViewObjectives.from_settings(objectives, n_codes, latent_dim) if objectives else None
     return Autoencoder(encoder, quantizer, dec, config, views)
+
+
+def _checked_sizes(
+    spec: ModelKind, sizes: dict, options: dict, latent_dim: int | None, style_dim: int
+) -> tuple[dict, int, int]:
+    """The sizes checked; -> (quantizer options, groups, the latent dimension)."""
+    for name, value in sizes.items():
+        check_int(name, value)
+    groups = spec.groups(options)
+    check_int("groups", groups)
+    latent_dim = spec.latent_dim(latent_dim, sizes["n_bits"], groups)
+    check_int("latent_dim", latent_dim)
+    check_int("style_dim", style_dim, low=0)
+    return options, groups, latent_dim
 
 
 def _checked_input(input_shape, latent: str, loss: str, decoder: str) -> tuple[int, ...]:
