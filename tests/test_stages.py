@@ -94,6 +94,7 @@ def test_model_files_from_before_the_setting_keep_their_networks(tmp_path):
         ("rvq", (3, 32, 32), (8, 8)),
         ("rvq", (1, 8, 8), (4, 4)),
         ("rvq", (3, 128, 96), (32, 24)),
+        ("rvq", (3, 32, 23), (16, 12)),  # the image size's single stage: fewer than 2
     ],
 )
 def test_default_grid_by_kind(kind, shape, grid):

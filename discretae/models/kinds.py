@@ -114,8 +114,12 @@ class ResidualKind(ModelKind):
     """Residual VQ levels: a rate knob for the code archive."""
 
     quantizer = ResidualVectorQuantizer
-    # a compressor: the default grid is the image over 4 (7x7 for 28x28, 8x8 for 32x32,
-    # 16x16 for 64x64). On 64x64 clip art (benchmarks/rate_distortion.py, openclipart,
-    # 2026-12-06) one 16x16 level coded 998 test images at 151 B and 26.6 dB, where
-    # the 8x8 grid took 6 levels and 284 B for 26.0 dB; it also trains 2.6x faster
+    # a compressor: the default grid is the image over 4 at most (7x7 for 28x28, 8x8
+    # for 32x32, 16x16 for 64x64; the image size's own stages where they are fewer:
+    # 16x12 for a folder's 32x23). On 64x64 clip art (benchmarks/rate_distortion.py,
+    # openclipart, 2026-12-06) one 16x16 level coded 998 test images at 151 B and
+    # 26.6 dB, where the 8x8 grid took 6 levels and 284 B for 26.0 dB; it also trains
+    # 2.6x faster. At 32x23 (244 clip-art files, fitted and coded through the CLI)
+    # 16x12 stayed: 1 level 58.7 B at 27.1 dB, where 8x6 took 2 levels and 65.1 B for
+    # 26.1 dB; both wrote 160 B for 32 dB
     grid_stages = 2
