@@ -7,13 +7,13 @@ from PIL import Image
 from discretae import DiscreteAutoencoder
 from discretae.commands.fit import fit
 from discretae.compression.codec import load_refinement
-from discretae.estimator.recipe import GRID_EPOCHS, RECIPE_MAX_EPOCHS, grid_epochs
+from discretae.estimator.recipe import DEFAULT_EPOCHS, RECIPE_MAX_EPOCHS, grid_epochs
 
 
 def test_grid_epochs():
     assert grid_epochs(1, 256, 64 * 45) == 162  # 244 images at 64x45: one step an epoch
-    assert grid_epochs(235, 256, 28 * 28) == GRID_EPOCHS  # Fashion-MNIST keeps 30
-    assert grid_epochs(23, 256, 64 * 64) == GRID_EPOCHS  # 5,887 images at 64x64
+    assert grid_epochs(235, 256, 28 * 28) == DEFAULT_EPOCHS  # Fashion-MNIST keeps 30
+    assert grid_epochs(23, 256, 64 * 64) == DEFAULT_EPOCHS  # 5,887 images at 64x64
     assert grid_epochs(1, 256, 8 * 8) == RECIPE_MAX_EPOCHS  # tiny images: the cap
     assert grid_epochs(10, 32, 8 * 8) == 200  # 2000 steps
 
@@ -25,7 +25,7 @@ def test_small_data_trains_a_grid_model_longer_than_a_global_one():
     steps = min(2000, 120_000_000 // (64 * 16 * 16))
     assert len(grid.history_) == min(RECIPE_MAX_EPOCHS, steps) == 300
     flat = DiscreteAutoencoder(latent="global", **common).fit(x)
-    assert len(flat.history_) == GRID_EPOCHS
+    assert len(flat.history_) == DEFAULT_EPOCHS
     given = DiscreteAutoencoder(latent="grid", epochs=2, **common).fit(x)
     assert len(given.history_) == 2
 

@@ -42,7 +42,7 @@ from discretae.estimator.fitted import (
 from discretae.estimator.heads import HeadsFit
 from discretae.estimator.parameters import Integer, check_parameters
 from discretae.estimator.recipe import (
-    GRID_EPOCHS,
+    DEFAULT_EPOCHS,
     RECIPE_LR,
     RECIPE_LR_SCHEDULE,
     grid_epochs,
@@ -235,8 +235,8 @@ class DiscreteAutoencoder(
         lr = self.lr if self.lr is not None else (RECIPE_LR if recipe else 1e-3)
         if self.epochs is not None:
             return int(self.epochs), float(lr)
-        if not recipe and not model.latent_shape:  # a global code
-            return GRID_EPOCHS, float(lr)
+        if not recipe and not model.latent_shape:  # a global code, not the recipe's
+            return DEFAULT_EPOCHS, float(lr)
         steps = steps_per_epoch(n, int(self.batch_size), distributed.world_size())
         pixels = math.prod(model.input_shape[1:])  # both are on images (C, H, W)
         epochs = recipe_epochs if recipe else grid_epochs

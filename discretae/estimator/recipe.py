@@ -98,21 +98,21 @@ def recipe_decoder(decoder: str, objectives: dict) -> str:
     return RECIPE_DECODER if objectives else "full"
 
 
-# Epochs of a grid (compression) model when not given: 30, or more on small data, up to
-# the recipe's steps and cost cap. A folder of 244 clip-art images at 64x45 (one step
-# per epoch at batch 256) coded its images at 19.5 dB with 1 level after 30 epochs (50 s
-# on 2 cores) and at 23.5 dB after 162 (209 s), where `compress --psnr 30` then took
-# 385 B an image instead of 517 (WebP on the same images: 235).
-GRID_EPOCHS = 30
+# Epochs when not given, outside the recipe: 30; a grid (compression) model takes more
+# on small data, up to the recipe's steps and cost cap. A folder of 244 clip-art images
+# at 64x45 (one step per epoch at batch 256) coded its images at 19.5 dB with 1 level
+# after 30 epochs (50 s on 2 cores) and at 23.5 dB after 162 (209 s), where `compress
+# --psnr 30` then took 385 B an image instead of 517 (WebP on the same images: 235).
+DEFAULT_EPOCHS = 30
 
 
 def grid_epochs(steps_per_epoch: int, batch_size: int = 1, pixels: int = 1) -> int:
-    """Epochs of a grid model: ``GRID_EPOCHS``, or as many as give the recipe's steps
+    """Epochs of a grid model: ``DEFAULT_EPOCHS``, or more: as many as give the recipe's steps
     (``RECIPE_STEPS``, at most ``RECIPE_MAX_PIXELS / (batch_size * pixels)``), at most
     ``RECIPE_MAX_EPOCHS``."""
     steps = min(RECIPE_STEPS, RECIPE_MAX_PIXELS // max(batch_size * pixels, 1))
     wanted = math.ceil(max(steps, 1) / max(steps_per_epoch, 1))
-    return min(RECIPE_MAX_EPOCHS, max(GRID_EPOCHS, wanted))
+    return min(RECIPE_MAX_EPOCHS, max(DEFAULT_EPOCHS, wanted))
 
 
 def recipe_epochs(steps_per_epoch: int, batch_size: int = 1, pixels: int = 1) -> int:

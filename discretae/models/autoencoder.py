@@ -233,7 +233,7 @@ def build_autoencoder(
         n_codes: codebook size K for vq, gumbel and rvq.
         n_bits: bits B for binary.
         latent_dim: latent dimension D for vq, gumbel and rvq (default 32); binary uses B.
-        grid: (h, w) of a grid latent; None: (H, W) / 2**stages (rvq: the image / 4).
+        grid: (h, w) of a grid latent; None: (H, W) / 2**stages (rvq: at most 2).
         width: channels of the first conv stage (doubling per stage, at most 256).
         hidden: width of the dense layer of a global conv latent.
         loss: reconstruction loss, "bce" or "mse", on [0, 1] inputs.
@@ -255,9 +255,8 @@ def build_autoencoder(
     spec = model_kind(kind)
     input_shape = _checked_input(input_shape, latent, loss, decoder)
     sizes = {"n_codes": n_codes, "n_bits": n_bits, "width": width, "hidden": hidden}
-    options, groups, latent_dim = _checked_sizes(
-        spec, sizes, dict(quantizer_options or {}), latent_dim, style_dim
-    )
+    options = dict(quantizer_options or {})
+    groups, latent_dim = _checked_sizes(spec, sizes, options, latent_dim, style_dim)
     objectives = objective_settings(objectives)
     _check_extras(spec, kind, latent, groups, input_shape, objectives, style_dim)
     grid = _latent_grid(input_shape, latent, grid, spec.grid_stages)
@@ -289,8 +288,8 @@ def build_autoencoder(
 
 def _checked_sizes(
     spec: ModelKind, sizes: dict, options: dict, latent_dim: int | None, style_dim: int
-) -> tuple[dict, int, int]:
-    """The sizes checked; -> (quantizer options, groups, the latent dimension)."""
+) -> tuple[int, int]:
+    """The sizes checked; -> (groups, the latent dimension)."""
     for name, value in sizes.items():
         check_int(name, value)
     groups = spec.groups(options)
@@ -298,7 +297,7 @@ def _checked_sizes(
     latent_dim = spec.latent_dim(latent_dim, sizes["n_bits"], groups)
     check_int("latent_dim", latent_dim)
     check_int("style_dim", style_dim, low=0)
-    return options, groups, latent_dim
+    return groups, latent_dim
 
 
 def _checked_input(input_shape, latent: str, loss: str, decoder: str) -> tuple[int, ...]:
