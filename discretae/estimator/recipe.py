@@ -107,18 +107,17 @@ DEFAULT_EPOCHS = 30
 
 
 def grid_epochs(steps_per_epoch: int, batch_size: int = 1, pixels: int = 1) -> int:
-    """Epochs of a grid model: ``DEFAULT_EPOCHS``, or more: as many as give the recipe's steps
-    (``RECIPE_STEPS``, at most ``RECIPE_MAX_PIXELS / (batch_size * pixels)``), at most
-    ``RECIPE_MAX_EPOCHS``."""
-    steps = min(RECIPE_STEPS, RECIPE_MAX_PIXELS // max(batch_size * pixels, 1))
-    wanted = math.ceil(max(steps, 1) / max(steps_per_epoch, 1))
-    return min(RECIPE_MAX_EPOCHS, max(DEFAULT_EPOCHS, wanted))
+    """Epochs of a grid model: the recipe's (``recipe_epochs``), but at least
+    ``DEFAULT_EPOCHS``."""
+    return recipe_epochs(steps_per_epoch, batch_size, pixels, least=DEFAULT_EPOCHS)
 
 
-def recipe_epochs(steps_per_epoch: int, batch_size: int = 1, pixels: int = 1) -> int:
+def recipe_epochs(
+    steps_per_epoch: int, batch_size: int = 1, pixels: int = 1, least: int = RECIPE_MIN_EPOCHS
+) -> int:
     """Epochs of the recipe: about ``RECIPE_STEPS`` steps, at most
-    ``RECIPE_MAX_PIXELS / (batch_size * pixels)`` (``pixels``: H x W of an image), within
-    the epoch bounds."""
+    ``RECIPE_MAX_PIXELS / (batch_size * pixels)`` (``pixels``: H x W of an image), at
+    least ``least`` and at most ``RECIPE_MAX_EPOCHS`` epochs."""
     steps = min(RECIPE_STEPS, RECIPE_MAX_PIXELS // max(batch_size * pixels, 1))
     wanted = math.ceil(max(steps, 1) / max(steps_per_epoch, 1))
-    return min(RECIPE_MAX_EPOCHS, max(RECIPE_MIN_EPOCHS, wanted))
+    return min(RECIPE_MAX_EPOCHS, max(least, wanted))

@@ -342,7 +342,8 @@ def _latent_grid(
         raise DiscretaeError("latent='grid' needs image input (N, H, W[, C]); got flat vectors")
     _, h, w = input_shape
     if grid is None:
-        f = 2 ** min(default_downsampling(h, w), max_stages or 99)
+        n = default_downsampling(h, w)
+        f = 2 ** (n if max_stages is None else min(n, max_stages))
         grid = (math.ceil(h / f), math.ceil(w / f))
     grid = tuple(grid)
     if len(grid) != 2 or not all(isinstance(g, int) and g >= 1 for g in grid):
