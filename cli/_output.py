@@ -48,3 +48,12 @@ def print_json(result: dict) -> None:
     from discretae.core.jsonable import jsonable  # numpy: only when there is JSON to print
 
     echo(json.dumps(jsonable(result), indent=2))
+
+
+def refinement_row(result: dict) -> tuple[str, Any]:
+    """The refinement of a compress or decompress result: a bound, a step, or none."""
+    if result.get("step") is not None:
+        return ("refinement", f"transform residual, step {result['step']}")
+    if result["max_error"] is not None:
+        return ("max error", result["max_error"])
+    return ("max error", "codes only")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from discretae.cli._output import rows_table
+from discretae.cli._output import refinement_row, rows_table
 from discretae.cli.options import BatchSize, Data, Device, Json, ModelPath, Quiet, Strict, output
 from discretae.cli.runner import given_options, run
 
@@ -38,6 +38,18 @@ def compress(
             "Smaller values cost more bytes; without it the archive holds the codes alone.",
         ),
     ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(
+            "--step",
+            "-s",
+            min=1,
+            max=255,
+            help="Add a refinement for a quality rather than a bound: the residual in 4x4 "
+            "transform blocks, quantized with this step (smaller: finer, more bytes). "
+            "Instead of --max-error.",
+        ),
+    ] = None,
     rate_weight: Annotated[
         float,
         typer.Option(
@@ -57,8 +69,8 @@ def compress(
             "-p",
             min=0.0,
             max=100.0,
-            help="Instead of --levels and --max-error: the fewest bytes whose images reach "
-            "this mean PSNR in dB, measured on 256 images drawn across DATA.",
+            help="Instead of --levels, --max-error and --step: the fewest bytes whose images "
+            "reach this mean PSNR in dB, measured on 256 images drawn across DATA.",
         ),
     ] = None,
     names: Annotated[
@@ -73,9 +85,10 @@ def compress(
     """Compress DATA into one archive: its codes, entropy-coded with the model's prior.
 
     The archive records a hash of the model, so only the same model decodes it. Images are
-    resized to the model's input size. --levels and --max-error are the rate knob: fewer
-    levels for fewer bytes, a refinement for any quality up to lossless; --rate-weight
-    fine-tunes between them. --psnr picks them for a quality target.
+    resized to the model's input size. --levels, --max-error and --step are the rate knob:
+    fewer levels for fewer bytes, a refinement for any quality up to lossless (--max-error
+    bounds every pixel; --step, a transform residual, spends fewer bytes on a PSNR);
+    --rate-weight fine-tunes between them. --psnr picks them for a quality target.
 
     **Examples**
 
@@ -84,6 +97,8 @@ def compress(
       discretae compress fashion-mnist:test -m rvq.safetensors --levels 2 -o test.dae
 
       discretae compress images/ -m rvq.safetensors --max-error 4 -o near-lossless.dae
+
+      discretae compress images/ -m rvq.safetensors --levels 1 --step 40 -o images.dae
 
       discretae compress images/ -m rvq.safetensors --psnr 30 -o images.dae
     """
@@ -99,7 +114,7 @@ def _table(result: dict) -> Table:
         ("bytes per image", f"{result['bytes_per_image']:.2f}"),
         ("bits per image", f"{result['bits_per_image']:.1f}"),
         ("levels", f"{result['levels']} of {result['max_levels']}"),
-        ("max error", "codes only" if result["max_error"] is None else result["max_error"]),
+        refinement_row(result),
         ("rate weight", result["rate_weight"]),
         *_target_rows(result.get("psnr_target")),
         ("prior", result["prior"]),

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from discretae.cli._output import refinement_row as _refinement_row
 from discretae.cli._output import rows_table
 from discretae.cli.options import BatchSize, Device, Json, ModelPath, Quiet, input_file, output
 from discretae.cli.runner import given_options, run
@@ -53,7 +54,7 @@ def _table(result: dict) -> Table:
         ("images", result["n_images"]),
         ("image shape", tuple(result["image_shape"])),
         ("levels", result["levels"]),
-        ("max error", "codes only" if result["max_error"] is None else result["max_error"]),
+        _refinement_row(result),
         ("saved to", result["out"]),
     ]
     if result["codes"]:

@@ -170,11 +170,12 @@ def test_table_survives_the_model_file_and_is_part_of_the_hash(model, codec, dig
         Codec(codec.est, codec.prior, Refinement((1, 8, 9), (2, 2)))
 
 
-def test_archives_are_written_as_version_4(codec, digits):
-    # versions 1 (no refinement) and 2 (a refinement) are read: tests/test_two_stage.py
+def test_archives_are_written_as_version_5(codec, digits):
+    # versions 1 (no refinement) and 2 (a refinement) are read: tests/test_two_stage.py;
+    # version 4: tests/test_transform.py
     data = codec.encode_codes(codec.est.transform(digits[:10]))
-    assert data[len(MAGIC)] == 4
-    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 4
+    assert data[len(MAGIC)] == 5
+    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 5
 
 
 # ----------------------------------------------------------------------- the two modes
@@ -253,7 +254,7 @@ def test_the_benchmark_compares_the_same_archive_by_class(rd, codec, digits):
 def test_crafted_context_lists_are_refused():
     import constriction
 
-    from discretae.compression.refine import N_CONTEXTS, _model
+    from discretae.compression.refine import N_CONTEXTS, geometric_model
 
     ref = Refinement((1, 1, 1), (1, 1))  # one pixel: phase A of the first channel, class 0
     x = base = np.full((1, 1, 1, 1), 100, dtype=np.uint8)
@@ -262,7 +263,7 @@ def test_crafted_context_lists_are_refused():
 
     def words(present):  # one symbol, q = 0, in context 1 (class 0, group 0, no activity)
         coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(np.array([top], dtype=np.int32), _model(params, top))
+        coder.encode_reverse(np.array([top], dtype=np.int32), geometric_model(params, top))
         coder.encode_reverse(np.array(params * len(present), dtype=np.int32), uniform(2**16))
         coder.encode_reverse(np.array(present, dtype=np.int32), uniform(N_CONTEXTS))
         coder.encode_reverse(np.array([len(present)], dtype=np.int32), uniform(N_CONTEXTS + 1))
@@ -380,9 +381,11 @@ def test_psnr_target_takes_the_fewest_bytes_that_reach_it(model, codec, digits, 
     # the search reports each setting measured, then the stream its images
     search = [e for e in events if e["stage"] == "choosing the setting"]
     assert [e["done"] for e in search] == list(range(1, len(chosen["tried"]) + 1))
-    assert all(e["unit"] == "settings" and e["total"] == 27 for e in search)
+    assert all(e["unit"] == "settings" and e["total"] == 54 for e in search)
     assert events.index(search[-1]) < min(i for i, e in enumerate(events) if e["stage"] == "encode")
-    assert (result["levels"], result["max_error"]) == (chosen["levels"], chosen["max_error"])
+    setting = ("levels", "max_error", "step")
+    assert [result[k] for k in setting] == [chosen[k] for k in setting]
+    assert chosen["max_error"] is None or chosen["step"] is None
     # the archive written decodes to images that reach the target
     images, _, _ = codec.decompress(out.read_bytes())
     assert psnr_per_image(images, x).mean() >= target
@@ -393,13 +396,15 @@ def test_psnr_target_takes_the_fewest_bytes_that_reach_it(model, codec, digits, 
         s = sym[..., :lv]
         base = codec.base_images(s)
         codes = len(codec.encode_codes(codec.to_codes_prefix(s), levels=lv))
-        for e in (None, 0, 1, 2, 4, 8, 16, 32, 64, 127):
+        bounds = [(e, False) for e in (None, 0, 1, 2, 4, 8, 16, 32, 64, 127)]
+        for e, transform in bounds + [(e, True) for e in (1, 2, 4, 8, 16, 32, 64, 128, 255)]:
             got, size = base, codes
             if e is not None:
-                words = codec.refine_block(x, s, e)
-                got, size = codec.refinement.decode_block(words, base, s, e), size + 4 * len(words)
+                words = codec.refine_block(x, s, e, transform)
+                got = codec.refined_images(words, base, s, e, transform)
+                size += 4 * len(words)
             if psnr_per_image(got, x).mean() >= target:
-                assert size / 256 >= chosen["sample_bytes_per_image"] - 0.1, (lv, e)
+                assert size / 256 >= chosen["sample_bytes_per_image"] - 0.1, (lv, e, transform)
 
 
 def test_psnr_sample_is_drawn_across_the_data(model, codec, digits, tmp_path):

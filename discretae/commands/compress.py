@@ -23,6 +23,7 @@ from discretae.core.images import to_uint8
 # compress --psnr: images the candidates are measured on (a seeded draw across DATA)
 PSNR_SAMPLE = 256
 MAX_ERROR_TOP = 127  # the largest max error a refinement takes
+STEP_TOP = 255  # the largest step a transform residual takes
 
 
 def compress(
@@ -32,6 +33,7 @@ def compress(
     out: str | os.PathLike,
     levels: int | None = None,
     max_error: int | None = None,
+    step: int | None = None,
     rate_weight: float = 0.0,
     psnr: float | None = None,
     names: bool = True,
@@ -47,17 +49,19 @@ def compress(
     RGB for an RGB model; color refused for a gray one). ``levels`` keeps the first levels
     of a residual (rvq) model: fewer bytes, a coarser image. ``max_error`` adds a
     refinement: no pixel value of the decoded images is off by more than it from the
-    images as the model reads them (0: lossless), more bytes the smaller it is.
+    images as the model reads them (0: lossless), more bytes the smaller it is. ``step``
+    instead adds a transform residual with that quantizer step
+    (:mod:`discretae.compression.transform`): no bound, fewer bytes for a PSNR.
     ``rate_weight`` > 0 stores codes a little further from the images that the prior finds
     cheaper (vq and rvq models; :mod:`discretae.compression.rate`). ``psnr`` instead of
-    ``levels`` and ``max_error``: the setting with the fewest bytes whose images reach
-    that mean PSNR (dB) on a sample of DATA (:func:`choose_for_psnr`). ``names``
+    ``levels``, ``max_error`` and ``step``: the setting with the fewest bytes whose images
+    reach that mean PSNR (dB) on a sample of DATA (:func:`choose_for_psnr`). ``names``
     stores the images' file names when DATA has them (folders). Returns the archive's
     size, bytes and bits per image (header amortised), and more.
     """
     from discretae.compression.archive import parse_archive
 
-    _check_options(out, device, levels, max_error, rate_weight, psnr)
+    _check_options(out, device, levels, max_error, step, rate_weight, psnr)
     codec = load_codec(model, device, rate_weight=rate_weight)
     levels = codec.check_levels(levels)
     if codec.uniform and warn is not None:
@@ -69,8 +73,10 @@ def compress(
     chosen = None
     if psnr is not None:
         chosen = choose_for_psnr(codec, ds, psnr, batch_size, callback)
-        levels, max_error = chosen["levels"], chosen["max_error"]
-    sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, max_error)
+        levels, max_error, step = chosen["levels"], chosen["max_error"], chosen["step"]
+    transform = step is not None
+    bound = step if transform else max_error
+    sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
     if sym is None:
         raise DiscretaeError(f"no readable images in {data!r}")
     stored = ds.names if names else None  # after the pass: files that failed are gone
@@ -78,9 +84,13 @@ def compress(
         stored = None
         if warn is not None:
             warn("a file name holds a line break: names are not stored")
-    refine = None if max_error is None else (max_error, refine_words)
+    refine = None if bound is None else (bound, refine_words)
     archive = codec.encode_codes(
-        codec.to_codes_prefix(sym[..., :levels]), names=stored, levels=levels, refine=refine
+        codec.to_codes_prefix(sym[..., :levels]),
+        names=stored,
+        levels=levels,
+        refine=refine,
+        transform=transform,
     )
     with atomic_path(out) as tmp:
         tmp.write_bytes(archive)
@@ -97,6 +107,7 @@ def compress(
         "levels": levels,
         "max_levels": codec.n_levels,
         "max_error": max_error,
+        "step": step,
         "rate_weight": rate_weight,
         "code_shape": [*codec.grid, levels],
         "n_codes": codec.n_codes,
@@ -107,18 +118,23 @@ def compress(
     }
 
 
-def _check_options(out, device, levels, max_error, rate_weight, psnr) -> None:
+def _check_options(out, device, levels, max_error, step, rate_weight, psnr) -> None:
     """Refuse bad options before any work, with one line each."""
     from discretae.compression.rate import check_rate_weight
     from discretae.compression.refine import check_max_error
+    from discretae.compression.transform import check_step
 
     check_output(out)
     check_device(device)
     if max_error is not None:
         check_max_error(max_error)
+    if step is not None:
+        check_step(step)
+    if max_error is not None and step is not None:
+        raise DiscretaeError("give a max error or a step, not both: one refinement an archive")
     check_rate_weight(rate_weight)
-    if psnr is not None and (levels is not None or max_error is not None):
-        raise DiscretaeError("give a PSNR target or levels / a max error, not both")
+    if psnr is not None and (levels is not None or max_error is not None or step is not None):
+        raise DiscretaeError("give a PSNR target or levels / a max error / a step, not both")
     if psnr is not None and not 0 < psnr <= 100:
         raise DiscretaeError(f"psnr={psnr}: give a target in dB, above 0 and at most 100")
 
@@ -129,13 +145,15 @@ def choose_for_psnr(
     """The setting with the fewest bytes per image whose decoded images reach a mean PSNR
     of ``target`` dB, measured on ``PSNR_SAMPLE`` images drawn across ``ds``: per level
     prefix the codes' real archive size and their decoded images, and for a refinement
-    its real words, decoded again. Per level: the codes alone, or else the largest max
-    error of a refinement that reaches the target (a smaller one only adds bytes), found
-    by bisection over 0..127 (the PSNR falls as the max error grows; 0, lossless, always
-    reaches it). -> {"target_db", "levels", "max_error" (None: codes only),
-    "sample_images", "sample_psnr", "sample_bytes_per_image", "tried"}. ``callback`` is
-    told {"stage", "done", "total", "unit": "settings"} after each setting measured
-    (``total``: at most 9 a level, 1 + 7 bisection steps + lossless)."""
+    its real words, decoded again. Per level: the codes alone, or else the cheaper of two
+    refinements that reach the target: the largest max error (a smaller one only adds
+    bytes), found by bisection over 0..127 (the PSNR falls as the max error grows; 0,
+    lossless, always reaches it), and the largest transform step, by bisection over
+    1..255 (left out when step 1 falls short). -> {"target_db", "levels", "max_error"
+    and "step" (None: not that refinement; both None: codes only), "sample_images",
+    "sample_psnr", "sample_bytes_per_image", "tried"}. ``callback`` is told {"stage",
+    "done", "total", "unit": "settings"} after each setting measured (``total``: at most
+    18 a level: the codes, 1 + 7 bisection steps + lossless, 1 + 8 steps)."""
     from discretae.evaluation.metrics import psnr_per_image
 
     x, sym = _psnr_sample(codec, ds, batch_size)
@@ -148,42 +166,53 @@ def choose_for_psnr(
         base = codec.base_images(s)
         codes_bytes = len(codec.encode_codes(codec.to_codes_prefix(s), levels=lv))
 
-        def measure(e: int | None, lv=lv, s=s, base=base, codes_bytes=codes_bytes) -> dict:
-            size = codes_bytes
+        def measure(e: int | None, transform=False, lv=lv, s=s, base=base, size=codes_bytes):
             if e is None:  # what a codes-only archive decodes to (bfloat16 where fast)
                 got = codec.decode_images(s)
             else:
-                words = codec.refine_block(x, s, e)
-                got = codec.refinement.decode_block(words, base, s, e)
+                words = codec.refine_block(x, s, e, transform)
+                got = codec.refined_images(words, base, s, e, transform)
                 size += 4 * len(words)
             psnr = float(psnr_per_image(got, x).mean())
-            tried.append({"levels": lv, "max_error": e, "psnr": psnr, "bytes_per_image": size / n})
+            tried.append({"levels": lv, "max_error": None if transform else e,
+                          "step": e if transform else None, "psnr": psnr,
+                          "bytes_per_image": size / n})  # fmt: skip
             if callback is not None:
                 callback({"stage": "choosing the setting", "done": len(tried),
-                          "total": 9 * len(levels), "unit": "settings"})  # fmt: skip
+                          "total": 18 * len(levels), "unit": "settings"})  # fmt: skip
             return tried[-1]
 
         row = measure(None)
         if row["psnr"] < target:
-            lo, hi, row = 0, MAX_ERROR_TOP, None  # lo (lossless) reaches it: find the largest
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                got = measure(mid)
-                lo, hi, row = (mid, hi, got) if got["psnr"] >= target else (lo, mid - 1, row)
-            row = row or measure(lo)
+            rows = [_largest(lambda e: measure(e), 0, MAX_ERROR_TOP, target)]
+            finest = measure(1, True)
+            if finest["psnr"] >= target:
+                rows.append(_largest(lambda e: measure(e, True), 1, STEP_TOP, target, finest))
+            row = min(rows, key=lambda r: r["bytes_per_image"])
         if best is None or row["bytes_per_image"] < best["bytes_per_image"]:
             best = row
-        if row["max_error"] is None:
+        if row["max_error"] is None and row["step"] is None:
             break  # the codes alone reach it: more levels only cost more
     return {
         "target_db": target,
         "levels": best["levels"],
         "max_error": best["max_error"],
+        "step": best["step"],
         "sample_images": n,
         "sample_psnr": best["psnr"],
         "sample_bytes_per_image": best["bytes_per_image"],
         "tried": tried,
     }
+
+
+def _largest(measure, lo: int, hi: int, target: float, row: dict | None = None) -> dict:
+    """The measured row of the largest value in lo..hi whose PSNR reaches ``target``, by
+    bisection; ``lo`` reaches it (``row``, when given, is lo's)."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        got = measure(mid)
+        lo, hi, row = (mid, hi, got) if got["psnr"] >= target else (lo, mid - 1, row)
+    return row or measure(lo)
 
 
 def _psnr_sample(codec, ds, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,10 +233,13 @@ def _psnr_sample(codec, ds, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(syms)
 
 
-def _symbols(codec, ds, batch_size: int, callback, levels: int, max_error: int | None):
+def _symbols(
+    codec, ds, batch_size: int, callback, levels: int, max_error: int | None, transform: bool
+):
     """Stream DATA through the codec: (symbols (N, h, w, T) int64 or None when no image
-    was readable, the refinement's words per archive block when ``max_error`` is set).
-    Images wait for the refinement a block at a time."""
+    was readable, the refinement's words per archive block when ``max_error`` is set: a
+    maximum error, or with ``transform`` a step). Images wait for the refinement a block
+    at a time."""
     from discretae.compression.codec import BLOCK
 
     parts, words, pending, pending_sym = [], [], [], []
@@ -215,7 +247,8 @@ def _symbols(codec, ds, batch_size: int, callback, levels: int, max_error: int |
     def flush(final: bool) -> None:
         while pending and (final or sum(len(p) for p in pending) >= BLOCK):
             x, sym = np.concatenate(pending), np.concatenate(pending_sym)
-            words.append(codec.refine_block(x[:BLOCK], sym[:BLOCK, ..., :levels], max_error))
+            sym_block = sym[:BLOCK, ..., :levels]
+            words.append(codec.refine_block(x[:BLOCK], sym_block, max_error, transform))
             pending[:] = [x[BLOCK:]] if len(x) > BLOCK else []
             pending_sym[:] = [sym[BLOCK:]] if len(x) > BLOCK else []
 

@@ -1,22 +1,24 @@
 """The ``.dae`` code archive: a binary container for entropy-coded codes.
 
-Format version 4. Its layout is version 2's, which extends version 1 (an archive without
+Format version 5. Its layout is version 2's, which extends version 1 (an archive without
 refinement); version 3 codes each code symbol of an alphabet above 16 in two stages, its
 group of 16 and then its place in the group (``discretae.compression.prior``), where
 versions 1 and 2, still read, code it in one; version 4 starts each block's refinement
 with its mode, which may code the residual from its neighbours
 (``discretae.compression.refine``), where versions 2 and 3, still read, code it by class
-alone. Integers are little-endian; a *varint* is
-an unsigned LEB128 integer of at most 10 bytes.
+alone; version 5 adds flag bit 3, a refinement coded in transform blocks with a quantizer
+step (``discretae.compression.transform``) instead of a maximum error. Integers are
+little-endian; a *varint* is an unsigned LEB128 integer of at most 10 bytes.
 
 =========  =======  ===================================================================
 field      size     meaning
 =========  =======  ===================================================================
 magic      4        ``b"\\x89DAE"``
-version    1        format version: 4 (1, 2 or 3 when written earlier)
+version    1        format version: 5 (1 to 4 when written earlier)
 flags      1        bit 0: file names follow; bit 1: codes coded with the uniform prior
                     (the model had none); bit 2 (version >= 2): a refinement follows the
-                    codes; other bits are 0
+                    codes; bit 3 (version >= 5, with bit 2): the refinement is a transform
+                    residual; other bits are 0
 model      16       the first 16 bytes of the sha256 of the model that made the codes
                     (``discretae.compression.codec.model_digest``: network config, every tensor,
                     and the code prior); decoding with another model is refused
@@ -28,7 +30,8 @@ levels     varint   code symbols coded per cell: all T of the model, or the firs
 n_codes    varint   alphabet size A of every symbol
 block      varint   images per block (the last block may hold fewer)
 max_error  varint   only with flag bit 2: the refinement's maximum error E, <= 127
-                    (``discretae.compression.refine``)
+                    (``discretae.compression.refine``); with flag bit 3 the transform's
+                    step S, 1 to 255 (``discretae.compression.transform``)
 names_len  varint   only with flag bit 0: byte length of the names field
 words      varint   one per block: its payload length in 32-bit words
 refine     varint   only with flag bit 2, one per block: the refinement's length in words
@@ -58,12 +61,14 @@ import numpy as np
 from discretae.core.errors import DiscretaeError
 
 MAGIC = b"\x89DAE"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 HASH_BYTES = 16
 FLAG_NAMES = 1
 FLAG_UNIFORM = 2
 FLAG_REFINE = 4  # version 2
+FLAG_TRANSFORM = 8  # version 5
 MAX_ERROR = 127
+MAX_STEP = 255
 _FIXED = len(MAGIC) + 2 + HASH_BYTES
 _CRC = 4
 MAX_SIDE = 2**16  # image and grid sides
@@ -82,10 +87,12 @@ class ArchiveHeader:
     n_codes: int
     block: int
     uniform_prior: bool = False
-    # the refinement's maximum error, None without one; then per block its length in
-    # words (filled by parse_archive; pack_archive takes the words themselves)
+    # the refinement's maximum error (its step when ``transform``), None without one;
+    # then per block its length in words (filled by parse_archive; pack_archive takes
+    # the words themselves)
     max_error: int | None = None
     refine_words: tuple[int, ...] = ()
+    transform: bool = False
     # the format: 3 codes symbols in two stages with an end mark; 1 and 2 (read, and
     # written only to test that they still read) in one stage
     version: int = FORMAT_VERSION
@@ -149,6 +156,9 @@ def pack_archive(
         raise ValueError("a refinement needs max_error and one word array per block")
     flags = (FLAG_NAMES if names is not None else 0) | (FLAG_UNIFORM if header.uniform_prior else 0)
     flags |= FLAG_REFINE if refined else 0
+    if header.transform and not (refined and header.version >= 5):
+        raise ValueError("a transform residual needs a refinement and format version 5")
+    flags |= FLAG_TRANSFORM if header.transform else 0
     version = header.version if header.version >= 3 else 2 if refined else 1
     parts = [MAGIC, bytes([version, flags]), header.model_hash]
     fields = [header.n_images, *header.shape, *header.grid, header.levels, header.n_codes]
@@ -198,8 +208,10 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
     if version < 1:
         raise DiscretaeError(f"corrupt archive: invalid format version {version}")
     known = FLAG_NAMES | FLAG_UNIFORM | (FLAG_REFINE if version >= 2 else 0)
+    known |= FLAG_TRANSFORM if version >= 5 and flags & FLAG_REFINE else 0
     if flags & ~known:
         raise DiscretaeError(f"corrupt archive: unknown flags {flags:#04x}")
+    transform = bool(flags & FLAG_TRANSFORM)
     model_hash = bytes(data[len(MAGIC) + 2 : _FIXED])
     r = _Reader(data, _FIXED, body_end)
     n_images = r.varint("image count")
@@ -211,7 +223,9 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
     if shape[0] not in (1, 3, 4) or not all(1 <= s <= MAX_SIDE for s in shape[1:] + grid):
         raise DiscretaeError(f"corrupt archive: image shape {shape} or grid {grid} is invalid")
     max_error = r.varint("maximum error") if flags & FLAG_REFINE else None
-    if max_error is not None and max_error > MAX_ERROR:
+    if transform and not 1 <= max_error <= MAX_STEP:
+        raise DiscretaeError(f"corrupt archive: residual step {max_error} is not in 1..{MAX_STEP}")
+    if not transform and max_error is not None and max_error > MAX_ERROR:
         raise DiscretaeError(f"corrupt archive: maximum error {max_error} is above {MAX_ERROR}")
     header = ArchiveHeader(
         model_hash, n_images, shape, grid, levels, n_codes, block, bool(flags & FLAG_UNIFORM)
@@ -225,7 +239,11 @@ def parse_archive(data: bytes) -> tuple[ArchiveHeader, list[str] | None, list[np
     if max_error is not None:
         extra = [r.varint("refinement length") for _ in range(header.n_blocks)]
     header = dataclasses.replace(
-        header, max_error=max_error, refine_words=tuple(extra), version=version
+        header,
+        max_error=max_error,
+        refine_words=tuple(extra),
+        version=version,
+        transform=transform,
     )
     words = [w + e for w, e in zip(words, extra, strict=True)] if extra else words
     payload = 4 * sum(words)

@@ -19,7 +19,10 @@ Above the codes' own quality, ``max_error`` adds a refinement
 (:mod:`discretae.compression.refine`): the residual to the image, coded so that no value
 is off by more than ``max_error`` (0: lossless). Its table is fitted with the prior
 (:func:`fit_refinement`) and stored beside it (tensors ``refine.*``, config key
-``refinement``). The binary format is documented in :mod:`discretae.compression.archive`.
+``refinement``). For a PSNR rather than a bound, ``step`` codes that residual in 4x4
+transform blocks instead (:mod:`discretae.compression.transform`; no table: its
+parameters travel in the archive). The binary format is documented in
+:mod:`discretae.compression.archive`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import numpy as np
 import torch
 
+from discretae.compression import transform as transform_residual
 from discretae.compression.archive import HASH_BYTES, ArchiveHeader, pack_archive, parse_archive
 from discretae.compression.learned_prior import LearnedPrior
 from discretae.compression.prior import CodePrior
@@ -307,11 +311,18 @@ class Codec:
         return c.reshape(len(c), *self.grid, self.n_levels).astype(np.int64)
 
     def encode_codes(
-        self, codes, *, names: list[str] | None = None, levels=None, refine=None
+        self,
+        codes,
+        *,
+        names: list[str] | None = None,
+        levels=None,
+        refine=None,
+        transform: bool = False,
     ) -> bytes:
         """codes (N, *code_shape_) -> archive bytes, keeping the first ``levels`` symbols
         per cell (rvq only; default all). ``refine``: (max_error, one word array per block
-        from :meth:`refine_block`) adds a refinement."""
+        from :meth:`refine_block`) adds a refinement; with ``transform`` it is (step,
+        words) of a transform residual."""
         levels = self.check_levels(levels)
         sym = self.symbols(codes)[..., :levels]
         if len(sym) == 0:
@@ -327,32 +338,65 @@ class Codec:
             BLOCK,
             self.uniform,
             max_error,
+            transform=transform,
         )
         blocks = [self.prior.encode_block(sym[i : i + BLOCK]) for i in range(0, len(sym), BLOCK)]
         return pack_archive(header, blocks, names, refine_words)
 
-    def refine_block(self, x: np.ndarray, sym: np.ndarray, max_error: int) -> np.ndarray:
+    def refine_block(
+        self, x: np.ndarray, sym: np.ndarray, max_error: int, transform: bool = False
+    ) -> np.ndarray:
         """One block's refinement: images x (n, C, H, W) uint8 and their symbols (n, h, w,
-        l) -> ANS words. Blocks hold ``BLOCK`` images (the last may hold fewer)."""
+        l) -> ANS words. Blocks hold ``BLOCK`` images (the last may hold fewer). With
+        ``transform``, ``max_error`` is a transform residual's step."""
+        if transform:
+            return transform_residual.encode_block(x, self.base_images(sym), max_error)
         max_error = check_max_error(max_error)
         return self.refinement.encode_block(x, self.base_images(sym), sym, max_error)
 
+    def refined_images(
+        self,
+        words: np.ndarray,
+        base: np.ndarray,
+        sym: np.ndarray,
+        max_error: int,
+        transform: bool = False,
+        *,
+        modes: bool = True,
+    ) -> np.ndarray:
+        """A refinement's words, the base images and symbols of its block -> the decoded
+        images (uint8); ``transform``, ``max_error`` and ``modes`` as the header has them."""
+        if transform:
+            return transform_residual.decode_block(words, base, max_error)
+        return self.refinement.decode_block(words, base, sym, max_error, modes=modes)
+
     def encode_with_refinement(
-        self, x: np.ndarray, *, levels=None, max_error: int = 0, names=None
+        self,
+        x: np.ndarray,
+        *,
+        levels=None,
+        max_error: int = 0,
+        names=None,
+        transform: bool = False,
     ) -> bytes:
         """Images x (N, C, H, W) uint8 -> archive bytes with a refinement: no value off by
-        more than ``max_error`` when decoded with the same arithmetic."""
+        more than ``max_error`` when decoded with the same arithmetic, or with
+        ``transform`` a transform residual of step ``max_error``."""
         levels = self.check_levels(levels)
         t = torch.from_numpy(np.ascontiguousarray(x)).float() / 255
         sym = np.concatenate(
             [self.encode_images(t[i : i + BASE_CHUNK]) for i in range(0, len(t), BASE_CHUNK)]
         )[..., :levels]
         words = [
-            self.refine_block(x[i : i + BLOCK], sym[i : i + BLOCK], max_error)
+            self.refine_block(x[i : i + BLOCK], sym[i : i + BLOCK], max_error, transform)
             for i in range(0, len(sym), BLOCK)
         ]
         return self.encode_codes(
-            self.to_codes_prefix(sym), names=names, levels=levels, refine=(max_error, words)
+            self.to_codes_prefix(sym),
+            names=names,
+            levels=levels,
+            refine=(max_error, words),
+            transform=transform,
         )
 
     def to_codes_prefix(self, sym: np.ndarray) -> np.ndarray:
@@ -407,8 +451,8 @@ class Codec:
                 continue
             base = self.base_images(sym)
             modes = header.version >= 4  # formats 2 and 3 code the refinement by class
-            yield sym, self.refinement.decode_block(blocks[b][1], base, sym, header.max_error,
-                                                    modes=modes)  # fmt: skip
+            yield sym, self.refined_images(blocks[b][1], base, sym, header.max_error,
+                                           header.transform, modes=modes)  # fmt: skip
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, list[str] | None, ArchiveHeader]:
         """Archive bytes -> (images (N, C, H, W) uint8, names or None, header)."""

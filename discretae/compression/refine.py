@@ -206,7 +206,7 @@ class Refinement:
             if m == 0:
                 _push_classes(coder, q, cls, top)
             else:
-                refine_context.encode(coder, q, cls, top, N_CONTEXTS, _fit_params, _model)
+                refine_context.encode(coder, q, cls, top, N_CONTEXTS, _fit_params, geometric_model)
             if modes:
                 coder.encode_reverse(np.array([m], dtype=np.int32), _MODE)
             words = coder.get_compressed()
@@ -235,7 +235,7 @@ class Refinement:
             if mode == 0:
                 q = _pop_classes(coder, cls, top)
             else:
-                q = refine_context.decode(coder, cls, top, N_CONTEXTS, _model)
+                q = refine_context.decode(coder, cls, top, N_CONTEXTS, geometric_model)
             exact = coder.is_empty()
         except DiscretaeError:
             raise
@@ -256,7 +256,7 @@ def _push_classes(coder, q: np.ndarray, cls: np.ndarray, top: int) -> None:
             present.append(k)
             params.append((_fit_params(sel), sel))
     for p, sel in reversed(params):
-        coder.encode_reverse((sel + top).astype(np.int32), _model(p, top))
+        coder.encode_reverse((sel + top).astype(np.int32), geometric_model(p, top))
     uniform = constriction.stream.model.Uniform(PARAM)
     flat = np.array([v for p, _ in params for v in p], dtype=np.int32)
     if len(flat):
@@ -277,7 +277,7 @@ def _pop_classes(coder, cls: np.ndarray, top: int) -> np.ndarray:
     flat = coder.decode(constriction.stream.model.Uniform(PARAM), 3 * len(present))
     for i, k in enumerate(present):
         p = tuple(int(v) for v in flat[3 * i : 3 * i + 3])
-        q[cls == k] = coder.decode(_model(p, top), int(counts[k])) - top
+        q[cls == k] = coder.decode(geometric_model(p, top), int(counts[k])) - top
     return q
 
 
@@ -292,7 +292,7 @@ def _fit_params(q: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(min(PARAM - 1, max(1, round(v * PARAM)))) for v in (z, s, theta))
 
 
-def _model(params: tuple[int, int, int], top: int):
+def geometric_model(params: tuple[int, int, int], top: int):
     """The categorical model over q + top, q in [-top, top], of 16-bit parameters: every
     step a correctly rounded float64 operation, so every machine gets the same integers."""
     z, s, theta = (v / PARAM for v in params)

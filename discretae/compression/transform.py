@@ -1,0 +1,266 @@
+"""Transform refinement: the residual between an image and the image its codes decode to,
+coded in 4x4 transform blocks with a quantizer step: the rate knob for a PSNR, where
+:mod:`discretae.compression.refine` bounds every pixel's error.
+
+With the step S >= 1 the encoder takes the residual ``r = x - base`` (``base``: the uint8
+image the codes decode to), turns a 3-channel residual into three orthonormal components
+(``COLOUR``: the channel sum, red minus blue, and green against the other two), pads each
+component at the bottom and right by repeating its last row and column to a multiple of 4,
+transforms every 4x4 block with the orthonormal DCT-II, and codes, for every coefficient
+c, ``q = sign(c) floor(|c| / S + 1/3)``. The decoder outputs
+``clip(round(base + inverse(q S)), 0, 255)``. Both transforms are orthonormal, so the
+error's energy in pixels is that of the coefficients: the mean squared error is about
+S^2 / 12 where the residual is large, and the residual's own where it quantizes to 0.
+The 1/3 rounding (a dead zone, as video codecs quantize) codes fewer nonzero values than
+rounding to nearest for the same error: on openclipart at 64x64 over the 16x16 rvq grid's
+first level, 1/3 gave 383 B at 32.4 dB where 1/4 gave 349 B at 31.7 (the same curve)
+and 1/2, with an 8x8 block, 10% more bytes at equal PSNR; 4x4 blocks cost 2-9% less
+than 8x8 on the same residuals.
+
+Entropy model. Each symbol's class is (component, band, activity, neighbourhood): its
+band is its frequency for the 6 lowest (row + column < 3) and one of 3 groups above
+(``BAND``; 16 frequencies cost as much on 998 images and more on 256, in parameters); its
+neighbourhood is ``min(|q_left| + |q_up|, 3)`` over the same component and frequency
+in the blocks to the left and above (0 outside the image), its activity the number of
+nonzero symbols of those two blocks in that component, in 4 buckets (``ACTIVITY``); the
+decoder knows both by then, since it decodes the block positions by anti-diagonals
+(``a + b`` = 0, 1, ...). Per class, the symbols follow a two-sided geometric law
+(``refine.geometric_model``, signs equally likely) truncated at the class's largest
+magnitude. On the openclipart residuals above, the neighbourhood saved about 10% against
+the frequency alone, and the activity 7-8% more.
+
+Block stream (ANS words, one per archive block): the number of classes present
+(``Uniform(n_classes + 1)``) and their indices in increasing order
+(``Uniform(n_classes)``); per present class its largest magnitude (``Uniform(TOP_LIMIT)``)
+and ``z`` (the share of zeros) and ``theta`` (16-bit, ``Uniform(2**16)``); then, diagonal
+by diagonal and class by class in increasing order, the class's symbols of that diagonal
+in (image, component, block row, frequency) order. Classes whose symbols are all 0 code
+nothing after their parameters. Every probability is an integer from correctly rounded
+float64 steps, so the stream decodes the same everywhere; only the inverse transform is
+floating point, and it shapes no later symbol (a machine that rounds one value
+differently moves that pixel by one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import constriction
+import numpy as np
+
+from discretae.compression.refine import PARAM, geometric_model
+from discretae.core.errors import DiscretaeError
+
+SIDE = 4  # transform block side
+N_FREQ = SIDE * SIDE
+# the band a frequency (row u, column v of the block) is classed by: its own for the 6
+# with u + v < 3, one shared by u + v = 3, one by 4, one by 5 and 6
+_LOW = [(u, v) for u in range(SIDE) for v in range(SIDE) if u + v < 3]
+BAND = np.array([_LOW.index((u, v)) if u + v < 3 else len(_LOW) + min(u + v, 5) - 3
+                 for u in range(SIDE) for v in range(SIDE)])  # fmt: skip
+N_BANDS = len(_LOW) + 3
+N_NEIGHBOURS = 4  # min(|left| + |up|, 3)
+ACTIVITY = (1, 3, 8)  # nonzero symbols in the left and upper blocks: 4 buckets
+N_ACTIVITY = len(ACTIVITY) + 1
+ROUND = 1.0 / 3.0
+MAX_STEP = 255
+TOP_LIMIT = 4096  # > the largest |q|: 4 * 255 * sqrt(3) / 1 + 1
+_U16 = constriction.stream.model.Uniform(PARAM)
+_TOP = constriction.stream.model.Uniform(TOP_LIMIT)
+
+
+def _dct(n: int) -> np.ndarray:
+    k = np.arange(n)
+    d = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
+    d[0] /= math.sqrt(2)
+    return d
+
+
+DCT = _dct(SIDE)
+COLOUR = np.array([[1, 1, 1], [1, 0, -1], [-1, 2, -1]], dtype=np.float64)
+COLOUR /= np.linalg.norm(COLOUR, axis=1, keepdims=True)
+
+
+def check_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise DiscretaeError(
+            f"the residual step must be an integer in [1, {MAX_STEP}], got {step!r}"
+        )
+    if not 1 <= step <= MAX_STEP:
+        raise DiscretaeError(f"the residual step must lie in [1, {MAX_STEP}], got {step}")
+    return int(step)
+
+
+def n_classes(channels: int) -> int:
+    return channels * N_BANDS * N_NEIGHBOURS * N_ACTIVITY
+
+
+def forward(r: np.ndarray) -> np.ndarray:
+    """Residuals (n, C, H, W) -> coefficients (n, C, A, B, 16) float64: A x B blocks."""
+    r = np.asarray(r, dtype=np.float64)
+    n, c, h, w = r.shape
+    if c == 3:
+        r = np.einsum("kc,nchw->nkhw", COLOUR, r)
+    a, b = -(-h // SIDE), -(-w // SIDE)
+    r = np.pad(r, ((0, 0), (0, 0), (0, a * SIDE - h), (0, b * SIDE - w)), mode="edge")
+    blocks = r.reshape(n, c, a, SIDE, b, SIDE).transpose(0, 1, 2, 4, 3, 5)
+    coef = np.einsum("ui,ncabij,vj->ncabuv", DCT, blocks, DCT, optimize=True)
+    return coef.reshape(n, c, a, b, N_FREQ)
+
+
+def inverse(coef: np.ndarray, shape) -> np.ndarray:
+    """Coefficients (n, C, A, B, 16) -> residuals (n, C, H, W) float64, (C, H, W) = shape."""
+    c, h, w = shape
+    n, _, a, b, _ = coef.shape
+    blocks = np.einsum(
+        "ui,ncabuv,vj->ncabij", DCT, coef.reshape(n, c, a, b, SIDE, SIDE), DCT, optimize=True
+    )
+    r = blocks.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, a * SIDE, b * SIDE)[:, :, :h, :w]
+    if c == 3:
+        r = np.einsum("kc,nkhw->nchw", COLOUR, r)
+    return r
+
+
+def quantize(x: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
+    """Images x, base (n, C, H, W) uint8 -> symbols q (n, C, A, B, 16) int32."""
+    coef = forward(x.astype(np.int16) - base.astype(np.int16))
+    return (np.sign(coef) * np.floor(np.abs(coef) / step + ROUND)).astype(np.int32)
+
+
+def reconstruct(q: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
+    """Symbols q and the base images (n, C, H, W) uint8 -> the decoded images (uint8)."""
+    r = inverse(q.astype(np.float64) * step, base.shape[1:])
+    return np.clip(np.rint(base + r), 0, 255).astype(np.uint8)
+
+
+def _diagonal(a: int, b: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block positions (rows, cols) on the anti-diagonal row + col = d, rows ascending."""
+    rows = np.arange(max(0, d - b + 1), min(a, d + 1))
+    return rows, d - rows
+
+
+def _classes(q: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Classes (n, C, len(rows), 16) uint16 of the symbols at those block positions,
+    from their left and upper neighbours in q (decoded ones, on the decoder's side)."""
+    n, c = q.shape[:2]
+    near = np.zeros((n, c, len(rows), N_FREQ), dtype=np.int64)
+    left, up = cols > 0, rows > 0
+    near[:, :, left] += np.abs(q[:, :, rows[left], cols[left] - 1])
+    near[:, :, up] += np.abs(q[:, :, rows[up] - 1, cols[up]])
+    busy = np.zeros((n, c, len(rows), 1), dtype=np.int64)
+    busy[:, :, left] += (q[:, :, rows[left], cols[left] - 1] != 0).sum(-1, keepdims=True)
+    busy[:, :, up] += (q[:, :, rows[up] - 1, cols[up]] != 0).sum(-1, keepdims=True)
+    act = np.searchsorted(np.asarray(ACTIVITY), busy, side="right")
+    comp = np.arange(c)[None, :, None, None]
+    band = BAND[None, None, None, :]
+    k = ((comp * N_BANDS + band) * N_ACTIVITY + act) * N_NEIGHBOURS + np.minimum(near, 3)
+    return k.astype(np.uint16)
+
+
+def _runs(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    flat = cls.ravel()
+    order = np.argsort(flat, kind="stable")  # 16-bit keys: a radix sort
+    counts = np.bincount(flat)
+    present = np.flatnonzero(counts)
+    return order, present, counts[present]
+
+
+def _params(sym: np.ndarray) -> tuple[int, int, int]:
+    """(top, z, theta) of one class's symbols: its largest magnitude, the share of zeros
+    and the geometric ratio of the magnitudes, as 16-bit integers."""
+    mag = np.abs(sym)
+    top = int(mag.max())
+    nonzero = mag[mag != 0]
+    z = 1.0 - nonzero.size / mag.size
+    theta = 1.0 - 1.0 / float(nonzero.mean()) if nonzero.size else 0.0
+    return (top, *(int(min(PARAM - 1, max(1, round(v * PARAM)))) for v in (z, theta)))
+
+
+def _model(params: tuple[int, int, int]):
+    top, z, theta = params
+    return geometric_model((z, PARAM // 2, theta), top)
+
+
+def encode_block(x: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
+    """Images x, base (n, C, H, W) uint8 -> the block's ANS words (uint32)."""
+    step = check_step(step)
+    q = quantize(x, base, step)
+    a, b = q.shape[2:4]
+    runs = []  # (class, symbols) in decode order
+    for d in range(a + b - 1):
+        rows, cols = _diagonal(a, b, d)
+        order, present, counts = _runs(_classes(q, rows, cols))
+        sym = q[:, :, rows, cols].ravel()[order]
+        start = 0
+        for k, cnt in zip(present.tolist(), counts.tolist(), strict=True):
+            runs.append((k, sym[start : start + cnt]))
+            start += cnt
+    by: dict[int, list[np.ndarray]] = {}
+    for k, sym in runs:
+        by.setdefault(k, []).append(sym)
+    present = sorted(by)
+    params = {k: _params(np.concatenate(by[k])) for k in present}
+    models = {k: _model(params[k]) for k in present if params[k][0] > 0}
+    coder = constriction.stream.stack.AnsCoder()
+    for k, sym in reversed(runs):
+        if k in models:
+            coder.encode_reverse((sym + params[k][0]).astype(np.int32), models[k])
+    for k in reversed(present):
+        top, z, theta = params[k]
+        if top:
+            coder.encode_reverse(np.array([z, theta], dtype=np.int32), _U16)
+        coder.encode_reverse(np.array([top], dtype=np.int32), _TOP)
+    total = n_classes(q.shape[1])
+    if present:
+        coder.encode_reverse(np.array(present, dtype=np.int32),
+                             constriction.stream.model.Uniform(total))  # fmt: skip
+    coder.encode_reverse(np.array([len(present)], dtype=np.int32),
+                         constriction.stream.model.Uniform(total + 1))  # fmt: skip
+    return coder.get_compressed()
+
+
+def decode_block(words: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
+    """ANS words and the base images (n, C, H, W) uint8 -> the decoded images (uint8);
+    DiscretaeError unless the words hold exactly this block's residual."""
+    step = check_step(step)
+    n, c, h, w = base.shape
+    a, b = -(-h // SIDE), -(-w // SIDE)
+    total = n_classes(c)
+    try:
+        coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
+        n_present = int(coder.decode(constriction.stream.model.Uniform(total + 1), 1)[0])
+        present = coder.decode(constriction.stream.model.Uniform(total), n_present).tolist()
+        if any(y <= x for x, y in zip(present, present[1:], strict=False)):
+            raise DiscretaeError("corrupt archive: the residual's classes are out of order")
+        tops, models = {}, {}
+        for k in present:
+            tops[k] = int(coder.decode(_TOP, 1)[0])
+            if tops[k]:
+                z, theta = (int(v) for v in coder.decode(_U16, 2))
+                models[k] = _model((tops[k], z, theta))
+        q = np.zeros((n, c, a, b, N_FREQ), dtype=np.int32)
+        used = set()
+        for d in range(a + b - 1):
+            rows, cols = _diagonal(a, b, d)
+            cls = _classes(q, rows, cols)
+            order, here, counts = _runs(cls)
+            sym = np.zeros(order.size, dtype=np.int32)
+            start = 0
+            for k, cnt in zip(here.tolist(), counts.tolist(), strict=True):
+                if k not in tops:
+                    raise DiscretaeError("corrupt archive: the residual's classes do not fit")
+                if k in models:
+                    sym[order[start : start + cnt]] = coder.decode(models[k], cnt) - tops[k]
+                used.add(k)
+                start += cnt
+            q[:, :, rows, cols] = sym.reshape(cls.shape)
+        exact = coder.is_empty()
+    except DiscretaeError:
+        raise
+    except Exception as e:  # constriction reports malformed words as ValueError
+        raise DiscretaeError(f"corrupt archive: the residual does not decode ({e})") from None
+    if not exact:
+        raise DiscretaeError("corrupt archive: the residual holds more data than it codes")
+    if len(used) != len(tops):
+        raise DiscretaeError("corrupt archive: the residual names classes it does not use")
+    return reconstruct(q, base, step)

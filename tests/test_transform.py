@@ -1,0 +1,275 @@
+"""The transform refinement (compress --step): exact round trips of the block stream on
+any shape, the step as a rate knob, archive format 5 (flag bit 3) and the formats before
+it, a fuzzed decoder, and the CLI with real image files.
+
+Models are tiny (8x8 digits, one epoch; a 12x12 colour model) so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from _small_models import fit_small
+from PIL import Image
+
+from discretae.commands.common import load_codec
+from discretae.compression import transform
+from discretae.compression.archive import FLAG_TRANSFORM, MAGIC, pack_archive, parse_archive
+from discretae.compression.codec import Codec, fit_prior, fit_refinement, save_prior
+from discretae.core.errors import DiscretaeError
+from discretae.data.datasets import load_dataset
+from discretae.evaluation.metrics import psnr_per_image
+
+N_TRAIN = 300
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    x = load_dataset("digits").to_array()
+    return np.rint(x * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model(digits, tmp_path_factory):
+    est = fit_small(digits[:N_TRAIN])
+    path = tmp_path_factory.mktemp("transform") / "rvq.safetensors"
+    est.save(path)
+    save_prior(
+        path, fit_prior(est, digits[:N_TRAIN]), refinement=fit_refinement(est, digits[:N_TRAIN])
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def codec(model) -> Codec:
+    return load_codec(model, device="cpu")
+
+
+def smooth_pair(rng, n, shape):
+    """Images and a base off by a smooth field plus a few sharp steps: what a decoder
+    leaves on clip art."""
+    c, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    field = np.stack([40 * np.sin(xx / (2 + k) + yy / (3 + k)) for k in range(c)])
+    x = rng.integers(0, 256, (n, c, h, w)).astype(np.int16)
+    off = field[None] + rng.normal(0, 3, (n, c, h, w))
+    off[:, :, : h // 2, : w // 3] += 60
+    base = np.clip(x + off, 0, 255).astype(np.uint8)
+    return x.astype(np.uint8), base
+
+
+# ----------------------------------------------------------------------- the block stream
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 12, 12), (3, 7, 10), (4, 5, 9), (1, 1, 1)])
+@pytest.mark.parametrize("step", [1, 6, 40, 255])
+def test_round_trip_is_the_encoders_reconstruction(shape, step):
+    rng = np.random.default_rng(step)
+    x, base = smooth_pair(rng, 5, shape)
+    words = transform.encode_block(x, base, step)
+    got = transform.decode_block(words, base, step)
+    assert got.shape == x.shape and got.dtype == np.uint8
+    want = transform.reconstruct(transform.quantize(x, base, step), base, step)
+    np.testing.assert_array_equal(got, want)
+    if step == 1:  # the finest step is within rounding of the images
+        assert np.abs(got.astype(int) - x).max() <= 2
+
+
+def test_transforms_are_orthonormal_and_invert():
+    rng = np.random.default_rng(0)
+    r = rng.normal(0, 20, (2, 3, 9, 13))
+    c = transform.forward(r)
+    assert c.shape == (2, 3, 3, 4, 16)
+    np.testing.assert_allclose(transform.inverse(c, r.shape[1:]), r, atol=1e-9)
+    square = rng.normal(0, 20, (2, 3, 8, 8))  # no padding: the energy is kept
+    np.testing.assert_allclose((transform.forward(square) ** 2).sum(), (square**2).sum())
+
+
+def test_smaller_steps_cost_more_and_come_closer():
+    rng = np.random.default_rng(1)
+    x, base = smooth_pair(rng, 20, (3, 16, 16))
+    sizes, psnrs = [], []
+    for step in (80, 40, 20, 10, 5):
+        words = transform.encode_block(x, base, step)
+        sizes.append(len(words))
+        psnrs.append(psnr_per_image(transform.decode_block(words, base, step), x).mean())
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] / 3
+    assert psnrs == sorted(psnrs) and psnrs[-1] > psnrs[0] + 15
+
+
+def test_neighbour_classes_save_bytes_where_the_residual_clusters(monkeypatch):
+    """A residual that is noise in one rectangle of each image and 0 elsewhere (edges a
+    decoder missed): the classes from the blocks above and to the left code it in fewer
+    bytes than the same coder with one class per component and frequency, and both
+    decode."""
+    rng = np.random.default_rng(2)
+    n, shape = 100, (3, 32, 32)
+    base = np.full((n, *shape), 128, dtype=np.uint8)
+    x = base.astype(np.int16)
+    for i in range(n):
+        r0, c0 = rng.integers(0, 25, 2)
+        x[i, :, r0 : r0 + 8, c0 : c0 + 8] += rng.normal(0, 30, (3, 8, 8)).astype(np.int16)
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    with_context = transform.encode_block(x, base, 12)
+    classes = transform._classes
+
+    def alone(q, rows, cols):  # neighbourhood and activity 0 for every symbol
+        k = classes(np.zeros_like(q), rows, cols)
+        return k.astype(np.uint16)
+
+    monkeypatch.setattr(transform, "_classes", alone)
+    without = transform.encode_block(x, base, 12)
+    np.testing.assert_array_equal(
+        transform.decode_block(without, base, 12),
+        transform.reconstruct(transform.quantize(x, base, 12), base, 12),
+    )
+    assert len(with_context) < 0.9 * len(without)
+
+
+@pytest.mark.parametrize("bad", [0, 256, -1, 2.5, True])
+def test_bad_steps_are_refused(bad):
+    x = np.zeros((1, 1, 4, 4), dtype=np.uint8)
+    with pytest.raises(DiscretaeError, match="step"):
+        transform.encode_block(x, x, bad)
+
+
+def test_garbage_words_end_in_a_clear_error_or_images():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (3, 3, 8, 8)).astype(np.uint8)
+    outcomes = set()
+    for n in (0, 1, 2, 5, 40, 40, 40, 300):
+        words = rng.integers(0, 2**32, n, dtype=np.uint32)
+        try:
+            out = transform.decode_block(words, base, 10)
+            assert out.shape == base.shape
+            outcomes.add(True)
+        except DiscretaeError:
+            outcomes.add(False)
+    assert False in outcomes
+
+
+# ----------------------------------------------------------------------- archives
+def test_archive_round_trip_flag_and_version(codec, digits):
+    x = digits[N_TRAIN : N_TRAIN + 40]
+    data = codec.encode_with_refinement(x, levels=2, max_error=6, transform=True)
+    header, _, _ = parse_archive(data)
+    assert data[len(MAGIC)] == 5 and data[len(MAGIC) + 1] & FLAG_TRANSFORM
+    assert header.transform and header.max_error == 6 and header.levels == 2
+    images, _, _ = codec.decompress(data)
+    sym = codec.encode_images(torch.from_numpy(x).float() / 255)[..., :2]
+    base = codec.base_images(sym)
+    want = transform.reconstruct(transform.quantize(x, base, 6), base, 6)
+    np.testing.assert_array_equal(images, want)
+    assert psnr_per_image(images, x).mean() > psnr_per_image(base, x).mean() + 5
+
+
+def test_version_4_archives_still_read_and_refuse_the_flag(codec, digits):
+    x = digits[N_TRAIN : N_TRAIN + 10]
+    bounded = codec.encode_with_refinement(x, max_error=3)
+    header, names, blocks = parse_archive(bounded)
+    extra = header.refine_words[0]
+    old = pack_archive(dataclasses.replace(header, version=4), [blocks[0][:-extra]], names,
+                       [blocks[0][-extra:]])  # fmt: skip
+    assert old[len(MAGIC)] == 4
+    np.testing.assert_array_equal(codec.decompress(old)[0], codec.decompress(bounded)[0])
+    flagged = bytearray(old[:-4])
+    flagged[len(MAGIC) + 1] |= FLAG_TRANSFORM
+    body = bytes(flagged)
+    with pytest.raises(DiscretaeError, match="unknown flags"):
+        parse_archive(body + zlib.crc32(body).to_bytes(4, "little"))
+    with pytest.raises(ValueError, match="version 5"):
+        pack_archive(dataclasses.replace(header, version=4, transform=True), [blocks[0][:-extra]],
+                     names, [blocks[0][-extra:]])  # fmt: skip
+
+
+def test_fuzz_past_the_checksum(codec, digits):
+    """A transform archive of 3 images, mutated with the checksum recomputed: each ends in
+    DiscretaeError or images of the right shape, quickly; every truncation is refused."""
+    small = codec.encode_with_refinement(digits[-3:], max_error=8, transform=True)
+    for n in range(len(small)):
+        with pytest.raises(DiscretaeError):
+            codec.decompress(small[:n])
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(300):
+        data = bytearray(small[:-4])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(len(MAGIC) + 2, len(data)))] = int(rng.integers(256))
+        body = bytes(data)
+        t = time.perf_counter()
+        try:
+            images, _, header = codec.decompress(body + zlib.crc32(body).to_bytes(4, "little"))
+            assert images.shape == (header.n_images, 1, 8, 8)
+            outcomes.add(True)
+        except DiscretaeError:
+            outcomes.add(False)
+        assert time.perf_counter() - t < 1.0
+    assert False in outcomes
+
+
+def test_step_out_of_range_in_a_header_is_refused(codec, digits):
+    data = codec.encode_with_refinement(digits[:3], max_error=8, transform=True)
+    header, names, blocks = parse_archive(data)
+    extra = header.refine_words[0]
+    for bad in (0, 256):
+        forged = pack_archive(dataclasses.replace(header, max_error=bad), [blocks[0][:-extra]],
+                              names, [blocks[0][-extra:]])  # fmt: skip
+        with pytest.raises(DiscretaeError, match="residual step"):
+            parse_archive(forged)
+
+
+# ----------------------------------------------------------------------- the CLI, colour
+def test_cli_colour_folder_with_a_step_and_with_psnr(tmp_path):
+    """Real PNG files of colour shapes through the installed command: --step writes a
+    transform archive that decompresses to the same images the library decodes, a step
+    with a max error is one clear line, and --psnr reports the setting it chose."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "shapes"
+    src.mkdir()
+    images = []
+    for i in range(40):
+        im = np.full((12, 12, 3), 255, dtype=np.uint8)
+        r0, c0 = rng.integers(0, 6, 2)
+        im[r0 : r0 + 6, c0 : c0 + 6] = rng.integers(0, 256, 3)
+        images.append(im)
+        Image.fromarray(im).save(src / f"s{i:02d}.png")
+    x = np.stack(images).transpose(0, 3, 1, 2)
+    est = fit_small(x, grid=(3, 3))
+    model = tmp_path / "colour.safetensors"
+    est.save(model)
+    save_prior(model, fit_prior(est, x), refinement=fit_refinement(est, x))
+
+    def cli(*args):
+        cmd = [sys.executable, "-m", "discretae.cli", *args, "--device", "cpu"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "s.dae"
+    r = cli("compress", str(src), "-m", str(model), "-o", str(out), "--step", "12", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["step"] == 12 and result["max_error"] is None
+    r = cli("decompress", str(out), "-m", str(model), "-o", str(tmp_path / "rec"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["step"] == 12
+    got = np.stack([np.asarray(Image.open(tmp_path / "rec" / f"s{i:02d}.png")) for i in range(40)])
+    codec = load_codec(model, device="cpu")
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), codec.decompress(out.read_bytes())[0])
+    assert psnr_per_image(got.transpose(0, 3, 1, 2), x).mean() > 30
+
+    bad = tmp_path / "bad.dae"
+    r = cli("compress", str(src), "-m", str(model), "-o", str(bad), "--step", "4", "-e", "2")
+    assert r.returncode != 0 and not bad.exists()
+    assert "max error or a step" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    r = cli("compress", str(src), "-m", str(model), "-o", str(tmp_path / "p.dae"), "--psnr",
+            "38", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    chosen = json.loads(r.stdout)["psnr_target"]
+    assert chosen["sample_psnr"] >= 38
+    assert any(t["step"] is not None for t in chosen["tried"])
