@@ -128,6 +128,7 @@ JPEG_QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 WEBP_QUALITIES = (0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90)
 AVIF_QUALITIES = (0, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90)
 MAX_ERRORS = (1, 2, 3, 4, 6, 8, 12, 16)  # refinement points (compress --max-error)
+STEPS = ()  # transform refinement points (compress --step): none unless asked
 RATE_WEIGHTS = (0.02, 0.05, 0.1)  # rate-weighted points (compress --rate-weight)
 TARGET_RANGE = (25.0, 35.0)
 # the issue's ranges: Fashion-MNIST from 25 to 40 dB, colour from 25 to 35
@@ -469,13 +470,14 @@ def fit_cached(
 
 
 def measure_model(
-    path: Path, test: np.ndarray, work: Path, max_errors=(), rate_weights=()
+    path: Path, test: np.ndarray, work: Path, max_errors=(), rate_weights=(), steps=()
 ) -> list[dict]:
     """One point per level prefix (rvq) or one point: real archive size, quality, and the
     wall time to encode (network, then archive written) and decode (archive read, then
     network) the whole test split; the same again for each weight in ``rate_weights``
     (``compress --rate-weight``, vq and rvq). Then, for each level prefix and each maximum
-    error in ``max_errors``, the archive with a refinement (``compress --max-error``)."""
+    error in ``max_errors``, the archive with a refinement (``compress --max-error``), and
+    for each step in ``steps`` with a transform refinement (``compress --step``)."""
     codec = load_codec(path, device="cpu")
     if load_prior(path) is None:
         raise SystemExit(f"{path} has no code prior")
@@ -533,6 +535,24 @@ def measure_model(
                 "worst_error": worst, "encode_s": enc, "decode_s": dec,
                 "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
             })  # fmt: skip
+    for lv in levels:
+        for step in steps:
+            archive = work / f"l{lv}-s{step}.dae"
+            t = time.perf_counter()
+            data = codec.encode_with_refinement(test, levels=lv, max_error=step, transform=True)
+            with atomic_path(archive) as tmp:
+                tmp.write_bytes(data)
+            enc = time.perf_counter() - t
+            size = archive.stat().st_size
+            t = time.perf_counter()
+            recon, _, _ = codec.decompress(archive.read_bytes())
+            dec = time.perf_counter() - t
+            points.append({
+                "levels": lv, "step": step, "archive_bytes": size, "bytes_per_image": size / n,
+                "bits_per_image": 8 * size / n, "n_images": n, **quality(recon, test),
+                "encode_s": enc, "decode_s": dec,
+                "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
+            })  # fmt: skip
     return points
 
 
@@ -557,6 +577,7 @@ def point_label(p: dict, multi: set) -> str:
     w0.02' (with a rate weight)."""
     label = p["model"] + (f" L{p['levels']}" if p["model"] in multi else "")
     label += f" e{p['max_error']}" if p.get("max_error") is not None else ""
+    label += f" s{p['step']}" if p.get("step") is not None else ""
     return label + (f" w{p['rate_weight']:g}" if p.get("rate_weight") else "")
 
 
@@ -569,7 +590,7 @@ def check_targets(points: list[dict], webp: list[dict], target_range=TARGET_RANG
         inside = lo <= p["psnr"] <= hi
         rows.append({
             "model": p["model"], "levels": p["levels"], "max_error": p.get("max_error"),
-            "rate_weight": p.get("rate_weight"), "psnr": p["psnr"],
+            "step": p.get("step"), "rate_weight": p.get("rate_weight"), "psnr": p["psnr"],
             "bytes_per_image": p["bytes_per_image"], "webp_bytes_at_same_psnr": w,
             "in_target_range": inside,
             "meets": (w is not None and p["bytes_per_image"] < w) if inside else None,
@@ -691,7 +712,8 @@ def plot(name: str, result: dict, path: Path) -> None:
     ax.axvline(base["png"][0]["bytes_per_image"], color="gray", ls=":", label="PNG (lossless)")
     for model in result["models"]:
         mine = [p for p in result["points"] if p["model"] == model["name"]]
-        pts = [p for p in mine if p.get("max_error") is None and not p.get("rate_weight")]
+        pts = [p for p in mine if p.get("max_error") is None and p.get("step") is None
+               and not p.get("rate_weight")]  # fmt: skip
         weighted = [p for p in mine if p.get("rate_weight")]
         if weighted:
             ax.plot([p["bytes_per_image"] for p in weighted], [p["psnr"] for p in weighted],
@@ -709,6 +731,18 @@ def plot(name: str, result: dict, path: Path) -> None:
                     ax.annotate(f"L{p['levels']} e{p['max_error']}",
                                 (p["bytes_per_image"], p["psnr"]), textcoords="offset points",
                                 xytext=(4, -10), fontsize=6)  # fmt: skip
+        stepped = _pareto([p for p in mine if p.get("step") is not None])
+        if stepped:
+            ax.plot(
+                [p["bytes_per_image"] for p in stepped],
+                [p["psnr"] for p in stepped],
+                "v-.",
+                lw=1.5,
+                label=f"discretae {model['name']} + transform (--step)",
+            )
+            for p in stepped:
+                ax.annotate(f"L{p['levels']} s{p['step']}", (p["bytes_per_image"], p["psnr"]),
+                            textcoords="offset points", xytext=(-30, 4), fontsize=6)  # fmt: skip
         for p in pts:
             if model["params"]["model"] == "rvq":
                 ax.annotate(f"L{p['levels']}", (p["bytes_per_image"], p["psnr"]),
@@ -760,7 +794,7 @@ def run_dataset(name: str, args, cache: Path, work: Path) -> dict:
         result["models"].append({"name": model_name, "params": params, **meta,
                                  "model_bytes": path.stat().st_size})  # fmt: skip
         for p in measure_model(path, test, work / model_name, args.max_errors,
-                               args.rate_weights):  # fmt: skip
+                               args.rate_weights, args.steps):  # fmt: skip
             result["points"].append({"model": model_name, **p})
             print(f"  {point_label({'model': model_name, **p}, {model_name})}: "
                   f"{p['bytes_per_image']:.1f} B/image, "
@@ -782,7 +816,7 @@ def throughput(result: dict) -> dict:
     out = {"n_images": n, "threads": torch.get_num_threads(), "ours": []}
     for p in result["points"]:
         out["ours"].append({"model": p["model"], "levels": p["levels"],
-                            "max_error": p.get("max_error"),
+                            "max_error": p.get("max_error"), "step": p.get("step"),
                             "rate_weight": p.get("rate_weight"),
                             "encode_images_per_s": p["encode_images_per_s"],
                             "decode_images_per_s": p["decode_images_per_s"]})  # fmt: skip
@@ -872,6 +906,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse cached fits")
     ap.add_argument("--max-errors", type=int, nargs="*", default=list(MAX_ERRORS),
                     help="refinement points: these maximum errors, every level prefix")  # fmt: skip
+    ap.add_argument("--steps", type=int, nargs="*", default=list(STEPS),
+                    help="transform refinement points: these steps, every level prefix")  # fmt: skip
     ap.add_argument("--rate-weights", type=float, nargs="*", default=list(RATE_WEIGHTS),
                     help="rate-weighted points: these weights, every level prefix")  # fmt: skip
     ap.add_argument(

@@ -273,3 +273,17 @@ def test_cli_colour_folder_with_a_step_and_with_psnr(tmp_path):
     chosen = json.loads(r.stdout)["psnr_target"]
     assert chosen["sample_psnr"] >= 38
     assert any(t["step"] is not None for t in chosen["tried"])
+
+
+def test_the_benchmark_measures_transform_points(rd, model, codec, digits, tmp_path):
+    x = digits[N_TRAIN : N_TRAIN + 60]
+    points = rd.measure_model(model, x, tmp_path, steps=(8, 32))
+    stepped = [p for p in points if p.get("step") is not None]
+    assert [(p["levels"], p["step"]) for p in stepped] == [(lv, s) for lv in (1, 2, 3)
+                                                           for s in (8, 32)]  # fmt: skip
+    for p in stepped:
+        data = codec.encode_with_refinement(x, levels=p["levels"], max_error=p["step"],
+                                            transform=True)  # fmt: skip
+        assert p["archive_bytes"] == len(data)
+        assert p["psnr"] == pytest.approx(psnr_per_image(codec.decompress(data)[0], x).mean())
+    assert rd.point_label({"model": "m", **stepped[0]}, {"m"}) == "m L1 s8"
