@@ -907,7 +907,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-errors", type=int, nargs="*", default=list(MAX_ERRORS),
                     help="refinement points: these maximum errors, every level prefix")  # fmt: skip
     ap.add_argument("--steps", type=int, nargs="*", default=list(STEPS),
-                    help="transform refinement points: these steps, every level prefix")  # fmt: skip
+                    help="transform refinement points: these steps, each level prefix")  # fmt: skip
     ap.add_argument("--rate-weights", type=float, nargs="*", default=list(RATE_WEIGHTS),
                     help="rate-weighted points: these weights, every level prefix")  # fmt: skip
     ap.add_argument(
