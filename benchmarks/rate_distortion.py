@@ -740,9 +740,12 @@ def plot(name: str, result: dict, path: Path) -> None:
                 lw=1.5,
                 label=f"discretae {model['name']} + transform (--step)",
             )
-            for p in stepped:
-                ax.annotate(f"L{p['levels']} s{p['step']}", (p["bytes_per_image"], p["psnr"]),
-                            textcoords="offset points", xytext=(-30, 4), fontsize=6)  # fmt: skip
+            last = -float("inf")
+            for p in stepped:  # 1 dB apart at least, to the right: WebP runs on the left
+                if p["psnr"] >= last + 1.0:
+                    last = p["psnr"]
+                    ax.annotate(f"L{p['levels']} s{p['step']}", (p["bytes_per_image"], p["psnr"]),
+                                textcoords="offset points", xytext=(6, -8), fontsize=6)  # fmt: skip
         for p in pts:
             if model["params"]["model"] == "rvq":
                 ax.annotate(f"L{p['levels']}", (p["bytes_per_image"], p["psnr"]),
