@@ -107,13 +107,8 @@ from PIL import Image
 
 from discretae.commands.common import load_codec
 from discretae.compression.archive import pack_archive, parse_archive
-from discretae.compression.codec import (
-    PRIOR_KINDS,
-    fit_prior,
-    fit_refinement,
-    load_prior,
-    save_prior,
-)
+from discretae.compression.codec import load_prior, save_prior
+from discretae.compression.fitting import PRIOR_KINDS, fit_prior, fit_refinement
 from discretae.core.files import atomic_path, write_text_atomic
 from discretae.data import load_dataset
 from discretae.data.framing import Framing

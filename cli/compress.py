@@ -9,7 +9,18 @@ import typer
 from rich.table import Table
 
 from discretae.cli._output import refinement_row, rows_table
-from discretae.cli.options import BatchSize, Data, Device, Json, ModelPath, Quiet, Strict, output
+from discretae.cli.options import (
+    BatchSize,
+    Data,
+    Device,
+    Json,
+    MaxError,
+    ModelPath,
+    Quiet,
+    Step,
+    Strict,
+    output,
+)
 from discretae.cli.runner import given_options, run
 
 
@@ -27,29 +38,8 @@ def compress(
             help="Keep only the first levels of an rvq model: fewer bytes, coarser images.",
         ),
     ] = None,
-    max_error: Annotated[
-        int | None,
-        typer.Option(
-            "--max-error",
-            "-e",
-            min=0,
-            max=127,
-            help="Add a refinement: no pixel value off by more than this (0: lossless). "
-            "Smaller values cost more bytes; without it the archive holds the codes alone.",
-        ),
-    ] = None,
-    step: Annotated[
-        int | None,
-        typer.Option(
-            "--step",
-            "-s",
-            min=1,
-            max=255,
-            help="Add a refinement for a quality rather than a bound: the residual in 4x4 "
-            "transform blocks, quantized with this step (smaller: finer, more bytes). "
-            "Instead of --max-error.",
-        ),
-    ] = None,
+    max_error: MaxError = None,
+    step: Step = None,
     rate_weight: Annotated[
         float,
         typer.Option(

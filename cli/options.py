@@ -58,7 +58,7 @@ class DecoderKind(str, Enum):
 
 
 class PriorKind(str, Enum):
-    """The archive's code prior (compression.codec.PRIOR_KINDS)."""
+    """The archive's code prior (compression.fitting.PRIOR_KINDS)."""
 
     auto = "auto"
     context = "context"
@@ -120,3 +120,29 @@ def input_file(help: str) -> typer.models.ArgumentInfo:
 def output(help: str) -> typer.models.OptionInfo:
     """``--out``/``-o``: where a command writes (a file, a folder of PNGs, a montage)."""
     return typer.Option("--out", "-o", help=help)
+
+
+# compress: the two refinements
+MaxError = Annotated[
+    int | None,
+    typer.Option(
+        "--max-error",
+        "-e",
+        min=0,
+        max=127,
+        help="Add a refinement: no pixel value off by more than this (0: lossless). "
+        "Smaller values cost more bytes; without it the archive holds the codes alone.",
+    ),
+]
+Step = Annotated[
+    int | None,
+    typer.Option(
+        "--step",
+        "-s",
+        min=1,
+        max=255,
+        help="Add a refinement for a quality rather than a bound: the residual in 4x4 "
+        "transform blocks, quantized with this step (smaller: finer, more bytes). "
+        "Instead of --max-error.",
+    ),
+]

@@ -23,7 +23,8 @@ from discretae.commands import compress, decompress
 from discretae.commands.common import load_codec
 from discretae.compression.ans import MIN_BITS_PER_SYMBOL
 from discretae.compression.archive import FORMAT_VERSION, MAGIC, parse_archive
-from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
+from discretae.compression.codec import Codec, load_prior, save_prior
+from discretae.compression.fitting import fit_prior
 from discretae.compression.prior import P_MAX
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset

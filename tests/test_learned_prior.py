@@ -14,7 +14,8 @@ from PIL import Image
 
 from discretae.compression import learned_prior as lp
 from discretae.compression import prior_network as pn
-from discretae.compression.codec import Codec, fit_prior, load_prior, save_prior
+from discretae.compression.codec import Codec, load_prior, save_prior
+from discretae.compression.fitting import fit_prior
 from discretae.compression.learned_prior import LearnedPrior, bits_per_symbol
 from discretae.compression.prior import CodePrior, quantize_rows
 from discretae.core.errors import DiscretaeError

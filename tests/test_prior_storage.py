@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from discretae.commands.common import load_codec
-from discretae.compression.codec import PRIOR_KEY, fit_prior, load_prior, save_prior
+from discretae.compression.codec import PRIOR_KEY, load_prior, save_prior
+from discretae.compression.fitting import fit_prior
 from discretae.compression.prior import CodePrior
 from discretae.compression.prior_storage import (
     pack_sparse,

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from discretae.cli.app import app
 from discretae.commands import compress
-from discretae.compression.codec import Codec, fit_prior, save_prior
+from discretae.compression.codec import Codec, save_prior
+from discretae.compression.fitting import fit_prior
 from discretae.compression.rate import RateAwareEncoder, cell_scale
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset

@@ -22,13 +22,8 @@ from discretae.cli.app import app
 from discretae.commands import compress
 from discretae.commands.common import load_codec
 from discretae.compression.archive import MAGIC, pack_archive, parse_archive
-from discretae.compression.codec import (
-    Codec,
-    fit_prior,
-    fit_refinement,
-    load_refinement,
-    save_prior,
-)
+from discretae.compression.codec import Codec, load_refinement, save_prior
+from discretae.compression.fitting import fit_prior, fit_refinement
 from discretae.compression.refine import N_CLASSES, Refinement
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset

@@ -23,7 +23,8 @@ from PIL import Image
 from discretae.commands.common import load_codec
 from discretae.compression import transform
 from discretae.compression.archive import FLAG_TRANSFORM, MAGIC, pack_archive, parse_archive
-from discretae.compression.codec import Codec, fit_prior, fit_refinement, save_prior
+from discretae.compression.codec import Codec, save_prior
+from discretae.compression.fitting import fit_prior, fit_refinement
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset
 from discretae.evaluation.metrics import psnr_per_image

@@ -19,7 +19,8 @@ from discretae.compression.ans import (
     max_ans_symbols,
 )
 from discretae.compression.archive import MAGIC, pack_archive, parse_archive
-from discretae.compression.codec import Codec, fit_prior
+from discretae.compression.codec import Codec
+from discretae.compression.fitting import fit_prior
 from discretae.compression.learned_prior import LearnedPrior
 from discretae.compression.prior import quantize_rows
 from discretae.core.errors import DiscretaeError

@@ -74,28 +74,18 @@ def compress(
     if psnr is not None:
         chosen = choose_for_psnr(codec, ds, psnr, batch_size, callback)
         levels, max_error, step = chosen["levels"], chosen["max_error"], chosen["step"]
-    transform = step is not None
-    bound = step if transform else max_error
+    transform, bound = step is not None, max_error if step is None else step
     sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
     if sym is None:
         raise DiscretaeError(f"no readable images in {data!r}")
-    stored = ds.names if names else None  # after the pass: files that failed are gone
-    if stored is not None and any("\n" in s for s in stored):
-        stored = None
-        if warn is not None:
-            warn("a file name holds a line break: names are not stored")
+    stored = _names(ds, names, warn)
     refine = None if bound is None else (bound, refine_words)
-    archive = codec.encode_codes(
-        codec.to_codes_prefix(sym[..., :levels]),
-        names=stored,
-        levels=levels,
-        refine=refine,
-        transform=transform,
-    )
+    codes = codec.to_codes_prefix(sym[..., :levels])
+    archive = codec.encode_codes(codes, names=stored, levels=levels, refine=refine,
+                                 transform=transform)  # fmt: skip
     with atomic_path(out) as tmp:
         tmp.write_bytes(archive)
-    n = len(sym)
-    header_bytes = len(archive) - 4 * sum(len(b) for b in parse_archive(archive)[2])
+    n, payload = len(sym), 4 * sum(len(b) for b in parse_archive(archive)[2])
     return {
         "out": str(out),
         "n_images": n,
@@ -103,7 +93,7 @@ def compress(
         "archive_bytes": len(archive),
         "bytes_per_image": len(archive) / n,
         "bits_per_image": 8 * len(archive) / n,
-        "header_bytes": header_bytes,
+        "header_bytes": len(archive) - payload,
         "levels": levels,
         "max_levels": codec.n_levels,
         "max_error": max_error,
@@ -116,6 +106,16 @@ def compress(
         "model_hash": codec.digest.hex(),
         **({"psnr_target": chosen} if chosen is not None else {}),
     }
+
+
+def _names(ds, names: bool, warn: Warn) -> list[str] | None:
+    """The file names to store (after the pass: files that failed are gone), or None."""
+    stored = ds.names if names else None
+    if stored is not None and any("\n" in s for s in stored):
+        stored = None
+        if warn is not None:
+            warn("a file name holds a line break: names are not stored")
+    return stored
 
 
 def _check_options(out, device, levels, max_error, step, rate_weight, psnr) -> None:

@@ -12,7 +12,7 @@ of the memory available now) by halving the working size (when not given) and th
 batch; when nothing fits, DiscretaeError says so before any work.
 
 An image model is saved with the archive's code prior
-(:func:`~discretae.compression.codec.fit_prior`), of kind ``prior``: "auto" (the
+(:func:`~discretae.compression.fitting.fit_prior`), of kind ``prior``: "auto" (the
 context tables or the learned network, whichever codes held-out training images in
 fewer bits), "context" or "learned".
 """
@@ -186,7 +186,7 @@ def fit(
 
 
 def _check_prior(prior: str) -> None:
-    from discretae.compression.codec import check_prior_kind
+    from discretae.compression.fitting import check_prior_kind
 
     check_prior_kind(prior)
 
@@ -284,7 +284,8 @@ def _train_and_save(
             )
         est.save(out)
         if len(est.input_shape_) == 3:  # image models: learn the archive's code prior now
-            from discretae.compression.codec import fit_prior, fit_refinement, save_prior
+            from discretae.compression.codec import save_prior
+            from discretae.compression.fitting import fit_prior, fit_refinement
 
             # a grid model compresses: it also gets the refinement table (compress
             # --max-error); a global code is for clustering, and codes every residual

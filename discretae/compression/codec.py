@@ -4,10 +4,10 @@ A :class:`Codec` is a fitted :class:`~discretae.DiscreteAutoencoder` plus its co
 prior: context tables (:class:`~discretae.compression.prior.CodePrior`) or a small causal
 network run in integers (:class:`~discretae.compression.learned_prior.LearnedPrior`),
 whichever codes held-out training images in fewer bits unless told. The prior is fitted
-on training codes (:func:`fit_prior`) and stored in the model file beside the network
-(:func:`save_prior`: tensors ``prior.*`` and the config key ``code_prior``, which
-``DiscreteAutoencoder.load`` ignores). A model without one codes every symbol with the
-uniform prior, log2(K) bits, and says so.
+on training codes (:func:`discretae.compression.fitting.fit_prior`) and stored in the
+model file beside the network (:func:`save_prior`: tensors ``prior.*`` and the config
+key ``code_prior``, which ``DiscreteAutoencoder.load`` ignores). A model without one
+codes every symbol with the uniform prior, log2(K) bits, and says so.
 
 The commands ``compress`` and ``decompress`` (:mod:`discretae.commands`) read and write
 files with it. ``Codec.measure`` reports the real archive size of codes without writing a
@@ -18,12 +18,11 @@ can also keep only its first ``levels`` levels per cell, fewer bits for a coarse
 Above the codes' own quality, ``max_error`` adds a refinement
 (:mod:`discretae.compression.refine`): the residual to the image, coded so that no value
 is off by more than ``max_error`` (0: lossless). Its table is fitted with the prior
-(:func:`fit_refinement`) and stored beside it (tensors ``refine.*``, config key
-``refinement``). For a PSNR rather than a bound, ``step`` codes that residual in 4x4
-transform blocks instead (:mod:`discretae.compression.transform`; no table: its
-parameters travel in the archive). The binary format is documented in
-:mod:`discretae.compression.archive`.
-"""
+(:func:`discretae.compression.fitting.fit_refinement`) and stored beside it (tensors
+``refine.*``, config key ``refinement``). For a PSNR rather than a bound, ``step`` codes
+that residual in 4x4 transform blocks instead (:mod:`discretae.compression.transform`;
+no table: its parameters travel in the archive). The binary format is documented in
+:mod:`discretae.compression.archive"""
 
 from __future__ import annotations
 
@@ -51,10 +50,6 @@ BLOCK = 4096  # images per archive block
 PRIOR_KEY = "code_prior"
 BASE_CHUNK = 256  # images per network call when encoding
 DECODE_CHUNK = 128  # images per network call when decoding (``Codec.decode_images``)
-REFINE_FIT_IMAGES = 8192  # training images the refinement table is fitted on, at most
-PRIOR_KINDS = ("auto", "context", "learned")
-HELD_OUT = 0.1  # share of the training images "auto" scores the two priors on
-MIN_LEARNED_IMAGES = 200  # "auto" keeps the context tables for fewer training images
 
 
 def decode_dtype(device) -> torch.dtype | None:
@@ -78,7 +73,7 @@ def code_layout(est) -> tuple[tuple[int, int], int, int]:
     return (int(grid[0]), int(grid[1])), n_levels, n_codes
 
 
-def _code_vectors(est) -> list[np.ndarray | None]:
+def code_vectors(est) -> list[np.ndarray | None]:
     """Per level t, the (A, D) codebook rows of its symbols (None for bits)."""
     q, kind = est.model_.quantizer, est.model_.config["kind"]
     if kind in ("rvq", "vq"):
@@ -103,93 +98,6 @@ def model_digest(est, prior: CodePrior, refinement: Refinement | None = None) ->
     if refinement is not None:
         h.update(refinement.digest())
     return h.digest()[:HASH_BYTES]
-
-
-def check_prior_kind(kind: str) -> str:
-    if kind not in PRIOR_KINDS:
-        raise DiscretaeError(f"prior must be one of {', '.join(PRIOR_KINDS)}, got {kind!r}")
-    return kind
-
-
-def fit_prior(
-    est, X, *, batch_size: int = 1024, seed: int = 0, kind: str = "context", callback=None
-):
-    """Fit the code prior of a fitted estimator on training images X (as ``fit`` takes
-    them): encodes X batch by batch, then fits the ``kind`` of prior on its codes.
-
-    ``kind``: "context" (tables of context counts; the default here), "learned" (a
-    causal network; it takes minutes on 60k images on a CPU), or "auto" (the ``fit``
-    command's default): for a grid code of at least ``MIN_LEARNED_IMAGES`` images and
-    2 codes, both are fitted on 90% of the images (a seeded draw)
-    and the one that codes the other 10% in fewer bits is kept (the context tables are
-    then refitted on every image); otherwise the context tables. The prior's ``choice``
-    says what was compared. ``callback`` gets ``{"stage", "done", "total"}`` while the
-    network trains.
-    """
-    check_prior_kind(kind)
-    codes = np.concatenate(
-        [est.transform(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
-    )
-    grid, n_levels, n_codes = code_layout(est)
-    sym = codes.reshape(len(codes), *grid, n_levels)
-    vectors = _code_vectors(est)
-
-    def learned(part):
-        def progress(t, step, total, loss):
-            if callback is not None:
-                done = t * total + step + 1
-                callback({"stage": "learned prior", "done": done, "total": n_levels * total})
-
-        return LearnedPrior.fit(part, n_codes, seed=seed, progress=progress)
-
-    small = grid == (1, 1) or len(sym) < MIN_LEARNED_IMAGES or n_codes < 2
-    if kind == "context" or (kind == "auto" and small):
-        prior = CodePrior.fit(sym, n_codes, vectors, seed=seed)
-        prior.choice = {"kind": "context", "rule": kind}
-        return prior
-    if kind == "learned":
-        prior = learned(sym)
-        prior.choice = {"kind": "learned", "rule": kind}
-        return prior
-    order = np.random.default_rng(seed).permutation(len(sym))
-    n_out = max(1, int(round(HELD_OUT * len(sym))))
-    train, held = sym[np.sort(order[n_out:])], sym[np.sort(order[:n_out])]
-    tables, network = CodePrior.fit(train, n_codes, vectors, seed=seed), learned(train)
-    per_image = {
-        "context": tables.cost_bits(held) / len(held),
-        "learned": network.cost_bits(held) / len(held),
-    }
-    winner = min(per_image, key=per_image.get)
-    prior = network if winner == "learned" else CodePrior.fit(sym, n_codes, vectors, seed=seed)
-    prior.choice = {
-        "kind": winner,
-        "rule": "auto: fewer bits on held-out training images",
-        "held_out_images": len(held),
-        "held_out_bits_per_image": {k: round(v, 2) for k, v in per_image.items()},
-    }
-    return prior
-
-
-def fit_refinement(est, X, *, batch_size: int = BASE_CHUNK, seed: int = 0) -> Refinement:
-    """Fit the refinement table of a fitted image model on training images X (as ``fit``
-    takes them; at most ``REFINE_FIT_IMAGES`` of them, drawn with ``seed``): the mean
-    residual per level count, level-0 code and pixel offset (one-hot and binary models
-    decode all their levels only, so only the full count is measured for them)."""
-    n = len(X)
-    keep = np.arange(n)
-    if n > REFINE_FIT_IMAGES:
-        keep = np.sort(np.random.default_rng(seed).choice(n, REFINE_FIT_IMAGES, replace=False))
-    codec = Codec(est)
-    x = torch.as_tensor(np.asarray(X)[keep]).float()
-    sym = np.concatenate(
-        [codec.encode_images(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    )
-    x8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8).numpy()
-    if codec.residual:
-        bases = [codec.base_images(sym[..., :lv]) for lv in range(1, codec.n_levels + 1)]
-    else:  # only rvq decodes a prefix of its levels: the other rows are never read
-        bases = [codec.base_images(sym)] * codec.n_levels
-    return Refinement.fit(x8, sym, bases, codec.n_codes)
 
 
 def save_prior(
