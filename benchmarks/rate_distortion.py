@@ -508,47 +508,40 @@ def measure_model(
                 **quality(recon, test), "encode_s": enc, "decode_s": dec,
                 "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
             })  # fmt: skip
-    for lv in levels:
-        for e in max_errors:
-            archive = work / f"l{lv}-e{e}.dae"
-            t = time.perf_counter()
-            data = codec.encode_with_refinement(test, levels=lv, max_error=e)
-            with atomic_path(archive) as tmp:
-                tmp.write_bytes(data)
-            enc = time.perf_counter() - t
-            size = archive.stat().st_size
-            t = time.perf_counter()
-            recon, _, _ = codec.decompress(archive.read_bytes())
-            dec = time.perf_counter() - t
-            worst = int(np.abs(recon.astype(np.int16) - test).max())
-            assert worst <= e, f"refinement off by {worst} > {e}"
-            by_class = len(refined_by_class(codec, data, test))
-            points.append({
-                "levels": lv, "max_error": e, "archive_bytes": size, "bytes_per_image": size / n,
-                "by_class_archive_bytes": by_class, "by_class_bytes_per_image": by_class / n,
-                "bits_per_image": 8 * size / n, "n_images": n, **quality(recon, test),
-                "worst_error": worst, "encode_s": enc, "decode_s": dec,
-                "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
-            })  # fmt: skip
-    for lv in levels:
-        for step in steps:
-            archive = work / f"l{lv}-s{step}.dae"
-            t = time.perf_counter()
-            data = codec.encode_with_refinement(test, levels=lv, max_error=step, transform=True)
-            with atomic_path(archive) as tmp:
-                tmp.write_bytes(data)
-            enc = time.perf_counter() - t
-            size = archive.stat().st_size
-            t = time.perf_counter()
-            recon, _, _ = codec.decompress(archive.read_bytes())
-            dec = time.perf_counter() - t
-            points.append({
-                "levels": lv, "step": step, "archive_bytes": size, "bytes_per_image": size / n,
-                "bits_per_image": 8 * size / n, "n_images": n, **quality(recon, test),
-                "encode_s": enc, "decode_s": dec,
-                "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
-            })  # fmt: skip
+    refinements = [(e, False) for e in max_errors] + [(s, True) for s in steps]
+    for transform in (False, True):
+        for lv in levels:
+            for value in [v for v, t in refinements if t == transform]:
+                points.append(_refined_point(codec, test, work, lv, value, transform))
     return points
+
+
+def _refined_point(codec, test, work: Path, lv: int, value: int, transform: bool) -> dict:
+    """One refined archive of the test images, written and read back: a max error (its
+    bound checked, and the same archive with its refinement by class alone), or with
+    ``transform`` a step."""
+    n, key = len(test), "step" if transform else "max_error"
+    archive = work / f"l{lv}-{'s' if transform else 'e'}{value}.dae"
+    t = time.perf_counter()
+    data = codec.encode_with_refinement(test, levels=lv, max_error=value, transform=transform)
+    with atomic_path(archive) as tmp:
+        tmp.write_bytes(data)
+    enc = time.perf_counter() - t
+    size = archive.stat().st_size
+    t = time.perf_counter()
+    recon, _, _ = codec.decompress(archive.read_bytes())
+    dec = time.perf_counter() - t
+    point = {"levels": lv, key: value, "archive_bytes": size, "bytes_per_image": size / n,
+             "bits_per_image": 8 * size / n, "n_images": n, **quality(recon, test),
+             "encode_s": enc, "decode_s": dec,
+             "encode_images_per_s": n / enc, "decode_images_per_s": n / dec}  # fmt: skip
+    if not transform:
+        worst = int(np.abs(recon.astype(np.int16) - test).max())
+        assert worst <= value, f"refinement off by {worst} > {value}"
+        by_class = len(refined_by_class(codec, data, test))
+        point.update(worst_error=worst, by_class_archive_bytes=by_class,
+                     by_class_bytes_per_image=by_class / n)  # fmt: skip
+    return point
 
 
 def refined_by_class(codec, data: bytes, test: np.ndarray) -> bytes:

@@ -16,3 +16,15 @@ def fit_small(x, model: str = "rvq", **kw) -> DiscreteAutoencoder:
         params.setdefault("quantizer_options", {"levels": 3})
     torch.set_num_threads(1)
     return DiscreteAutoencoder(model=model, device="cpu", random_state=0, **params).fit(x)
+
+
+def save_small(x, path, model: str = "rvq", **kw):
+    """:func:`fit_small` on ``x``, saved to ``path`` with its code prior and refinement
+    table fitted on ``x``, as ``discretae fit`` saves a compression model. -> path."""
+    from discretae.compression.codec import save_prior
+    from discretae.compression.fitting import fit_prior, fit_refinement
+
+    est = fit_small(x, model, **kw)
+    est.save(path)
+    save_prior(path, fit_prior(est, x), refinement=fit_refinement(est, x))
+    return path

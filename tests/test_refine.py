@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from _small_models import fit_small
+from _small_models import fit_small, save_small
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -46,13 +46,7 @@ def fit(x, model="rvq", **kw) -> DiscreteAutoencoder:
 @pytest.fixture(scope="module")
 def model(digits, tmp_path_factory):
     """A 2x2-grid rvq model saved with its prior and refinement table."""
-    est = fit(digits[:N_TRAIN])
-    path = tmp_path_factory.mktemp("refine") / "rvq.safetensors"
-    est.save(path)
-    save_prior(
-        path, fit_prior(est, digits[:N_TRAIN]), refinement=fit_refinement(est, digits[:N_TRAIN])
-    )
-    return path
+    return save_small(digits[:N_TRAIN], tmp_path_factory.mktemp("refine") / "rvq.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from _small_models import fit_small
+from _small_models import save_small
 from PIL import Image
 
 from discretae.commands.common import load_codec
 from discretae.compression import transform
 from discretae.compression.archive import FLAG_TRANSFORM, MAGIC, pack_archive, parse_archive
-from discretae.compression.codec import Codec, save_prior
-from discretae.compression.fitting import fit_prior, fit_refinement
+from discretae.compression.codec import Codec
 from discretae.core.errors import DiscretaeError
 from discretae.data.datasets import load_dataset
 from discretae.evaluation.metrics import psnr_per_image
@@ -40,13 +39,7 @@ def digits() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model(digits, tmp_path_factory):
-    est = fit_small(digits[:N_TRAIN])
-    path = tmp_path_factory.mktemp("transform") / "rvq.safetensors"
-    est.save(path)
-    save_prior(
-        path, fit_prior(est, digits[:N_TRAIN]), refinement=fit_refinement(est, digits[:N_TRAIN])
-    )
-    return path
+    return save_small(digits[:N_TRAIN], tmp_path_factory.mktemp("transform") / "rvq.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -241,10 +234,7 @@ def test_cli_colour_folder_with_a_step_and_with_psnr(tmp_path):
         images.append(im)
         Image.fromarray(im).save(src / f"s{i:02d}.png")
     x = np.stack(images).transpose(0, 3, 1, 2)
-    est = fit_small(x, grid=(3, 3))
-    model = tmp_path / "colour.safetensors"
-    est.save(model)
-    save_prior(model, fit_prior(est, x), refinement=fit_refinement(est, x))
+    model = save_small(x, tmp_path / "colour.safetensors", grid=(3, 3))
 
     def cli(*args):
         cmd = [sys.executable, "-m", "discretae.cli", *args, "--device", "cpu"]
