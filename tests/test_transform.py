@@ -278,3 +278,15 @@ def test_the_benchmark_measures_transform_points(rd, model, codec, digits, tmp_p
         assert p["archive_bytes"] == len(data)
         assert p["psnr"] == pytest.approx(psnr_per_image(codec.decompress(data)[0], x).mean())
     assert rd.point_label({"model": "m", **stepped[0]}, {"m"}) == "m L1 s8"
+
+
+def test_every_quantized_value_lies_within_the_step_bound():
+    """The extreme residuals (+-255 over a whole block, every channel alike) stay within
+    top_bound, which the decoder holds a class's range to."""
+    for c in (1, 3, 4):
+        x = np.full((2, c, 4, 4), 255, dtype=np.uint8)
+        x[1] = 0
+        base = 255 - x
+        for step in (1, 2, 7, 255):
+            q = transform.quantize(x, base, step)
+            assert np.abs(q).max() <= transform.top_bound(step) < transform.TOP_LIMIT

@@ -48,6 +48,7 @@ import math
 import constriction
 import numpy as np
 
+from discretae.compression.archive import MAX_STEP
 from discretae.compression.refine import PARAM, geometric_model
 from discretae.core.errors import DiscretaeError
 
@@ -63,8 +64,8 @@ N_NEIGHBOURS = 4  # min(|left| + |up|, 3)
 ACTIVITY = (1, 3, 8)  # nonzero symbols in the left and upper blocks: 4 buckets
 N_ACTIVITY = len(ACTIVITY) + 1
 ROUND = 1.0 / 3.0
-MAX_STEP = 255
-TOP_LIMIT = 4096  # > the largest |q|: 4 * 255 * sqrt(3) / 1 + 1
+LARGEST = SIDE * 255 * math.sqrt(3)  # bounds |coefficient|: a block's sum, one component
+TOP_LIMIT = 4096  # > the largest |q|, at step 1
 _U16 = constriction.stream.model.Uniform(PARAM)
 _TOP = constriction.stream.model.Uniform(TOP_LIMIT)
 
@@ -89,6 +90,12 @@ def check_step(step) -> int:
     if not 1 <= step <= MAX_STEP:
         raise DiscretaeError(f"the residual step must lie in [1, {MAX_STEP}], got {step}")
     return int(step)
+
+
+def top_bound(step: int) -> int:
+    """The largest |q| a step can give, plus one for floating-point rounding: a class's
+    top above it is a corrupt stream."""
+    return int(LARGEST / step + ROUND) + 1
 
 
 def n_classes(channels: int) -> int:
@@ -235,6 +242,8 @@ def decode_block(words: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
         tops, models = {}, {}
         for k in present:
             tops[k] = int(coder.decode(_TOP, 1)[0])
+            if tops[k] > top_bound(step):
+                raise DiscretaeError("corrupt archive: a residual class's range is too wide")
             if tops[k]:
                 z, theta = (int(v) for v in coder.decode(_U16, 2))
                 models[k] = _model((tops[k], z, theta))
