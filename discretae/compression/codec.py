@@ -22,7 +22,8 @@ is off by more than ``max_error`` (0: lossless). Its table is fitted with the pr
 ``refine.*``, config key ``refinement``). For a PSNR rather than a bound, ``step`` codes
 that residual in 4x4 transform blocks instead (:mod:`discretae.compression.transform`;
 no table: its parameters travel in the archive). The binary format is documented in
-:mod:`discretae.compression.archive"""
+:mod:`discretae.compression.archive`.
+"""
 
 from __future__ import annotations
 
