@@ -229,22 +229,32 @@ class Refinement:
         step = step_of(max_error)
         top = 255 // step + 1
         cls = self.classes(codes, step)
-        try:
-            coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
+
+        def pop(coder):
             mode = int(coder.decode(_MODE, 1)[0]) if modes else 0
             if mode == 0:
-                q = _pop_classes(coder, cls, top)
-            else:
-                q = refine_context.decode(coder, cls, top, N_CONTEXTS, geometric_model)
-            exact = coder.is_empty()
-        except DiscretaeError:
-            raise
-        except Exception as e:  # constriction reports malformed words as ValueError
-            raise DiscretaeError(f"corrupt archive: the refinement does not decode ({e})") from None
-        if not exact:
-            raise DiscretaeError("corrupt archive: the refinement holds more data than it codes")
+                return _pop_classes(coder, cls, top)
+            return refine_context.decode(coder, cls, top, N_CONTEXTS, geometric_model)
+
+        q = decode_exactly(words, pop, "refinement")
         out = base.astype(np.int16) + q * np.int16(step)
         return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def decode_exactly(words: np.ndarray, pop, what: str):
+    """``pop(coder)`` on an ANS coder over ``words``, which must use every word:
+    DiscretaeError for malformed words (constriction raises ValueError) or words left."""
+    try:
+        coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
+        out = pop(coder)
+        exact = coder.is_empty()
+    except DiscretaeError:
+        raise
+    except Exception as e:  # constriction reports malformed words as ValueError
+        raise DiscretaeError(f"corrupt archive: the {what} does not decode ({e})") from None
+    if not exact:
+        raise DiscretaeError(f"corrupt archive: the {what} holds more data than it codes")
+    return out
 
 
 def _push_classes(coder, q: np.ndarray, cls: np.ndarray, top: int) -> None:

@@ -153,9 +153,10 @@ class _Walk:
             self.earlier[:, rs, cs] += np.abs(q)
 
 
-def _runs(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order: a stable sort of the flattened contexts, the contexts present, their counts)."""
-    flat = ctx.ravel().view(np.uint16)  # contexts in [0, 2**15): a radix sort
+def sorted_runs(ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order: a stable sort of the flattened contexts, the contexts present, their counts).
+    Contexts are 16-bit integers in [0, 2**15) (int16 or uint16): a radix sort."""
+    flat = ctx.ravel().view(np.uint16)
     order = np.argsort(flat, kind="stable")
     counts = np.bincount(flat)
     present = np.flatnonzero(counts)
@@ -173,7 +174,7 @@ def encode(coder, q: np.ndarray, cls: np.ndarray, top: int, n_all: int, fit_para
         rs, cs = walk._slice(step)
         qs = q[:, step[0], rs, cs].astype(np.int16)
         r = walk.wrap(qs - pred).ravel()
-        order, present, counts = _runs(ctx)
+        order, present, counts = sorted_runs(ctx)
         r = r[order]
         start = 0
         for k, cnt in zip(present.tolist(), counts.tolist(), strict=True):
@@ -213,7 +214,7 @@ def decode(coder, cls: np.ndarray, top: int, n_all: int, model) -> np.ndarray:
     walk = _Walk(cls, top)
     for step in walk.steps():
         ctx, spatial, pred = walk.plan(step)
-        order, here, counts = _runs(ctx)
+        order, here, counts = sorted_runs(ctx)
         r = np.empty(order.size, dtype=np.int16)
         start = 0
         for k, cnt in zip(here.tolist(), counts.tolist(), strict=True):

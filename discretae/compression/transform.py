@@ -49,7 +49,8 @@ import constriction
 import numpy as np
 
 from discretae.compression.archive import MAX_STEP
-from discretae.compression.refine import PARAM, geometric_model
+from discretae.compression.refine import PARAM, decode_exactly, geometric_model
+from discretae.compression.refine_context import sorted_runs
 from discretae.core.errors import DiscretaeError
 
 SIDE = 4  # transform block side
@@ -164,14 +165,6 @@ def _classes(q: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return k.astype(np.uint16)
 
 
-def _runs(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    flat = cls.ravel()
-    order = np.argsort(flat, kind="stable")  # 16-bit keys: a radix sort
-    counts = np.bincount(flat)
-    present = np.flatnonzero(counts)
-    return order, present, counts[present]
-
-
 def _params(sym: np.ndarray) -> tuple[int, int, int]:
     """(top, z, theta) of one class's symbols: its largest magnitude, the share of zeros
     and the geometric ratio of the magnitudes, as 16-bit integers."""
@@ -196,7 +189,7 @@ def encode_block(x: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
     runs = []  # (class, symbols) in decode order
     for d in range(a + b - 1):
         rows, cols = _diagonal(a, b, d)
-        order, present, counts = _runs(_classes(q, rows, cols))
+        order, present, counts = sorted_runs(_classes(q, rows, cols))
         sym = q[:, :, rows, cols].ravel()[order]
         start = 0
         for k, cnt in zip(present.tolist(), counts.tolist(), strict=True):
@@ -231,45 +224,48 @@ def decode_block(words: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
     DiscretaeError unless the words hold exactly this block's residual."""
     step = check_step(step)
     n, c, h, w = base.shape
-    a, b = -(-h // SIDE), -(-w // SIDE)
-    total = n_classes(c)
-    try:
-        coder = constriction.stream.stack.AnsCoder(np.asarray(words, dtype=np.uint32))
-        n_present = int(coder.decode(constriction.stream.model.Uniform(total + 1), 1)[0])
-        present = coder.decode(constriction.stream.model.Uniform(total), n_present).tolist()
-        if any(y <= x for x, y in zip(present, present[1:], strict=False)):
-            raise DiscretaeError("corrupt archive: the residual's classes are out of order")
-        tops, models = {}, {}
-        for k in present:
-            tops[k] = int(coder.decode(_TOP, 1)[0])
-            if tops[k] > top_bound(step):
-                raise DiscretaeError("corrupt archive: a residual class's range is too wide")
-            if tops[k]:
-                z, theta = (int(v) for v in coder.decode(_U16, 2))
-                models[k] = _model((tops[k], z, theta))
-        q = np.zeros((n, c, a, b, N_FREQ), dtype=np.int32)
-        used = set()
-        for d in range(a + b - 1):
-            rows, cols = _diagonal(a, b, d)
-            cls = _classes(q, rows, cols)
-            order, here, counts = _runs(cls)
-            sym = np.zeros(order.size, dtype=np.int32)
-            start = 0
-            for k, cnt in zip(here.tolist(), counts.tolist(), strict=True):
-                if k not in tops:
-                    raise DiscretaeError("corrupt archive: the residual's classes do not fit")
-                if k in models:
-                    sym[order[start : start + cnt]] = coder.decode(models[k], cnt) - tops[k]
-                used.add(k)
-                start += cnt
-            q[:, :, rows, cols] = sym.reshape(cls.shape)
-        exact = coder.is_empty()
-    except DiscretaeError:
-        raise
-    except Exception as e:  # constriction reports malformed words as ValueError
-        raise DiscretaeError(f"corrupt archive: the residual does not decode ({e})") from None
-    if not exact:
-        raise DiscretaeError("corrupt archive: the residual holds more data than it codes")
+    shape = (n, c, -(-h // SIDE), -(-w // SIDE))
+    q = decode_exactly(words, lambda coder: _pop(coder, shape, step), "residual")
+    return reconstruct(q, base, step)
+
+
+def _pop(coder, shape: tuple[int, int, int, int], step: int) -> np.ndarray:
+    """The symbols q (n, C, A, B, 16) that :func:`encode_block` pushed."""
+    n, c, a, b = shape
+    tops, models = _pop_params(coder, n_classes(c), step)
+    q = np.zeros((n, c, a, b, N_FREQ), dtype=np.int32)
+    used = set()
+    for d in range(a + b - 1):
+        rows, cols = _diagonal(a, b, d)
+        cls = _classes(q, rows, cols)
+        order, here, counts = sorted_runs(cls)
+        sym = np.zeros(order.size, dtype=np.int32)
+        start = 0
+        for k, cnt in zip(here.tolist(), counts.tolist(), strict=True):
+            if k not in tops:
+                raise DiscretaeError("corrupt archive: the residual's classes do not fit")
+            if k in models:
+                sym[order[start : start + cnt]] = coder.decode(models[k], cnt) - tops[k]
+            used.add(k)
+            start += cnt
+        q[:, :, rows, cols] = sym.reshape(cls.shape)
     if len(used) != len(tops):
         raise DiscretaeError("corrupt archive: the residual names classes it does not use")
-    return reconstruct(q, base, step)
+    return q
+
+
+def _pop_params(coder, total: int, step: int) -> tuple[dict, dict]:
+    """The classes present, each with its top and (when top > 0) its law."""
+    n_present = int(coder.decode(constriction.stream.model.Uniform(total + 1), 1)[0])
+    present = coder.decode(constriction.stream.model.Uniform(total), n_present).tolist()
+    if any(y <= x for x, y in zip(present, present[1:], strict=False)):
+        raise DiscretaeError("corrupt archive: the residual's classes are out of order")
+    tops, models = {}, {}
+    for k in present:
+        tops[k] = int(coder.decode(_TOP, 1)[0])
+        if tops[k] > top_bound(step):
+            raise DiscretaeError("corrupt archive: a residual class's range is too wide")
+        if tops[k]:
+            z, theta = (int(v) for v in coder.decode(_U16, 2))
+            models[k] = _model((tops[k], z, theta))
+    return tops, models
