@@ -381,6 +381,7 @@ def _table(result: dict) -> Table:
         ("working size", _working(result)),
         ("memory (estimate)", _memory(result)),
         ("epochs", f"{result['epochs']}, learning rate {result['lr_schedule']}"),
+        *_rollback_row(result),
         ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
         *_augment_row(result),
         ("final loss", result["final_loss"]),
@@ -398,6 +399,15 @@ def _table(result: dict) -> Table:
         rows.append(("NMI / ACC vs labels", f"{c['nmi']:.3f} / {c['acc']:.3f}"))
     rows.append(("saved to", result["model"]))
     return rows_table("fit", rows)
+
+
+def _rollback_row(result: dict) -> list[tuple[str, str]]:
+    """Epochs the spike guard undid: the loss jumped, so they ran again at half the rate."""
+    undone = result.get("rolled_back")
+    if not undone:
+        return []
+    epochs = ", ".join(map(str, undone))
+    return [("loss spikes undone", f"epoch {epochs}: run again at half the learning rate")]
 
 
 def _prior_row(result: dict) -> list[tuple[str, str]]:

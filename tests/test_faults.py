@@ -26,7 +26,13 @@ from discretae.commands import fit as fit_model
 from discretae.core.serialization import read_model_file
 from discretae.data.datasets import load_dataset
 from discretae.models.checkpoint import read_checkpoint, write_checkpoint
-from discretae.models.training import TrainingDiverged, TrainingInterrupted, make_train_state
+from discretae.models.training import (
+    SPIKE,
+    TrainingDiverged,
+    TrainingInterrupted,
+    make_train_state,
+    train,
+)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -299,3 +305,50 @@ def test_a_checkpoint_from_before_the_decoder_and_framing_settings_resumes(tmp_p
     )
     assert r.exit_code == 0, r.output
     assert DiscreteAutoencoder.load(out).model_.config["decoder"] == "full"
+
+
+# ----------------------------------------------------------------------- loss spikes
+def _train_through_a_spike(digits, kind: str, spike_guard: bool):
+    """Three epochs of a small model whose weights are scrambled at the first step of
+    epoch 2 (once): that epoch's reconstruction loss rises far above epoch 1's."""
+    model = DiscreteAutoencoder(model=kind, width=8, device="cpu")._build((1, 8, 8))
+    torch.manual_seed(0)
+    state = make_train_state(model, lr=0.01, seed=0)
+    scrambled = []
+
+    def scramble(info):
+        if info["epoch"] == 2 and info["step"] == 1 and not scrambled:
+            scrambled.append(True)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(torch.randn_like(p) * 3)
+
+    data = torch.from_numpy(digits)
+    train(state, data, epochs=3, batch_size=32, callback=scramble, spike_guard=spike_guard)
+    return state
+
+
+def test_a_loss_spike_is_rolled_back_at_half_the_learning_rate(digits):
+    state = _train_through_a_spike(digits, "vq", spike_guard=True)
+    epochs = [h["epoch"] for h in state.history]
+    assert epochs == [1, 2, 2, 3]
+    assert [bool(h.get("rolled_back")) for h in state.history] == [False, True, False, False]
+    assert state.history[1]["recon"] > SPIKE * state.history[0]["recon"]
+    # the rerun epochs start from epoch 1's weights: no trace of the spike
+    assert state.history[3]["recon"] < state.history[0]["recon"]
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert state.epoch == 3 and state.step == 3 * (len(digits) // 32 + 1)
+
+
+def test_without_the_guard_the_spike_stays(digits):
+    state = _train_through_a_spike(digits, "vq", spike_guard=False)
+    assert [h["epoch"] for h in state.history] == [1, 2, 3]
+    assert state.history[2]["recon"] > SPIKE * min(h["recon"] for h in state.history[:1])
+    assert state.optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_the_guard_is_for_reconstruction_models_alone():
+    est = DiscreteAutoencoder(device="cpu")
+    for kind, guarded in (("vq", True), ("rvq", True), ("binary", True), ("gumbel", False)):
+        model = DiscreteAutoencoder(model=kind, width=8, device="cpu")._build((1, 8, 8))
+        assert est.spike_guarded(model) is guarded, kind

@@ -461,7 +461,9 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "precision": _precision_used(est),
         "device": str(est.device_),
         "world_size": run.world_size,
-        "epochs": len(est.history_),
+        "epochs": sum(not h.get("rolled_back") for h in est.history_),
+        # epochs whose loss spiked and were undone and run again (train's spike guard)
+        "rolled_back": [h["epoch"] for h in est.history_ if h.get("rolled_back")],
         "objectives": _objectives_in(est.model_),
         "augment": s["augment"],  # the ranges given instead of the defaults, or None
         "lr_schedule": est.lr_schedule_used(est.model_),

@@ -247,6 +247,11 @@ class DiscreteAutoencoder(
         precision, or for "auto" bfloat16 for the recipe on a CPU that has it."""
         return training_dtype(self.precision, device, recipe=model.objectives is not None)
 
+    def spike_guarded(self, model: torch.nn.Module) -> bool:
+        """Whether training undoes an epoch whose loss spiked (``train``'s spike_guard):
+        for models trained on reconstruction alone, with no annealed quantizer."""
+        return model.objectives is None and not model.quantizer.annealed
+
     def lr_schedule_used(self, model: torch.nn.Module) -> str:
         """The learning-rate curve: the given one, else ``RECIPE_LR_SCHEDULE`` for the
         recipe and constant otherwise."""
@@ -439,6 +444,7 @@ class DiscreteAutoencoder(
                 checkpoint=writer.callback,
                 checkpoint_every=int(checkpoint_every),
                 lr_schedule=self.lr_schedule_used(state.model),
+                spike_guard=self.spike_guarded(state.model),
             )
         except TrainingDiverged as e:
             if writer.last_step is None:

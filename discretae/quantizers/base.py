@@ -28,6 +28,7 @@ class Quantizer(nn.Module):
     dim: int
     code_tail: tuple[int, ...] = ()
     code_dtype: torch.dtype = torch.int64
+    annealed: bool = False  # True where set_progress changes what training optimises
 
     def set_progress(self, frac: float) -> None:
         """Training progress in [0, 1]; only annealed quantizers use it."""

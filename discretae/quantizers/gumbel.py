@@ -39,6 +39,8 @@ class GumbelQuantizer(Quantizer):
         hard: one-hot forward values (True) or the soft relaxation (False) in training.
     """
 
+    annealed = True  # the temperature falls: the loss may rise by design
+
     def __init__(
         self,
         n_codes: int,
