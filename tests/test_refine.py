@@ -159,12 +159,12 @@ def test_table_survives_the_model_file_and_is_part_of_the_hash(model, codec, dig
         Codec(codec.est, codec.prior, Refinement((1, 8, 9), (2, 2)))
 
 
-def test_archives_are_written_as_version_5(codec, digits):
+def test_archives_are_written_as_version_6(codec, digits):
     # versions 1 (no refinement) and 2 (a refinement) are read: tests/test_two_stage.py;
-    # version 4: tests/test_transform.py
+    # versions 4 and 5: tests/test_transform.py
     data = codec.encode_codes(codec.est.transform(digits[:10]))
-    assert data[len(MAGIC)] == 5
-    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 5
+    assert data[len(MAGIC)] == 6
+    assert codec.encode_with_refinement(digits[:10], max_error=0)[len(MAGIC)] == 6
 
 
 # ----------------------------------------------------------------------- the two modes

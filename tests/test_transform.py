@@ -63,11 +63,14 @@ def smooth_pair(rng, n, shape):
 # ----------------------------------------------------------------------- the block stream
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 12, 12), (3, 7, 10), (4, 5, 9), (1, 1, 1)])
 @pytest.mark.parametrize("step", [1, 6, 40, 255])
-def test_round_trip_is_the_encoders_reconstruction(shape, step):
+@pytest.mark.parametrize("layout", transform.LAYOUTS)
+def test_round_trip_is_the_encoders_reconstruction(shape, step, layout):
     rng = np.random.default_rng(step)
     x, base = smooth_pair(rng, 5, shape)
-    words = transform.encode_block(x, base, step)
-    got = transform.decode_block(words, base, step)
+    a, b = -(-shape[1] // 4), -(-shape[2] // 4)
+    expect = rng.integers(0, transform.N_EXPECT, (5, a, b))
+    words = transform.encode_block(x, base, step, expect, layout=layout)
+    got = transform.decode_block(words, base, step, expect, layout=layout)
     assert got.shape == x.shape and got.dtype == np.uint8
     want = transform.reconstruct(transform.quantize(x, base, step), base, step)
     np.testing.assert_array_equal(got, want)
@@ -113,8 +116,8 @@ def test_neighbour_classes_save_bytes_where_the_residual_clusters(monkeypatch):
     with_context = transform.encode_block(x, base, 12)
     classes = transform._classes
 
-    def alone(q, rows, cols):  # neighbourhood and activity 0 for every symbol
-        k = classes(np.zeros_like(q), rows, cols)
+    def alone(q, rows, cols, expect=None):  # neighbourhood and activity 0 for every symbol
+        k = classes(np.zeros_like(q), rows, cols, expect)
         return k.astype(np.uint16)
 
     monkeypatch.setattr(transform, "_classes", alone)
@@ -153,7 +156,7 @@ def test_archive_round_trip_flag_and_version(codec, digits):
     x = digits[N_TRAIN : N_TRAIN + 40]
     data = codec.encode_with_refinement(x, levels=2, max_error=6, transform=True)
     header, _, _ = parse_archive(data)
-    assert data[len(MAGIC)] == 5 and data[len(MAGIC) + 1] & FLAG_TRANSFORM
+    assert data[len(MAGIC)] == 6 and data[len(MAGIC) + 1] & FLAG_TRANSFORM
     assert header.transform and header.max_error == 6 and header.levels == 2
     images, _, _ = codec.decompress(data)
     sym = codec.encode_images(torch.from_numpy(x).float() / 255)[..., :2]
@@ -180,6 +183,24 @@ def test_version_4_archives_still_read_and_refuse_the_flag(codec, digits):
     with pytest.raises(ValueError, match="version 5"):
         pack_archive(dataclasses.replace(header, version=4, transform=True), [blocks[0][:-extra]],
                      names, [blocks[0][-extra:]])  # fmt: skip
+
+
+def test_version_5_transform_archives_still_read(codec, digits):
+    """A format-5 transform archive (classes without the expectation, 16-bit parameters,
+    the classes as a list) decodes to what its encoder reconstructed."""
+    x = digits[N_TRAIN : N_TRAIN + 30]
+    data = codec.encode_with_refinement(x, levels=2, max_error=6, transform=True)
+    header, names, blocks = parse_archive(data)
+    extra = header.refine_words[0]
+    sym = codec.decode_archive(data)[0]
+    base = codec.base_images(sym)
+    words5 = transform.encode_block(x, base, 6, layout=5)
+    old = pack_archive(dataclasses.replace(header, version=5), [blocks[0][:-extra]], names,
+                       [words5])  # fmt: skip
+    assert old[len(MAGIC)] == 5 and old != data
+    want = transform.reconstruct(transform.quantize(x, base, 6), base, 6)
+    np.testing.assert_array_equal(codec.decompress(old)[0], want)
+    np.testing.assert_array_equal(codec.decompress(data)[0], want)
 
 
 def test_fuzz_past_the_checksum(codec, digits):
@@ -290,3 +311,50 @@ def test_every_quantized_value_lies_within_the_step_bound():
         for step in (1, 2, 7, 255):
             q = transform.quantize(x, base, step)
             assert np.abs(q).max() <= transform.top_bound(step) < transform.TOP_LIMIT
+
+
+# ----------------------------------------------------------------------- format 6
+def test_expectation_buckets_count_quarter_steps_of_the_mean():
+    """16 x mean |residual| per pixel -> per 4x4 block of a 1x5x6 image, the number of
+    edges (1/4, 1/2, 1, 2 steps) the block's mean over its pixels inside the image
+    reaches; integer arithmetic, so an exact edge counts."""
+    step = 8
+    means = np.zeros((1, 1, 5, 6), dtype=np.int64)
+    means[0, 0, :4, :4] = 16 * 2  # mean 2 = 1/4 step: 1 edge
+    means[0, 0, :4, 4:] = 16 * 16  # mean 16 = 2 steps: all 4
+    means[0, 0, 4, :4] = 16 * 5  # 5 = between 1/2 and 1 step: 2
+    means[0, 0, 4, 4:] = 16 * 4 - 1  # just below 1/2 step: 1
+    got = transform.expectation(means, 1, (1, 5, 6), step)
+    np.testing.assert_array_equal(got, [[[1, 4], [2, 1]]])
+    assert transform.expectation(None, 2, (3, 5, 6), step).shape == (2, 2, 2)
+    assert not transform.expectation(None, 2, (3, 5, 6), step).any()
+
+
+def test_the_expectation_saves_bytes_where_it_tells_busy_blocks_apart():
+    """A residual that is noise in the blocks whose bucket says so and 0 elsewhere costs
+    fewer bytes with those buckets than with every bucket 0, and both decode."""
+    rng = np.random.default_rng(4)
+    n, shape = 60, (3, 32, 32)
+    expect = (rng.random((n, 8, 8)) < 0.3) * (transform.N_EXPECT - 1)
+    base = np.full((n, *shape), 128, dtype=np.uint8)
+    busy = np.repeat(np.repeat(expect > 0, 4, axis=1), 4, axis=2)[:, None]
+    noise = rng.normal(0, 25, (n, *shape)) * busy
+    x = np.clip(base + noise, 0, 255).astype(np.uint8)
+    told = transform.encode_block(x, base, 10, expect)
+    blind = transform.encode_block(x, base, 10)
+    want = transform.reconstruct(transform.quantize(x, base, 10), base, 10)
+    np.testing.assert_array_equal(transform.decode_block(told, base, 10, expect), want)
+    np.testing.assert_array_equal(transform.decode_block(blind, base, 10), want)
+    assert len(told) < 0.95 * len(blind)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 200, 431, 432])
+def test_the_classes_present_round_trip_as_a_list_or_a_mask(count):
+    import constriction
+
+    total = 432
+    present = sorted(np.random.default_rng(count).choice(total, count, replace=False).tolist())
+    coder = constriction.stream.stack.AnsCoder()
+    transform._push_present(coder, present, total, 6)
+    back = constriction.stream.stack.AnsCoder(coder.get_compressed())
+    assert transform._pop_present(back, total, 6) == present and back.is_empty()

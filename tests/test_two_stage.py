@@ -68,9 +68,9 @@ def test_wide_codes_round_trip_in_two_stages_and_old_archives_still_read(codec, 
     codes = codec.est.transform(digits[400:])
     assert codes.max() >= GROUP  # the second and third groups are used
     data = codec.encode_codes(codes, names=[f"im{i}" for i in range(len(codes))])
-    assert data[len(MAGIC)] == 5
+    assert data[len(MAGIC)] == 6
     sym, names, header = codec.decode_archive(data)
-    assert header.version == 5 and names[5] == "im5"
+    assert header.version == 6 and names[5] == "im5"
     np.testing.assert_array_equal(codec.to_codes(sym), codes)
     old = one_stage(data, codec)
     assert old[len(MAGIC)] == 1 and old != data
@@ -81,7 +81,7 @@ def test_wide_codes_round_trip_in_two_stages_and_old_archives_still_read(codec, 
     np.testing.assert_array_equal(images, codec.decompress(data)[0])
     # a refined archive: format 2 before, format 5 now
     refined = codec.encode_with_refinement(digits[400:460], max_error=3)
-    assert refined[len(MAGIC)] == 5
+    assert refined[len(MAGIC)] == 6
     old = one_stage(refined, codec, digits[400:460])
     assert old[len(MAGIC)] == 2
     np.testing.assert_array_equal(codec.decompress(old)[0], codec.decompress(refined)[0])

@@ -1,20 +1,22 @@
 """The ``.dae`` code archive: a binary container for entropy-coded codes.
 
-Format version 5. Its layout is version 2's, which extends version 1 (an archive without
+Format version 6. Its layout is version 2's, which extends version 1 (an archive without
 refinement); version 3 codes each code symbol of an alphabet above 16 in two stages, its
 group of 16 and then its place in the group (``discretae.compression.prior``), where
 versions 1 and 2, still read, code it in one; version 4 starts each block's refinement
 with its mode, which may code the residual from its neighbours
 (``discretae.compression.refine``), where versions 2 and 3, still read, code it by class
 alone; version 5 adds flag bit 3, a refinement coded in transform blocks with a quantizer
-step (``discretae.compression.transform``) instead of a maximum error. Integers are
+step (``discretae.compression.transform``) instead of a maximum error; version 6 keys
+that residual's classes also by the residual the model expects in each transform block,
+with a shorter list of its parameters, where version 5, still read, does not. Integers are
 little-endian; a *varint* is an unsigned LEB128 integer of at most 10 bytes.
 
 =========  =======  ===================================================================
 field      size     meaning
 =========  =======  ===================================================================
 magic      4        ``b"\\x89DAE"``
-version    1        format version: 5 (1 to 4 when written earlier)
+version    1        format version: 6 (1 to 5 when written earlier)
 flags      1        bit 0: file names follow; bit 1: codes coded with the uniform prior
                     (the model had none); bit 2 (version >= 2): a refinement follows the
                     codes; bit 3 (version >= 5, with bit 2): the refinement is a transform
@@ -61,7 +63,7 @@ import numpy as np
 from discretae.core.errors import DiscretaeError
 
 MAGIC = b"\x89DAE"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 HASH_BYTES = 16
 FLAG_NAMES = 1
 FLAG_UNIFORM = 2

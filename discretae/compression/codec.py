@@ -35,7 +35,13 @@ import numpy as np
 import torch
 
 from discretae.compression import transform as transform_residual
-from discretae.compression.archive import HASH_BYTES, ArchiveHeader, pack_archive, parse_archive
+from discretae.compression.archive import (
+    FORMAT_VERSION,
+    HASH_BYTES,
+    ArchiveHeader,
+    pack_archive,
+    parse_archive,
+)
 from discretae.compression.learned_prior import LearnedPrior
 from discretae.compression.prior import CodePrior
 from discretae.compression.rate import RateAwareEncoder, check_rate_weight, codebooks
@@ -259,7 +265,8 @@ class Codec:
         l) -> ANS words. Blocks hold ``BLOCK`` images (the last may hold fewer). With
         ``transform``, ``max_error`` is a transform residual's step."""
         if transform:
-            return transform_residual.encode_block(x, self.base_images(sym), max_error)
+            expect = self.transform_expectation(sym, max_error)
+            return transform_residual.encode_block(x, self.base_images(sym), max_error, expect)
         max_error = check_max_error(max_error)
         return self.refinement.encode_block(x, self.base_images(sym), sym, max_error)
 
@@ -272,12 +279,24 @@ class Codec:
         transform: bool = False,
         *,
         modes: bool = True,
+        layout: int = FORMAT_VERSION,
     ) -> np.ndarray:
         """A refinement's words, the base images and symbols of its block -> the decoded
-        images (uint8); ``transform``, ``max_error`` and ``modes`` as the header has them."""
+        images (uint8); ``transform``, ``max_error``, ``modes`` and the transform
+        ``layout`` (the format version) as the header has them."""
         if transform:
-            return transform_residual.decode_block(words, base, max_error)
+            if layout < 6:
+                return transform_residual.decode_block(words, base, max_error, layout=5)
+            expect = self.transform_expectation(sym, max_error)
+            return transform_residual.decode_block(words, base, max_error, expect)
         return self.refinement.decode_block(words, base, sym, max_error, modes=modes)
+
+    def transform_expectation(self, sym: np.ndarray, step: int) -> np.ndarray:
+        """(n, A, B): the bucket of the residual the refinement table expects in each
+        transform block of the images of symbols ``sym`` (format 6's class key)."""
+        step = transform_residual.check_step(step)
+        means = self.refinement.means(sym)
+        return transform_residual.expectation(means, len(sym), self.refinement.shape, step)
 
     def encode_with_refinement(
         self,
@@ -361,7 +380,8 @@ class Codec:
             base = self.base_images(sym)
             modes = header.version >= 4  # formats 2 and 3 code the refinement by class
             yield sym, self.refined_images(blocks[b][1], base, sym, header.max_error,
-                                           header.transform, modes=modes)  # fmt: skip
+                                           header.transform, modes=modes,
+                                           layout=header.version)  # fmt: skip
 
     def decompress(self, data: bytes) -> tuple[np.ndarray, list[str] | None, ArchiveHeader]:
         """Archive bytes -> (images (N, C, H, W) uint8, names or None, header)."""

@@ -134,15 +134,21 @@ class Refinement:
         first = codes[..., 0].reshape(n, -1)[:, self.cell] if width > 1 else 0
         return np.asarray(first, dtype=np.int64)[:, None] * self.n_offsets + self.offset[None]
 
+    def means(self, codes: np.ndarray) -> np.ndarray | None:
+        """(n, C, H, W) int64: 16 x the mean |residual| the table holds for every pixel of
+        images coded with ``codes.shape[-1]`` levels, from the codes alone; None without a
+        table."""
+        if self.table is None:
+            return None
+        width = self.table.shape[1]
+        return self.table[codes.shape[-1] - 1].ravel()[self._key(codes, width)]
+
     def classes(self, codes: np.ndarray, step: int) -> np.ndarray:
         """(n, C, H, W) class of every residual symbol of a block coded with ``levels``
         = codes.shape[-1] levels, from the codes alone."""
-        n = len(codes)
-        if self.table is None:
-            return np.zeros((n, *self.shape), dtype=np.int64)
-        levels = codes.shape[-1]
-        width = self.table.shape[1]
-        v = self.table[levels - 1].ravel()[self._key(codes, width)]
+        v = self.means(codes)
+        if v is None:
+            return np.zeros((len(codes), *self.shape), dtype=np.int64)
         thresholds = 2 * np.asarray(EDGES, dtype=np.int64) * step
         return np.searchsorted(thresholds, v, side="right")
 

@@ -64,11 +64,19 @@ N_BANDS = len(_LOW) + 3
 N_NEIGHBOURS = 4  # min(|left| + |up|, 3)
 ACTIVITY = (1, 3, 8)  # nonzero symbols in the left and upper blocks: 4 buckets
 N_ACTIVITY = len(ACTIVITY) + 1
+# format 6: the residual the model expects in a block (``expectation``), in 5 buckets
+# against 1/4, 1/2, 1 and 2 steps, also keys the class (format 5: one bucket)
+EXPECT_QUARTERS = (1, 2, 4, 8)
+N_EXPECT = len(EXPECT_QUARTERS) + 1
+LAYOUTS = (5, 6)  # the archive format versions whose transform stream this module writes
+PARAM_BITS = 10  # format 6: z and theta as 10-bit integers (format 5: 16)
 ROUND = 1.0 / 3.0
 LARGEST = SIDE * 255 * math.sqrt(3)  # bounds |coefficient|: a block's sum, one component
 TOP_LIMIT = 4096  # > the largest |q|, at step 1
 _U16 = constriction.stream.model.Uniform(PARAM)
+_U10 = constriction.stream.model.Uniform(2**PARAM_BITS)
 _TOP = constriction.stream.model.Uniform(TOP_LIMIT)
+_BIT = constriction.stream.model.Uniform(2)
 
 
 def _dct(n: int) -> np.ndarray:
@@ -99,8 +107,30 @@ def top_bound(step: int) -> int:
     return int(LARGEST / step + ROUND) + 1
 
 
-def n_classes(channels: int) -> int:
-    return channels * N_BANDS * N_NEIGHBOURS * N_ACTIVITY
+def n_classes(channels: int, layout: int = 6) -> int:
+    expect = N_EXPECT if layout >= 6 else 1
+    return channels * N_BANDS * expect * N_NEIGHBOURS * N_ACTIVITY
+
+
+def expectation(means: np.ndarray | None, n: int, shape, step: int) -> np.ndarray:
+    """The bucket (n, A, B) of the residual the model expects in each transform block:
+    ``means`` (n, C, H, W) int, 16 x the mean |residual| the refinement table holds for
+    every pixel (from the codes alone, so the decoder has it too; None: no table, bucket
+    0), averaged over the block's pixels inside the image and its channels, counted in
+    ``EXPECT_QUARTERS`` quarters of the step. Integer arithmetic: the same everywhere."""
+    c, h, w = shape
+    a, b = -(-h // SIDE), -(-w // SIDE)
+    if means is None:
+        return np.zeros((n, a, b), dtype=np.int64)
+    v = np.zeros((n, c, a * SIDE, b * SIDE), dtype=np.int64)
+    v[:, :, :h, :w] = means
+    sums = v.reshape(n, c, a, SIDE, b, SIDE).sum(axis=(1, 3, 5))
+    inside = np.zeros((a * SIDE, b * SIDE), dtype=np.int64)
+    inside[:h, :w] = c
+    counts = inside.reshape(a, SIDE, b, SIDE).sum(axis=(1, 3))
+    # mean / 16 >= q / 4 * step  <=>  4 * sums >= q * step * 16 * counts
+    edges = np.asarray(EXPECT_QUARTERS, dtype=np.int64)[:, None, None] * step * 16 * counts
+    return (4 * sums[:, None] >= edges[None]).sum(1)
 
 
 def forward(r: np.ndarray) -> np.ndarray:
@@ -147,9 +177,12 @@ def _diagonal(a: int, b: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, d - rows
 
 
-def _classes(q: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _classes(
+    q: np.ndarray, rows: np.ndarray, cols: np.ndarray, expect: np.ndarray | None = None
+) -> np.ndarray:
     """Classes (n, C, len(rows), 16) uint16 of the symbols at those block positions,
-    from their left and upper neighbours in q (decoded ones, on the decoder's side)."""
+    from their left and upper neighbours in q (decoded ones, on the decoder's side) and,
+    format 6, ``expect`` (n, A, B): the block's ``expectation`` bucket (None: format 5)."""
     n, c = q.shape[:2]
     near = np.zeros((n, c, len(rows), N_FREQ), dtype=np.int64)
     left, up = cols > 0, rows > 0
@@ -161,35 +194,51 @@ def _classes(q: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     act = np.searchsorted(np.asarray(ACTIVITY), busy, side="right")
     comp = np.arange(c)[None, :, None, None]
     band = BAND[None, None, None, :]
-    k = ((comp * N_BANDS + band) * N_ACTIVITY + act) * N_NEIGHBOURS + np.minimum(near, 3)
+    k = comp * N_BANDS + band
+    if expect is not None:
+        k = k * N_EXPECT + expect[:, rows, cols][:, None, :, None]
+    k = (k * N_ACTIVITY + act) * N_NEIGHBOURS + np.minimum(near, 3)
     return k.astype(np.uint16)
 
 
-def _params(sym: np.ndarray) -> tuple[int, int, int]:
+def _params(sym: np.ndarray, bits: int = 16) -> tuple[int, int, int]:
     """(top, z, theta) of one class's symbols: its largest magnitude, the share of zeros
-    and the geometric ratio of the magnitudes, as 16-bit integers."""
+    and the geometric ratio of the magnitudes, as ``bits``-bit integers."""
     mag = np.abs(sym)
     top = int(mag.max())
     nonzero = mag[mag != 0]
     z = 1.0 - nonzero.size / mag.size
     theta = 1.0 - 1.0 / float(nonzero.mean()) if nonzero.size else 0.0
-    return (top, *(int(min(PARAM - 1, max(1, round(v * PARAM)))) for v in (z, theta)))
+    one = 2**bits
+    return (top, *(int(min(one - 1, max(1, round(v * one)))) for v in (z, theta)))
 
 
-def _model(params: tuple[int, int, int]):
+def _model(params: tuple[int, int, int], bits: int = 16):
     top, z, theta = params
-    return geometric_model((z, PARAM // 2, theta), top)
+    shift = 16 - bits  # the law takes 16-bit parameters
+    return geometric_model((z << shift, PARAM // 2, theta << shift), top)
 
 
-def encode_block(x: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
-    """Images x, base (n, C, H, W) uint8 -> the block's ANS words (uint32)."""
+def _param_bits(layout: int) -> int:
+    return PARAM_BITS if layout >= 6 else 16
+
+
+def encode_block(
+    x: np.ndarray, base: np.ndarray, step: int, expect: np.ndarray | None = None,
+    layout: int = 6,
+) -> np.ndarray:  # fmt: skip
+    """Images x, base (n, C, H, W) uint8 -> the block's ANS words (uint32), in format
+    ``layout``'s stream; format 6 keys the classes by ``expect`` (n, A, B), the
+    blocks' ``expectation`` buckets (None: all 0)."""
     step = check_step(step)
     q = quantize(x, base, step)
-    a, b = q.shape[2:4]
+    n, c, a, b = q.shape[:4]
+    expect = _expect(expect, (n, a, b), layout)
+    bits = _param_bits(layout)
     runs = []  # (class, symbols) in decode order
     for d in range(a + b - 1):
         rows, cols = _diagonal(a, b, d)
-        order, present, counts = sorted_runs(_classes(q, rows, cols))
+        order, present, counts = sorted_runs(_classes(q, rows, cols, expect))
         sym = q[:, :, rows, cols].ravel()[order]
         start = 0
         for k, cnt in zip(present.tolist(), counts.tolist(), strict=True):
@@ -199,45 +248,78 @@ def encode_block(x: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
     for k, sym in runs:
         by.setdefault(k, []).append(sym)
     present = sorted(by)
-    params = {k: _params(np.concatenate(by[k])) for k in present}
-    models = {k: _model(params[k]) for k in present if params[k][0] > 0}
+    params = {k: _params(np.concatenate(by[k]), bits) for k in present}
+    models = {k: _model(params[k], bits) for k in present if params[k][0] > 0}
     coder = constriction.stream.stack.AnsCoder()
     for k, sym in reversed(runs):
         if k in models:
             coder.encode_reverse((sym + params[k][0]).astype(np.int32), models[k])
+    top_model = _TOP if layout < 6 else constriction.stream.model.Uniform(top_bound(step) + 1)
     for k in reversed(present):
         top, z, theta = params[k]
         if top:
-            coder.encode_reverse(np.array([z, theta], dtype=np.int32), _U16)
-        coder.encode_reverse(np.array([top], dtype=np.int32), _TOP)
-    total = n_classes(q.shape[1])
-    if present:
-        coder.encode_reverse(np.array(present, dtype=np.int32),
-                             constriction.stream.model.Uniform(total))  # fmt: skip
-    coder.encode_reverse(np.array([len(present)], dtype=np.int32),
-                         constriction.stream.model.Uniform(total + 1))  # fmt: skip
+            coder.encode_reverse(np.array([z, theta], dtype=np.int32), _U16 if bits == 16 else _U10)
+        coder.encode_reverse(np.array([top], dtype=np.int32), top_model)
+    _push_present(coder, present, n_classes(c, layout), layout)
     return coder.get_compressed()
 
 
-def decode_block(words: np.ndarray, base: np.ndarray, step: int) -> np.ndarray:
+def _expect(expect, shape, layout: int) -> np.ndarray | None:
+    """Format 6's expectation buckets (zeros when not given); None for format 5."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"no transform layout {layout}")
+    if layout < 6:
+        return None
+    if expect is None:
+        return np.zeros(shape, dtype=np.int64)
+    expect = np.asarray(expect, dtype=np.int64)
+    if expect.shape != shape or expect.min(initial=0) < 0 or expect.max(initial=0) >= N_EXPECT:
+        raise ValueError(f"expectation buckets of shape {expect.shape} for blocks {shape}")
+    return expect
+
+
+def _push_present(coder, present: list[int], total: int, layout: int) -> None:
+    """The classes present: format 5 their count and indices; format 6 a bit and then
+    that list or a mask of ``total`` bits, whichever is shorter."""
+    as_list = layout < 6 or (math.log2(total + 1) + len(present) * math.log2(total) <= total)
+    if not as_list:
+        mask = np.zeros(total, dtype=np.int32)
+        mask[present] = 1
+        coder.encode_reverse(mask, _BIT)
+    else:
+        if present:
+            coder.encode_reverse(np.array(present, dtype=np.int32),
+                                 constriction.stream.model.Uniform(total))  # fmt: skip
+        coder.encode_reverse(np.array([len(present)], dtype=np.int32),
+                             constriction.stream.model.Uniform(total + 1))  # fmt: skip
+    if layout >= 6:
+        coder.encode_reverse(np.array([0 if as_list else 1], dtype=np.int32), _BIT)
+
+
+def decode_block(
+    words: np.ndarray, base: np.ndarray, step: int, expect: np.ndarray | None = None,
+    layout: int = 6,
+) -> np.ndarray:  # fmt: skip
     """ANS words and the base images (n, C, H, W) uint8 -> the decoded images (uint8);
-    DiscretaeError unless the words hold exactly this block's residual."""
+    ``expect`` and ``layout`` as the encoder had them. DiscretaeError unless the words
+    hold exactly this block's residual."""
     step = check_step(step)
     n, c, h, w = base.shape
     shape = (n, c, -(-h // SIDE), -(-w // SIDE))
-    q = decode_exactly(words, lambda coder: _pop(coder, shape, step), "residual")
+    expect = _expect(expect, (n, *shape[2:]), layout)
+    q = decode_exactly(words, lambda coder: _pop(coder, shape, step, expect, layout), "residual")
     return reconstruct(q, base, step)
 
 
-def _pop(coder, shape: tuple[int, int, int, int], step: int) -> np.ndarray:
+def _pop(coder, shape, step: int, expect, layout: int) -> np.ndarray:
     """The symbols q (n, C, A, B, 16) that :func:`encode_block` pushed."""
     n, c, a, b = shape
-    tops, models = _pop_params(coder, n_classes(c), step)
+    tops, models = _pop_params(coder, n_classes(c, layout), step, layout)
     q = np.zeros((n, c, a, b, N_FREQ), dtype=np.int32)
     used = set()
     for d in range(a + b - 1):
         rows, cols = _diagonal(a, b, d)
-        cls = _classes(q, rows, cols)
+        cls = _classes(q, rows, cols, expect)
         order, here, counts = sorted_runs(cls)
         sym = np.zeros(order.size, dtype=np.int32)
         start = 0
@@ -254,18 +336,27 @@ def _pop(coder, shape: tuple[int, int, int, int], step: int) -> np.ndarray:
     return q
 
 
-def _pop_params(coder, total: int, step: int) -> tuple[dict, dict]:
-    """The classes present, each with its top and (when top > 0) its law."""
+def _pop_present(coder, total: int, layout: int) -> list[int]:
+    if layout >= 6 and int(coder.decode(_BIT, 1)[0]):
+        return np.flatnonzero(coder.decode(_BIT, total)).tolist()
     n_present = int(coder.decode(constriction.stream.model.Uniform(total + 1), 1)[0])
     present = coder.decode(constriction.stream.model.Uniform(total), n_present).tolist()
     if any(y <= x for x, y in zip(present, present[1:], strict=False)):
         raise DiscretaeError("corrupt archive: the residual's classes are out of order")
+    return present
+
+
+def _pop_params(coder, total: int, step: int, layout: int) -> tuple[dict, dict]:
+    """The classes present, each with its top and (when top > 0) its law."""
+    present = _pop_present(coder, total, layout)
+    bits = _param_bits(layout)
+    top_model = _TOP if layout < 6 else constriction.stream.model.Uniform(top_bound(step) + 1)
     tops, models = {}, {}
     for k in present:
-        tops[k] = int(coder.decode(_TOP, 1)[0])
+        tops[k] = int(coder.decode(top_model, 1)[0])
         if tops[k] > top_bound(step):
             raise DiscretaeError("corrupt archive: a residual class's range is too wide")
         if tops[k]:
-            z, theta = (int(v) for v in coder.decode(_U16, 2))
-            models[k] = _model((tops[k], z, theta))
+            z, theta = (int(v) for v in coder.decode(_U16 if bits == 16 else _U10, 2))
+            models[k] = _model((tops[k], z, theta), bits)
     return tops, models
