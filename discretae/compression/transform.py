@@ -17,28 +17,37 @@ first level, 1/3 gave 383 B at 32.4 dB where 1/4 gave 349 B at 31.7 (the same cu
 and 1/2, with an 8x8 block, 10% more bytes at equal PSNR; 4x4 blocks cost 2-9% less
 than 8x8 on the same residuals.
 
-Entropy model. Each symbol's class is (component, band, activity, neighbourhood): its
-band is its frequency for the 6 lowest (row + column < 3) and one of 3 groups above
-(``BAND``; 16 frequencies cost as much on 998 images and more on 256, in parameters); its
+Entropy model. Each symbol's class is (component, band, expectation, activity,
+neighbourhood): its band is its frequency for the 6 lowest (row + column < 3) and one of
+3 groups above (``BAND``; 16 frequencies cost as much on 998 images and more on 256, in
+parameters); its expectation (archive format 6) is the bucket of the residual the model
+expects in the block (:func:`expectation`: the refinement table's mean |residual| of the
+block's pixels, looked up from the codes alone, against 1/4, 1/2, 1 and 2 steps); its
 neighbourhood is ``min(|q_left| + |q_up|, 3)`` over the same component and frequency
 in the blocks to the left and above (0 outside the image), its activity the number of
 nonzero symbols of those two blocks in that component, in 4 buckets (``ACTIVITY``); the
-decoder knows both by then, since it decodes the block positions by anti-diagonals
-(``a + b`` = 0, 1, ...). Per class, the symbols follow a two-sided geometric law
-(``refine.geometric_model``, signs equally likely) truncated at the class's largest
-magnitude. On the openclipart residuals above, the neighbourhood saved about 10% against
-the frequency alone, and the activity 7-8% more.
+decoder knows all of them by then, since it decodes the block positions by
+anti-diagonals (``a + b`` = 0, 1, ...). Per class, the symbols follow a two-sided
+geometric law (``refine.geometric_model``, signs equally likely) truncated at the
+class's largest magnitude. On the openclipart residuals above, the neighbourhood saved
+about 10% against the frequency alone, the activity 7-8% more, and the expectation with
+format 6's shorter parameters 5-6% more (1 level, steps 80 to 28). A context from the
+base image would be sharper but is floating point, which may differ between machines;
+the first component's nonzero count in the block as a context of the other two saved 2%
+alone and nothing on top of the expectation.
 
-Block stream (ANS words, one per archive block): the number of classes present
-(``Uniform(n_classes + 1)``) and their indices in increasing order
-(``Uniform(n_classes)``); per present class its largest magnitude (``Uniform(TOP_LIMIT)``)
-and ``z`` (the share of zeros) and ``theta`` (16-bit, ``Uniform(2**16)``); then, diagonal
-by diagonal and class by class in increasing order, the class's symbols of that diagonal
-in (image, component, block row, frequency) order. Classes whose symbols are all 0 code
-nothing after their parameters. Every probability is an integer from correctly rounded
-float64 steps, so the stream decodes the same everywhere; only the inverse transform is
-floating point, and it shapes no later symbol (a machine that rounds one value
-differently moves that pixel by one).
+Block stream (ANS words, one per archive block). Format 6: a bit, then either the number
+of classes present (``Uniform(n_classes + 1)``) and their indices in increasing order
+(``Uniform(n_classes)``) or a mask of ``n_classes`` bits, whichever is shorter; per
+present class its largest magnitude (``Uniform(top_bound(step) + 1)``) and, when it is
+not 0, ``z`` (the share of zeros) and ``theta`` as 10-bit integers. Format 5: no bit,
+the list, the largest magnitude ``Uniform(TOP_LIMIT)``, 16-bit parameters, no
+expectation. Then, diagonal by diagonal and class by class in increasing order, the
+class's symbols of that diagonal in (image, component, block row, frequency) order.
+Classes whose symbols are all 0 code nothing after their parameters. Every probability
+is an integer from correctly rounded float64 steps, so the stream decodes the same
+everywhere; only the inverse transform is floating point, and it shapes no later symbol
+(a machine that rounds one value differently moves that pixel by one).
 """
 
 from __future__ import annotations
