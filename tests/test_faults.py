@@ -26,8 +26,8 @@ from discretae.commands import fit as fit_model
 from discretae.core.serialization import read_model_file
 from discretae.data.datasets import load_dataset
 from discretae.models.checkpoint import read_checkpoint, write_checkpoint
+from discretae.models.spikes import SPIKE
 from discretae.models.training import (
-    SPIKE,
     TrainingDiverged,
     TrainingInterrupted,
     make_train_state,
