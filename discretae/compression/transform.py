@@ -228,8 +228,12 @@ def _model(params: tuple[int, int, int], bits: int = 16):
     return geometric_model((z << shift, PARAM // 2, theta << shift), top)
 
 
-def _param_bits(layout: int) -> int:
-    return PARAM_BITS if layout >= 6 else 16
+def _param_coding(layout: int, step: int):
+    """(bits of z and theta, their uniform model, the uniform model of a class's top)
+    in format ``layout``'s stream."""
+    if layout < 6:
+        return 16, _U16, _TOP
+    return PARAM_BITS, _U10, constriction.stream.model.Uniform(top_bound(step) + 1)
 
 
 def encode_block(
@@ -243,7 +247,7 @@ def encode_block(
     q = quantize(x, base, step)
     n, c, a, b = q.shape[:4]
     expect = _expect(expect, (n, a, b), layout)
-    bits = _param_bits(layout)
+    bits, param_model, top_model = _param_coding(layout, step)
     runs = []  # (class, symbols) in decode order
     for d in range(a + b - 1):
         rows, cols = _diagonal(a, b, d)
@@ -263,11 +267,10 @@ def encode_block(
     for k, sym in reversed(runs):
         if k in models:
             coder.encode_reverse((sym + params[k][0]).astype(np.int32), models[k])
-    top_model = _TOP if layout < 6 else constriction.stream.model.Uniform(top_bound(step) + 1)
     for k in reversed(present):
         top, z, theta = params[k]
         if top:
-            coder.encode_reverse(np.array([z, theta], dtype=np.int32), _U16 if bits == 16 else _U10)
+            coder.encode_reverse(np.array([z, theta], dtype=np.int32), param_model)
         coder.encode_reverse(np.array([top], dtype=np.int32), top_model)
     _push_present(coder, present, n_classes(c, layout), layout)
     return coder.get_compressed()
@@ -358,14 +361,13 @@ def _pop_present(coder, total: int, layout: int) -> list[int]:
 def _pop_params(coder, total: int, step: int, layout: int) -> tuple[dict, dict]:
     """The classes present, each with its top and (when top > 0) its law."""
     present = _pop_present(coder, total, layout)
-    bits = _param_bits(layout)
-    top_model = _TOP if layout < 6 else constriction.stream.model.Uniform(top_bound(step) + 1)
+    bits, param_model, top_model = _param_coding(layout, step)
     tops, models = {}, {}
     for k in present:
         tops[k] = int(coder.decode(top_model, 1)[0])
         if tops[k] > top_bound(step):
             raise DiscretaeError("corrupt archive: a residual class's range is too wide")
         if tops[k]:
-            z, theta = (int(v) for v in coder.decode(_U16 if bits == 16 else _U10, 2))
+            z, theta = (int(v) for v in coder.decode(param_model, 2))
             models[k] = _model((tops[k], z, theta), bits)
     return tops, models
