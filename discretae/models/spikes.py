@@ -32,7 +32,6 @@ class SpikeGuard:
         self.enabled = enabled
         kept = [h["recon"] for h in state.history if not h.get("rolled_back")]
         self.best = min(kept, default=None)
-        self.rollbacks = sum(bool(h.get("rolled_back")) for h in state.history)
         self.snapshot = None
         self.cuts = 0  # rollbacks to the current snapshot
         if enabled and state.batch == 0:  # an epoch boundary: a resumed run mid-epoch waits for one
@@ -49,12 +48,12 @@ class SpikeGuard:
             return
         recon = state.history[-1]["recon"]
         spiked = self.best is not None and recon > SPIKE * self.best
-        if spiked and self.snapshot is not None and self.rollbacks < MAX_ROLLBACKS:
+        rollbacks = sum(bool(h.get("rolled_back")) for h in state.history)
+        if spiked and self.snapshot is not None and rollbacks < MAX_ROLLBACKS:
             weights, optimizer, state.epoch, state.step = self.snapshot
             state.model.load_state_dict(weights)
             state.optimizer.load_state_dict(copy.deepcopy(optimizer))
             self.cuts += 1
-            self.rollbacks += 1
             for group in state.optimizer.param_groups:
                 for key in ("lr", "initial_lr"):
                     if key in group:
