@@ -72,7 +72,7 @@ def test_round_trip_is_the_encoders_reconstruction(shape, step, layout):
     words = transform.encode_block(x, base, step, expect, layout=layout)
     got = transform.decode_block(words, base, step, expect, layout=layout)
     assert got.shape == x.shape and got.dtype == np.uint8
-    want = transform.reconstruct(transform.quantize(x, base, step), base, step)
+    want = transform.reconstruct(transform.quantize(x, base, step, expect, layout), base, step)
     np.testing.assert_array_equal(got, want)
     if step == 1:  # the finest step is within rounding of the images
         assert np.abs(got.astype(int) - x).max() <= 2
@@ -86,6 +86,33 @@ def test_transforms_are_orthonormal_and_invert():
     np.testing.assert_allclose(transform.inverse(c, r.shape[1:]), r, atol=1e-9)
     square = rng.normal(0, 20, (2, 3, 8, 8))  # no padding: the energy is kept
     np.testing.assert_allclose((transform.forward(square) ** 2).sum(), (square**2).sum())
+
+
+def test_rate_distortion_quantization_lowers_the_lagrangian(monkeypatch):
+    """Each symbol is the nearest magnitude or the one below it, and the encoder's choice
+    costs less than the dead zone's in squared error (in steps) plus RD_LAMBDA times the
+    real stream's bits, while both decode to what their quantizer reconstructs."""
+    rng = np.random.default_rng(7)
+    x, base = smooth_pair(rng, 40, (3, 16, 16))
+    step = 12
+    coef = transform.forward(x.astype(np.int16) - base.astype(np.int16)) / step
+    q = transform.quantize(x, base, step)
+    near = np.floor(np.abs(coef) + 0.5)
+    assert np.all((np.abs(q) == near) | (np.abs(q) == near - 1))
+    assert np.all((q == 0) | (np.sign(q) == np.sign(coef)))
+
+    def lagrangian(words, q):
+        got = transform.decode_block(words, base, step)
+        np.testing.assert_array_equal(got, transform.reconstruct(q, base, step))
+        error = ((coef - q) ** 2).sum()
+        return error + transform.RD_LAMBDA * 32 * len(words)
+
+    chosen = lagrangian(transform.encode_block(x, base, step), q)
+    monkeypatch.setattr(
+        transform, "quantize", lambda x, base, step, *_: transform.dead_zone(x, base, step)
+    )
+    fixed = lagrangian(transform.encode_block(x, base, step), transform.dead_zone(x, base, step))
+    assert chosen < 0.97 * fixed
 
 
 def test_smaller_steps_cost_more_and_come_closer():
@@ -161,7 +188,8 @@ def test_archive_round_trip_flag_and_version(codec, digits):
     images, _, _ = codec.decompress(data)
     sym = codec.encode_images(torch.from_numpy(x).float() / 255)[..., :2]
     base = codec.base_images(sym)
-    want = transform.reconstruct(transform.quantize(x, base, 6), base, 6)
+    expect = codec.transform_expectation(sym, 6)
+    want = transform.reconstruct(transform.quantize(x, base, 6, expect), base, 6)
     np.testing.assert_array_equal(images, want)
     assert psnr_per_image(images, x).mean() > psnr_per_image(base, x).mean() + 5
 
@@ -198,8 +226,10 @@ def test_version_5_transform_archives_still_read(codec, digits):
     old = pack_archive(dataclasses.replace(header, version=5), [blocks[0][:-extra]], names,
                        [words5])  # fmt: skip
     assert old[len(MAGIC)] == 5 and old != data
-    want = transform.reconstruct(transform.quantize(x, base, 6), base, 6)
+    want = transform.reconstruct(transform.quantize(x, base, 6, layout=5), base, 6)
     np.testing.assert_array_equal(codec.decompress(old)[0], want)
+    expect = codec.transform_expectation(sym, 6)
+    want = transform.reconstruct(transform.quantize(x, base, 6, expect), base, 6)
     np.testing.assert_array_equal(codec.decompress(data)[0], want)
 
 
@@ -342,8 +372,9 @@ def test_the_expectation_saves_bytes_where_it_tells_busy_blocks_apart():
     x = np.clip(base + noise, 0, 255).astype(np.uint8)
     told = transform.encode_block(x, base, 10, expect)
     blind = transform.encode_block(x, base, 10)
-    want = transform.reconstruct(transform.quantize(x, base, 10), base, 10)
+    want = transform.reconstruct(transform.quantize(x, base, 10, expect), base, 10)
     np.testing.assert_array_equal(transform.decode_block(told, base, 10, expect), want)
+    want = transform.reconstruct(transform.quantize(x, base, 10), base, 10)
     np.testing.assert_array_equal(transform.decode_block(blind, base, 10), want)
     assert len(told) < 0.95 * len(blind)
 
