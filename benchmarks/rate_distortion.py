@@ -106,6 +106,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from discretae.commands.common import load_codec
+from discretae.compression import transform as transform_residual
 from discretae.compression.archive import pack_archive, parse_archive
 from discretae.compression.codec import load_prior, save_prior
 from discretae.compression.fitting import PRIOR_KINDS, fit_prior, fit_refinement
@@ -541,7 +542,28 @@ def _refined_point(codec, test, work: Path, lv: int, value: int, transform: bool
         by_class = len(refined_by_class(codec, data, test))
         point.update(worst_error=worst, by_class_archive_bytes=by_class,
                      by_class_bytes_per_image=by_class / n)  # fmt: skip
+    else:
+        fixed = dead_zone_archive(codec, data, test)
+        point.update(dead_zone_archive_bytes=len(fixed), dead_zone_bytes_per_image=len(fixed) / n,
+                     dead_zone_psnr=quality(codec.decompress(fixed)[0], test)["psnr"])  # fmt: skip
     return point
+
+
+def dead_zone_archive(codec, data: bytes, test: np.ndarray) -> bytes:
+    """The transform archive ``data`` of the images ``test`` with its residual quantized
+    by the dead zone alone instead of the rate-distortion choice: the same codes and
+    stream layout, a real archive, for the same run's comparison."""
+    header, names, blocks = parse_archive(data)
+    sym = codec.decode_archive(data)[0]
+    codes, refine = [], []
+    for b, (words, extra) in enumerate(zip(blocks, header.refine_words, strict=True)):
+        part = slice(b * header.block, (b + 1) * header.block)
+        codes.append(words[: len(words) - extra])
+        expect = codec.transform_expectation(sym[part], header.max_error)
+        base = codec.base_images(sym[part])
+        step = header.max_error
+        refine.append(transform_residual.encode_block(test[part], base, step, expect, rd=False))
+    return pack_archive(header, codes, names, refine)
 
 
 def refined_by_class(codec, data: bytes, test: np.ndarray) -> bytes:

@@ -310,13 +310,14 @@ def _param_coding(layout: int, step: int):
 
 def encode_block(
     x: np.ndarray, base: np.ndarray, step: int, expect: np.ndarray | None = None,
-    layout: int = 6,
+    layout: int = 6, rd: bool = True,
 ) -> np.ndarray:  # fmt: skip
     """Images x, base (n, C, H, W) uint8 -> the block's ANS words (uint32), in format
     ``layout``'s stream; format 6 keys the classes by ``expect`` (n, A, B), the
-    blocks' ``expectation`` buckets (None: all 0)."""
+    blocks' ``expectation`` buckets (None: all 0). ``rd`` False quantizes with the dead
+    zone alone (the benchmark's peer)."""
     step = check_step(step)
-    q = quantize(x, base, step, expect, layout)
+    q = quantize(x, base, step, expect, layout) if rd else dead_zone(x, base, step)
     n, c, a, b = q.shape[:4]
     expect = _expect(expect, (n, a, b), layout)
     bits, param_model, top_model = _param_coding(layout, step)
