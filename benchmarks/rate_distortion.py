@@ -50,7 +50,11 @@ same prefixes refined with ``compress --max-error E`` for each E in ``--max-erro
 (the worst pixel error of every refined point is checked against E; each also gives
 ``by_class_bytes_per_image``, the same archive with its refinement coded by class alone,
 format 3's layout, :func:`refined_by_class`), and the prefixes
-encoded with ``compress --rate-weight w`` for each w in ``--rate-weights``. The older aim
+encoded with ``compress --rate-weight w`` for each w in ``--rate-weights``, and every
+prefix, with and without each rate weight, refined with ``compress --step S`` for each S
+in ``--steps`` (each also gives ``dead_zone_bytes_per_image`` and ``dead_zone_psnr``,
+the same archive with its residual quantized by the dead zone alone,
+:func:`dead_zone_archive`). The older aim
 (27.8 dB at 80 bytes) is still reported. Encode and decode times
 are wall times over the whole test split (``--threads`` CPU threads; ours in batches of
 ``BATCH`` images through the network, the archive written and read back; Pillow one file
@@ -483,8 +487,9 @@ def measure_model(
     points = []
     weights = [0.0] + ([w for w in rate_weights if w > 0] if codec.est.model_.config["kind"]
                        in ("vq", "rvq") else [])  # fmt: skip
+    coders = {}
     for w in weights:
-        coder = codec if w == 0 else load_codec(path, device="cpu", rate_weight=w)
+        coder = coders[w] = codec if w == 0 else load_codec(path, device="cpu", rate_weight=w)
         for lv in levels:
             archive = work / f"l{lv}-w{w:g}.dae"
             t = time.perf_counter()
@@ -509,20 +514,25 @@ def measure_model(
                 **quality(recon, test), "encode_s": enc, "decode_s": dec,
                 "encode_images_per_s": n / enc, "decode_images_per_s": n / dec,
             })  # fmt: skip
-    refinements = [(e, False) for e in max_errors] + [(s, True) for s in steps]
-    for transform in (False, True):
+    for lv in levels:
+        for e in max_errors:
+            points.append(_refined_point(codec, test, work, lv, e, False))
+    for w, coder in coders.items():  # steps on the codes of every rate weight
         for lv in levels:
-            for value in [v for v, t in refinements if t == transform]:
-                points.append(_refined_point(codec, test, work, lv, value, transform))
+            for step in steps:
+                points.append(_refined_point(coder, test, work, lv, step, True, w))
     return points
 
 
-def _refined_point(codec, test, work: Path, lv: int, value: int, transform: bool) -> dict:
+def _refined_point(
+    codec, test, work: Path, lv: int, value: int, transform: bool, rate_weight: float = 0.0
+) -> dict:
     """One refined archive of the test images, written and read back: a max error (its
     bound checked, and the same archive with its refinement by class alone), or with
-    ``transform`` a step."""
+    ``transform`` a step (and its dead-zone peer), on the codes of ``codec`` (its rate
+    weight ``rate_weight``)."""
     n, key = len(test), "step" if transform else "max_error"
-    archive = work / f"l{lv}-{'s' if transform else 'e'}{value}.dae"
+    archive = work / f"l{lv}-w{rate_weight:g}-{'s' if transform else 'e'}{value}.dae"
     t = time.perf_counter()
     data = codec.encode_with_refinement(test, levels=lv, max_error=value, transform=transform)
     with atomic_path(archive) as tmp:
@@ -532,7 +542,8 @@ def _refined_point(codec, test, work: Path, lv: int, value: int, transform: bool
     t = time.perf_counter()
     recon, _, _ = codec.decompress(archive.read_bytes())
     dec = time.perf_counter() - t
-    point = {"levels": lv, key: value, "archive_bytes": size, "bytes_per_image": size / n,
+    point = {"levels": lv, key: value, "rate_weight": rate_weight, "archive_bytes": size,
+             "bytes_per_image": size / n,
              "bits_per_image": 8 * size / n, "n_images": n, **quality(recon, test),
              "encode_s": enc, "decode_s": dec,
              "encode_images_per_s": n / enc, "decode_images_per_s": n / dec}  # fmt: skip
@@ -724,7 +735,7 @@ def plot(name: str, result: dict, path: Path) -> None:
         mine = [p for p in result["points"] if p["model"] == model["name"]]
         pts = [p for p in mine if p.get("max_error") is None and p.get("step") is None
                and not p.get("rate_weight")]  # fmt: skip
-        weighted = [p for p in mine if p.get("rate_weight")]
+        weighted = [p for p in mine if p.get("rate_weight") and p.get("step") is None]
         if weighted:
             ax.plot([p["bytes_per_image"] for p in weighted], [p["psnr"] for p in weighted],
                     "x", ms=5, label=f"discretae {model['name']}, rate-weighted")  # fmt: skip
@@ -888,6 +899,10 @@ def print_table(name: str, result: dict) -> None:
             by_class = p["by_class_bytes_per_image"]
             print(f"  {point_label(p, multi)}: {p['bytes_per_image']:.1f} B/image, "
                   f"{by_class:.1f} with the refinement by class alone")  # fmt: skip
+        if p.get("dead_zone_bytes_per_image") is not None:
+            print(f"  {point_label(p, multi)}: {p['bytes_per_image']:.1f} B/image at "
+                  f"{p['psnr']:.2f} dB; the dead zone alone: "
+                  f"{p['dead_zone_bytes_per_image']:.1f} at {p['dead_zone_psnr']:.2f}")  # fmt: skip
     th = result["throughput"]
     for o in th["ours"]:
         label = point_label(o, multi)

@@ -330,17 +330,26 @@ def test_cli_colour_folder_with_a_step_and_with_psnr(tmp_path):
 
 
 def test_the_benchmark_measures_transform_points(rd, model, codec, digits, tmp_path):
+    """Each step on every level prefix, on the nearest codes and on the codes of each
+    rate weight: real archives, and each with its dead-zone peer."""
+    from discretae.commands.common import load_codec
+
     x = digits[N_TRAIN : N_TRAIN + 60]
-    points = rd.measure_model(model, x, tmp_path, steps=(8, 32))
+    points = rd.measure_model(model, x, tmp_path, rate_weights=(0.05,), steps=(8, 32))
     stepped = [p for p in points if p.get("step") is not None]
-    assert [(p["levels"], p["step"]) for p in stepped] == [(lv, s) for lv in (1, 2, 3)
-                                                           for s in (8, 32)]  # fmt: skip
+    assert [(p["rate_weight"], p["levels"], p["step"]) for p in stepped] == [
+        (w, lv, s) for w in (0.0, 0.05) for lv in (1, 2, 3) for s in (8, 32)
+    ]
+    weighted = load_codec(model, device="cpu", rate_weight=0.05)
     for p in stepped:
-        data = codec.encode_with_refinement(x, levels=p["levels"], max_error=p["step"],
+        coder = weighted if p["rate_weight"] else codec
+        data = coder.encode_with_refinement(x, levels=p["levels"], max_error=p["step"],
                                             transform=True)  # fmt: skip
         assert p["archive_bytes"] == len(data)
         assert p["psnr"] == pytest.approx(psnr_per_image(codec.decompress(data)[0], x).mean())
+        assert p["dead_zone_bytes_per_image"] > 0 and p["dead_zone_psnr"] > 0
     assert rd.point_label({"model": "m", **stepped[0]}, {"m"}) == "m L1 s8"
+    assert rd.point_label({"model": "m", **stepped[-1]}, {"m"}) == "m L3 s32 w0.05"
 
 
 def test_every_quantized_value_lies_within_the_step_bound():
