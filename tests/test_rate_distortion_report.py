@@ -213,3 +213,25 @@ def test_avif_support_is_none_or_a_reason(rd):
         files, out, _ = rd.pil_codec(a, "AVIF", quality=90)
         assert out.shape == a.shape and rd.quality(out, a)["psnr"] > 30
         assert all(len(f) > 0 for f in files)
+
+
+# ----------------------------------------------------------------------- targets
+def test_the_targets_read_every_point_and_the_front(rd):
+    """A dominated point above WebP fails the every-point check but not the front's; a
+    front point above WebP fails both; the widest gap counts the range's ends."""
+    webp = [{"psnr": 20.0, "bytes_per_image": 100.0}, {"psnr": 40.0, "bytes_per_image": 300.0}]
+
+    def ours(*pairs):
+        return [{"model": "m", "levels": 1, "bytes_per_image": b, "psnr": p} for b, p in pairs]
+
+    # WebP: 150 B at 25 dB, 200 at 30, 250 at 35
+    # (250, 31): above WebP's 210 there, and beaten by (235, 34) on both counts
+    t = rd.check_targets(ours((140, 25.0), (190, 30.0), (235, 34.0), (250, 31.0)), webp)
+    assert not t["required_met"] and t["front_met"]
+    assert t["front_points_in_range"] == 3
+    assert t["front_widest_gap_db"] == pytest.approx(5.0)
+    t = rd.check_targets(ours((140, 25.0), (260, 34.0)), webp)
+    assert not t["front_met"] and not t["required_met"]
+    t = rd.check_targets(ours((140, 25.0), (235, 34.0)), webp)
+    assert t["front_met"] and t["required_met"]
+    assert t["front_widest_gap_db"] == pytest.approx(9.0)
