@@ -370,16 +370,25 @@ def test_psnr_target_takes_the_fewest_bytes_that_reach_it(model, codec, digits, 
     # the search reports each setting measured, then the stream its images
     search = [e for e in events if e["stage"] == "choosing the setting"]
     assert [e["done"] for e in search] == list(range(1, len(chosen["tried"]) + 1))
-    assert all(e["unit"] == "settings" and e["total"] == 54 for e in search)
+    # both rate weights searched (0 and 0.1), up to 18 settings a level each
+    assert all(e["unit"] == "settings" and e["total"] == 108 for e in search)
+    assert {t["rate_weight"] for t in chosen["tried"]} == {0.0, 0.1}
     assert events.index(search[-1]) < min(i for i, e in enumerate(events) if e["stage"] == "encode")
-    setting = ("levels", "max_error", "step")
+    setting = ("levels", "max_error", "step", "rate_weight")
     assert [result[k] for k in setting] == [chosen[k] for k in setting]
     assert chosen["max_error"] is None or chosen["step"] is None
     # the archive written decodes to images that reach the target
     images, _, _ = codec.decompress(out.read_bytes())
     assert psnr_per_image(images, x).mean() >= target
-    # no other setting measured the same way reaches it with fewer bytes (the sample's
-    # order may move a coded size by a few bytes)
+    # no other setting measured the same way, at either weight, reaches it with fewer
+    # bytes (the sample's order may move a coded size by a few bytes)
+    for w in (0.0, 0.1):
+        _no_cheaper_setting(load_codec(model, "cpu", rate_weight=w), x, target, chosen)
+
+
+def _no_cheaper_setting(codec, x, target, chosen):
+    from discretae.evaluation.metrics import psnr_per_image
+
     sym = codec.encode_images(torch.from_numpy(x).float() / 255)
     for lv in (1, 2, 3):
         s = sym[..., :lv]
@@ -394,6 +403,14 @@ def test_psnr_target_takes_the_fewest_bytes_that_reach_it(model, codec, digits, 
                 size += 4 * len(words)
             if psnr_per_image(got, x).mean() >= target:
                 assert size / 256 >= chosen["sample_bytes_per_image"] - 0.1, (lv, e, transform)
+
+
+def test_psnr_target_with_a_given_rate_weight_searches_that_weight_alone(model, digits, tmp_path):
+    np.save(tmp_path / "x.npy", digits[N_TRAIN : N_TRAIN + 64, 0])
+    result = compress(str(tmp_path / "x.npy"), model=model, out=tmp_path / "t.dae", psnr=25.0,
+                      rate_weight=0.0, device="cpu")  # fmt: skip
+    assert result["rate_weight"] == 0.0
+    assert {t["rate_weight"] for t in result["psnr_target"]["tried"]} == {0.0}
 
 
 def test_psnr_sample_is_drawn_across_the_data(model, codec, digits, tmp_path):
