@@ -57,10 +57,9 @@ def compress(
     instead adds a transform residual with that quantizer step
     (:mod:`discretae.compression.transform`): no bound, fewer bytes for a PSNR.
     ``rate_weight`` > 0 stores codes a little further from the images that the prior finds
-    cheaper (vq and rvq models; :mod:`discretae.compression.rate`; None: 0, or with
-    ``psnr`` each of ``PSNR_RATE_WEIGHTS`` the model takes). ``psnr`` instead of
-    ``levels``, ``max_error`` and ``step``: the setting with the fewest bytes whose images
-    reach that mean PSNR (dB) on a sample of DATA (:func:`choose_for_psnr`). ``names``
+    cheaper (vq and rvq; :mod:`discretae.compression.rate`; None: 0, or :func:`_for_psnr`'s).
+    ``psnr`` instead of ``levels``, ``max_error`` and ``step``: the setting with the fewest
+    bytes whose images reach that mean PSNR (dB) on a sample of DATA. ``names``
     stores the images' file names when DATA has them (folders). Returns the archive's
     size, bytes and bits per image (header amortised), and more.
     """
@@ -77,11 +76,8 @@ def compress(
     ds = load_model_data(data, codec.est, strict=strict, warn=warn)
     chosen = None
     if psnr is not None:
-        weights = PSNR_RATE_WEIGHTS if rate_weight is None else (rate_weight,)
-        codec, chosen = _choose_weighted(codec, model, device, weights, ds, psnr, batch_size,
-                                         callback)  # fmt: skip
+        codec, chosen = _for_psnr(codec, model, device, rate_weight, ds, psnr, batch_size, callback)
         levels, max_error, step = chosen["levels"], chosen["max_error"], chosen["step"]
-    rate_weight = codec.rate_weight
     transform, bound = step is not None, max_error if step is None else step
     sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
     if sym is None:
@@ -106,7 +102,7 @@ def compress(
         "max_levels": codec.n_levels,
         "max_error": max_error,
         "step": step,
-        "rate_weight": rate_weight,
+        "rate_weight": codec.rate_weight,
         "code_shape": [*codec.grid, levels],
         "n_codes": codec.n_codes,
         "prior": "uniform" if codec.uniform else codec.prior.kind,
@@ -116,11 +112,12 @@ def compress(
     }
 
 
-def _choose_weighted(codec, model, device, weights, ds, target, batch_size, callback):
-    """-> (codec, setting): :func:`choose_for_psnr` for each rate weight in ``weights`` the
-    model takes (a weight its codec refuses, as a gumbel model or one without a prior
-    does, is left out), the one of fewest bytes; its "tried" lists every weight's
-    settings, each with its "rate_weight"."""
+def _for_psnr(codec, model, device, rate_weight, ds, target, batch_size, callback):
+    """-> (codec, setting): :func:`choose_for_psnr` for the rate weight given, or with
+    None for each of ``PSNR_RATE_WEIGHTS`` the model takes (a weight its codec refuses,
+    as a gumbel model or one without a prior does, is left out), the one of fewest bytes;
+    its "tried" lists every weight's settings, each with its "rate_weight"."""
+    weights = PSNR_RATE_WEIGHTS if rate_weight is None else (rate_weight,)
     codecs = [codec]
     for w in weights:
         if w != codec.rate_weight:
