@@ -564,23 +564,29 @@ def dead_zone_archive(codec, data: bytes, test: np.ndarray) -> bytes:
     """The transform archive ``data`` of the images ``test`` with its residual quantized
     by the dead zone alone instead of the rate-distortion choice: the same codes and
     stream layout, a real archive, for the same run's comparison."""
-    header, names, blocks = parse_archive(data)
-    sym = codec.decode_archive(data)[0]
-    codes, refine = [], []
-    for b, (words, extra) in enumerate(zip(blocks, header.refine_words, strict=True)):
-        part = slice(b * header.block, (b + 1) * header.block)
-        codes.append(words[: len(words) - extra])
-        expect = codec.transform_expectation(sym[part], header.max_error)
-        base = codec.base_images(sym[part])
-        step = header.max_error
-        refine.append(transform_residual.encode_block(test[part], base, step, expect, rd=False))
-    return pack_archive(header, codes, names, refine)
+
+    def dead_zone(x, base, sym, step):
+        expect = codec.transform_expectation(sym, step)
+        return transform_residual.encode_block(x, base, step, expect, rd=False)
+
+    return _recoded(codec, data, test, dead_zone)
 
 
 def refined_by_class(codec, data: bytes, test: np.ndarray) -> bytes:
     """The refined archive ``data`` of the images ``test`` with its refinement coded by class
     alone (format 3's layout, no neighbours): the same codes, a real archive, for the same
     run's comparison."""
+
+    def by_class(x, base, sym, max_error):
+        return codec.refinement.encode_block(x, base, sym, max_error, modes=False)
+
+    return _recoded(codec, data, test, by_class, version=3)
+
+
+def _recoded(codec, data: bytes, test: np.ndarray, encode, version: int | None = None) -> bytes:
+    """The refined archive ``data`` of ``test`` with each block's refinement written again
+    by ``encode(x, base, sym, value)`` (value: the archive's max error or step), the codes
+    kept; as archive format ``version`` (None: the same)."""
     header, names, blocks = parse_archive(data)
     sym = codec.decode_archive(data)[0]
     codes, refine = [], []
@@ -588,9 +594,10 @@ def refined_by_class(codec, data: bytes, test: np.ndarray) -> bytes:
         part = slice(b * header.block, (b + 1) * header.block)
         codes.append(words[: len(words) - extra])
         base = codec.base_images(sym[part])
-        refine.append(codec.refinement.encode_block(test[part], base, sym[part],
-                                                    header.max_error, modes=False))  # fmt: skip
-    return pack_archive(dataclasses.replace(header, version=3), codes, names, refine)
+        refine.append(encode(test[part], base, sym[part], header.max_error))
+    if version is not None:
+        header = dataclasses.replace(header, version=version)
+    return pack_archive(header, codes, names, refine)
 
 
 def point_label(p: dict, multi: set) -> str:
