@@ -78,6 +78,12 @@ def test_round_trip_is_the_encoders_reconstruction(shape, step, layout):
         assert np.abs(got.astype(int) - x).max() <= 2
 
 
+def test_an_empty_block_round_trips():
+    x = np.zeros((0, 3, 8, 8), dtype=np.uint8)
+    words = transform.encode_block(x, x, 10)
+    assert transform.decode_block(words, x, 10).shape == x.shape
+
+
 def test_transforms_are_orthonormal_and_invert():
     rng = np.random.default_rng(0)
     r = rng.normal(0, 20, (2, 3, 9, 13))

@@ -231,7 +231,7 @@ def _symbol_bits(q: np.ndarray, expect: np.ndarray | None):
         rows, cols = _diagonal(a, b, d)
         k[:, :, rows, cols] = _classes(q, rows, cols, expect)
     mag = np.abs(q)
-    size = int(k.max()) + 1
+    size = int(k.max(initial=0)) + 1
     count = np.bincount(k.ravel(), minlength=size)
     nonzero = np.bincount(k.ravel(), weights=(mag != 0).ravel(), minlength=size)
     total = np.bincount(k.ravel(), weights=mag.ravel(), minlength=size)
