@@ -489,7 +489,7 @@ def measure_model(
                        in ("vq", "rvq") else [])  # fmt: skip
     coders = {}
     for w in weights:
-        coder = coders[w] = codec if w == 0 else load_codec(path, device="cpu", rate_weight=w)
+        coder = coders[w] = codec.weighted(w)
         for lv in levels:
             archive = work / f"l{lv}-w{w:g}.dae"
             t = time.perf_counter()

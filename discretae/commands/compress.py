@@ -76,7 +76,7 @@ def compress(
     ds = load_model_data(data, codec.est, strict=strict, warn=warn)
     chosen = None
     if psnr is not None:
-        codec, chosen = _for_psnr(codec, model, device, rate_weight, ds, psnr, batch_size, callback)
+        codec, chosen = _for_psnr(codec, rate_weight, ds, psnr, batch_size, callback)
         levels, max_error, step = chosen["levels"], chosen["max_error"], chosen["step"]
     transform, bound = step is not None, max_error if step is None else step
     sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
@@ -112,7 +112,7 @@ def compress(
     }
 
 
-def _for_psnr(codec, model, device, rate_weight, ds, target, batch_size, callback):
+def _for_psnr(codec, rate_weight, ds, target, batch_size, callback):
     """-> (codec, setting): :func:`choose_for_psnr` for the rate weight given, or with
     None for each of ``PSNR_RATE_WEIGHTS`` the model takes (a weight its codec refuses,
     as a gumbel model or one without a prior does, is left out), the one of fewest bytes;
@@ -122,7 +122,7 @@ def _for_psnr(codec, model, device, rate_weight, ds, target, batch_size, callbac
     for w in weights:
         if w != codec.rate_weight:
             try:
-                codecs.append(load_codec(model, device, rate_weight=w))
+                codecs.append(codec.weighted(w))
             except DiscretaeError:
                 continue
     best, tried = None, []

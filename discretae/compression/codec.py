@@ -27,6 +27,7 @@ no table: its parameters travel in the archive). The binary format is documented
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -190,12 +191,22 @@ class Codec:
         self.digest = model_digest(est, self.prior, refinement)
         self.refinement = refinement or Refinement(shape, self.grid)
         self.residual = est.model_.config["kind"] == "rvq"
+        self._set_rate_weight(rate_weight)
+
+    def _set_rate_weight(self, rate_weight: float) -> None:
         self.rate_weight = check_rate_weight(rate_weight)
         self._rate = (
-            RateAwareEncoder(est.model_, self.prior, self.rate_weight)
+            RateAwareEncoder(self.est.model_, self.prior, self.rate_weight)
             if self.rate_weight > 0
             else None
         )
+
+    def weighted(self, rate_weight: float) -> Codec:
+        """This codec encoding images with ``rate_weight`` instead (same network, prior,
+        refinement table and model hash); DiscretaeError where the model takes none."""
+        other = copy.copy(self)
+        other._set_rate_weight(rate_weight)
+        return other
 
     def check_levels(self, levels: int | None) -> int:
         """Validate a ``levels`` request; None means all."""
