@@ -235,3 +235,20 @@ def test_the_targets_read_every_point_and_the_front(rd):
     t = rd.check_targets(ours((140, 25.0), (235, 34.0)), webp)
     assert t["front_met"] and t["required_met"]
     assert t["front_widest_gap_db"] == pytest.approx(9.0)
+    assert t["knob_points_in_range"] == 0 and not t["knob_met"]
+
+
+def test_the_knob_check_reads_only_the_psnr_points(rd):
+    """compress --psnr's points are checked on their own: one above WebP fails them, a
+    cheaper setting elsewhere does not rescue it; points outside the range do not count."""
+    webp = [{"psnr": 20.0, "bytes_per_image": 100.0}, {"psnr": 40.0, "bytes_per_image": 300.0}]
+    pts = [{"model": "m", "levels": 1, "bytes_per_image": 140.0, "psnr": 25.0},
+           {"model": "m", "levels": 1, "bytes_per_image": 190.0, "psnr": 30.2,
+            "psnr_target": 30.0},
+           {"model": "m", "levels": 1, "bytes_per_image": 500.0, "psnr": 38.0,
+            "psnr_target": 38.0}]  # fmt: skip
+    t = rd.check_targets(pts, webp)
+    assert t["knob_points_in_range"] == 1 and t["knob_met"]
+    pts[1]["bytes_per_image"] = 210.0  # WebP: 202 B at 30.2 dB
+    t = rd.check_targets(pts, webp)
+    assert not t["knob_met"] and t["points"][1]["psnr_target"] == 30.0

@@ -358,6 +358,25 @@ def test_the_benchmark_measures_transform_points(rd, model, codec, digits, tmp_p
     assert rd.point_label({"model": "m", **stepped[-1]}, {"m"}) == "m L3 s32 w0.05"
 
 
+def test_the_benchmark_measures_what_compress_psnr_writes(rd, model, codec, digits, tmp_path):
+    """A --psnr-targets point is the archive of compress --psnr on the test images: its
+    bytes and setting are the command's, scored on every test image."""
+    from discretae.commands.compress import compress
+
+    x = digits[N_TRAIN : N_TRAIN + 60]
+    (point,) = rd.measure_model(model, x, tmp_path, psnr_targets=(30.0,))[-1:]
+    np.save(tmp_path / "x.npy", x)
+    got = compress(str(tmp_path / "x.npy"), model=model, out=tmp_path / "p.dae", psnr=30.0)
+    assert point["psnr_target"] == 30.0
+    assert point["archive_bytes"] == got["archive_bytes"]
+    for key in ("levels", "max_error", "step", "rate_weight"):
+        assert point[key] == got[key]
+    assert point["psnr"] == pytest.approx(
+        psnr_per_image(codec.decompress((tmp_path / "p.dae").read_bytes())[0], x).mean()
+    )
+    assert rd.point_label({"model": "m", **point}, set()).endswith("(--psnr 30)")
+
+
 def test_every_quantized_value_lies_within_the_step_bound():
     """The extreme residuals (+-255 over a whole block, every channel alike) stay within
     top_bound, which the decoder holds a class's range to."""
