@@ -40,6 +40,9 @@ Variants (the ablation; "recipe" is the default ``discretae fit DATA --model gum
                  stronger than its default: a random rectangle erased in a quarter of
                  the images (default: none), zoom +-25% (default 12%), shift +-20% of
                  the side (default 10%)
+    recipe-flips the recipe with the mirror rule's flips forced off (``{"augment":
+                 {"flip": 0}}``): the rule's ablation where the data turns flips on
+                 (Fashion-MNIST), the recipe itself where it does not (digits)
     recipe+kmeans the recipe, then the embedding-k-means step (opt-in: k-means, 10
                  seedings, on the contrastive embedding of the training images, distilled
                  into the code; ``objective_options={"embedding_kmeans": True}``). It is
@@ -83,6 +86,7 @@ VARIANTS = {
     "recipe+erase": "auto",
     "recipe+zoom": "auto",
     "recipe+shift": "auto",
+    "recipe-flips": "auto",
 }
 # variants that change more than the objectives
 OPTIONS = {
@@ -94,6 +98,8 @@ OPTIONS = {
     "recipe+erase": {"objective_options": {"augment": {"erase": 0.25}}},
     "recipe+zoom": {"objective_options": {"augment": {"scale": 0.25}}},
     "recipe+shift": {"objective_options": {"augment": {"translate": 0.2}}},
+    # the mirror rule's flips forced off (where the data turns them on, the ablation)
+    "recipe-flips": {"objective_options": {"augment": {"flip": 0.0}}},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 # variant -> the name of its fit scored before the embedding-k-means step: the variant is
@@ -148,15 +154,16 @@ def estimator(variant: str, seed: int = 0, device: str = "cpu", epochs: int | No
     return DiscreteAutoencoder("gumbel", n_codes=10, random_state=seed, device=device, **options)
 
 
-def schedule_of(variant: str, x, epochs: int | None = None) -> str:
+def schedule_of(variant: str, x, epochs: int | None = None, images=None) -> str:
     """What a variant's fit on x trains with: its objectives, epochs, learning rate and
-    its curve, and the neighbour mining where the variant mines. Cached runs of another
-    schedule (an older default) are run again."""
+    its curve, the neighbour mining where the variant mines, and the augmentation ranges
+    that differ from the defaults, flips by the mirror rule on ``images`` (x as images)
+    included. Cached runs of another schedule (an older default) are run again."""
     from discretae.estimator.fitted import as_images
 
     est = estimator(variant, epochs=epochs)
     shape = tuple(as_images(x[:1]).shape[1:])
-    model = est._build(shape)
+    model = est._build(shape, images)
     n_epochs, lr = est._schedule(model, len(x))  # the given epochs, or the recipe's
     names = ",".join(sorted(est._objective_names(shape))) or "none"
     decoder = model.config["decoder"]
@@ -306,6 +313,8 @@ def main() -> None:
     import torch
     from _common import device_name, versions
 
+    from discretae.estimator.fitted import as_images
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits", help="digits or fashion-mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -330,7 +339,8 @@ def main() -> None:
     dev = "gpu" if a.device.startswith("cuda") else "cpu"
     out = a.out or HERE / "results" / f"clustering-{a.dataset}-{dev}.json"
     x, y = load(a.dataset)
-    schedules = {v: schedule_of(v, x, a.epochs) for v in VARIANTS}
+    images = as_images(x)  # each variant's schedule names the flips the mirror rule chose
+    schedules = {v: schedule_of(v, x, a.epochs, images) for v in VARIANTS}
     schedules.update({before: schedules[v] for v, before in RECLUSTERED.items()})
     done: list[dict] = []
     ids: dict[tuple[str, int], np.ndarray] = {}  # (method, seed) -> cluster ids

@@ -16,8 +16,10 @@ every image of DATA, the script scores (labels only to score):
   by ``nearest_codes`` (exact), for each K in ``--neighbours``.
 
 With several models it also gives each method's seed agreement (the mean NMI between the
-models' clusters, no labels). Writes ``embedding_clusters-<device>-<date>.json`` under
-``--out`` (default benchmarks/results) and prints a table.
+models' clusters, no labels). ``--head-only`` scores the models' own clusters alone (the
+seed agreement of a set of fits in a minute). Writes
+``embedding_clusters-<data>[-<tag>]-<device>-<date>.json`` under ``--out`` (default
+benchmarks/results) and prints a table.
 """
 
 from __future__ import annotations
@@ -70,11 +72,13 @@ def spectral(nb: np.ndarray, k: int, n_clusters: int, seed: int) -> np.ndarray:
     return sc.fit_predict(graph)
 
 
-def cluster_model(path: Path, x, neighbours: list[int], seed: int) -> dict[str, np.ndarray]:
+def cluster_model(
+    path: Path, x, neighbours: list[int], seed: int, head_only: bool = False
+) -> dict[str, np.ndarray]:
     est = DiscreteAutoencoder.load(path, device="cpu")
     k = int(est.model_.config["n_codes"])
     out = {"head": np.asarray(est.predict(x))}
-    for name, feat in features(est, x).items():
+    for name, feat in ({} if head_only else features(est, x)).items():
         t = time.perf_counter()
         out[f"{name}-kmeans"] = KMeans(k, n_init=10, random_state=seed).fit_predict(feat.numpy())
         nb = nearest_neighbours(feat, max(neighbours)).numpy()
@@ -91,6 +95,8 @@ def main() -> None:
     p.add_argument("--neighbours", type=int, nargs="+", default=[10, 30])
     p.add_argument("--seed", type=int, default=0, help="k-means and spectral seeding")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--head-only", action="store_true", help="the models' own clusters alone")
+    p.add_argument("--tag", default="", help="a word for the result file's name")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,7 +106,8 @@ def main() -> None:
               "n_images": len(x), "threads": args.threads, "models": {}}  # fmt: skip
     clusters = {}
     for path in args.models:
-        clusters[path.name] = ids = cluster_model(path, x, args.neighbours, args.seed)
+        clusters[path.name] = ids = cluster_model(path, x, args.neighbours, args.seed,
+                                                  args.head_only)  # fmt: skip
         report["models"][path.name] = {
             m: {"nmi": nmi(y, v), "acc": acc(y, v), "nmi_to_head": nmi(ids["head"], v)}
             for m, v in ids.items()
@@ -119,7 +126,8 @@ def main() -> None:
                       for r in report["models"].values())  # fmt: skip
         agree = report.get("agreement", {}).get(m)
         print(f"{m:<20}{row}{'' if agree is None else f'{agree:>11.3f}'}")
-    write_report(report, args.out, "embedding_clusters")
+    tag = f"-{args.tag}" if args.tag else ""
+    write_report(report, args.out, f"embedding_clusters-{args.data}{tag}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from discretae.cli._fit_records import (
+    augment_row,
+    ensemble_row,
+    heads_row,
+    mirror_row,
+    recluster_row,
+)
 from discretae.cli._output import rows_table
 from discretae.cli.options import (
     BatchSize,
@@ -171,7 +178,8 @@ AugmentOption = Annotated[
     typer.Option(
         "--augment",
         help="Augmentation ranges other than the defaults for the view objectives, e.g. "
-        "'erase=0.25,flip=0.5' (flip, the chance of a mirrored view: not for digits or text); "
+        "'erase=0.25,flip=0.5' (flip, the chance of a mirrored view, is otherwise chosen "
+        "from the data: on where mirror images are images of the same kind); "
         "names: rotate, scale, shear, translate, flip, erase, jitter, noise.",
         show_default=False,
     ),
@@ -383,15 +391,16 @@ def _table(result: dict) -> Table:
         ("epochs", f"{result['epochs']}, learning rate {result['lr_schedule']}"),
         *_rollback_row(result),
         ("objectives", ", ".join(["reconstruction", *result["objectives"]])),
-        *_augment_row(result),
+        *augment_row(result),
+        *mirror_row(result),
         ("final loss", result["final_loss"]),
         ("codes used (last epoch)", _used(result)),
         ("perplexity", result["perplexity"]),
         ("fit seconds", f"{result['fit_seconds']:.1f}"),
         *_prior_row(result),
-        *_ensemble_row(result),
-        *_heads_row(result),
-        *_recluster_row(result),
+        *ensemble_row(result),
+        *heads_row(result),
+        *recluster_row(result),
         ("device", result["device"]),
     ]
     if result.get("clustering"):
@@ -419,62 +428,6 @@ def _prior_row(result: dict) -> list[tuple[str, str]]:
         return [("code prior", choice["kind"])]
     scores = ", ".join(f"{k} {v / 8:.1f}" for k, v in held.items())
     return [("code prior", f"{choice['kind']} (bytes/image on held-out images: {scores})")]
-
-
-def _ensemble_row(result: dict) -> list[tuple[str, str]]:
-    e = result.get("ensemble")
-    if not e:
-        return []
-    seeds, agree = e["seeds"], sum(e["member_agreement"]) / len(e["member_agreement"])
-    return [
-        (
-            "ensemble",
-            f"{e['members']} members (seeds {', '.join(map(str, seeds))}), mutual NMI "
-            f"{agree:.3f}; kept seed {seeds[e['kept']]} (NMI to the consensus "
-            f"{e['to_consensus'][e['kept']]:.3f}, {e['fidelity']:.3f} after "
-            f"{e['distill_steps']} steps toward it)",
-        )
-    ]
-
-
-def _augment_row(result: dict) -> list[tuple[str, str]]:
-    ranges = result.get("augment")
-    if not ranges:
-        return []
-    return [
-        ("augmentation", ", ".join(f"{k} {v:g}" for k, v in ranges.items()) + "; others default")
-    ]
-
-
-def _heads_row(result: dict) -> list[tuple[str, str]]:
-    h = result.get("heads")
-    if not h:
-        return []
-    agree = ", ".join(f"{a:.3f}" for a in h["agreement"])
-    distilled = (
-        f"; the code trained {h['distill_steps']} steps toward it, NMI {h['fidelity']:.3f}"
-        if h["kept"]
-        else ""
-    )
-    return [
-        (
-            "heads",
-            f"{h['heads']}, agreement with the others {agree}; kept head {h['kept']}{distilled}",
-        )
-    ]
-
-
-def _recluster_row(result: dict) -> list[tuple[str, str]]:
-    r = result.get("recluster")
-    if not r:
-        return []
-    return [
-        (
-            "embedding k-means",
-            f"the code's NMI to the clusters {r['before']:.3f}, {r['fidelity']:.3f} after "
-            f"{r['distill_steps']} steps toward them",
-        )
-    ]
 
 
 def _used(result: dict) -> str:

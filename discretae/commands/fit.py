@@ -466,6 +466,7 @@ def _summary(run: _Run, s: dict, *, data, out, ckpt: Path, resume) -> dict:
         "rolled_back": [h["epoch"] for h in est.history_ if h.get("rolled_back")],
         "objectives": _objectives_in(est.model_),
         "augment": s["augment"],  # the ranges given instead of the defaults, or None
+        "mirror": est.mirror_,  # the flips the data chose (models.mirror), or None
         "lr_schedule": est.lr_schedule_used(est.model_),
         "final_loss": last.get("loss"),
         "codes_used": last.get("usage"),  # distinct codes in the last epoch

@@ -68,6 +68,7 @@ from discretae.models.checkpoint import (
     restore_train_state,
 )
 from discretae.models.memory import fit_bytes
+from discretae.models.mirror import with_mirror_rule
 from discretae.models.training import (
     TrainingDiverged,
     TrainState,
@@ -259,9 +260,12 @@ class DiscreteAutoencoder(
             return self.lr_schedule
         return RECIPE_LR_SCHEDULE if model.objectives is not None else "constant"
 
-    def _build(self, input_shape) -> torch.nn.Module:
+    def _build(self, input_shape, data: torch.Tensor | None = None) -> torch.nn.Module:
+        """The untrained model; with the training ``data``, flips by the mirror rule."""
         names = self._objective_names(input_shape)
         style_dim, objectives = objective_config(names, self.objective_options)
+        if data is not None:  # mirror_: the rule's record, None where it was not used
+            objectives, self.mirror_ = with_mirror_rule(objectives, data)
         return build_autoencoder(
             self.model,
             input_shape,
@@ -410,7 +414,7 @@ class DiscreteAutoencoder(
     ) -> tuple[TrainState, int]:
         """A new model for ``data`` on ``device`` and its training state, or the
         checkpoint's; -> (state, epochs). Draws from the torch RNG, seeded by the caller."""
-        model = self._build(tuple(data.shape[1:])).to(device)
+        model = self._build(tuple(data.shape[1:]), data).to(device)
         epochs, lr = self._schedule(model, data.shape[0])
         state = make_train_state(model, lr=lr, seed=seed)
         if ck is not None:

@@ -175,6 +175,7 @@ class EnsembleFit:
         state = self._distill(member, data, targets, seed, progress)
         self._set_fitted(state, member.input_shape_, member.device_)
         self._fit_clusters(self._encode(data), seed)
+        self.mirror_ = getattr(member, "mirror_", None)
         self.ensemble_ = {
             "members": len(members),
             "seeds": [m.random_state for m in members],

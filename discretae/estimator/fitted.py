@@ -28,7 +28,7 @@ INFER_BATCH = 1024
 CHANNELS = (1, 3, 4)
 # what a fit records beside the model, each a dict or None, stored in the model file
 # under its name and set as the attribute of that name plus "_" (heads -> heads_)
-FIT_RECORDS = ("ensemble", "heads", "recluster")
+FIT_RECORDS = ("ensemble", "heads", "recluster", "mirror")
 
 
 def _is_sparse(X) -> bool:
