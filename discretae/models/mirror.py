@@ -32,12 +32,11 @@ def mirror_ratio(x: torch.Tensor, seed: int = 0) -> float | None:
     if x.ndim != 4 or len(x) < 2 or min(x.shape[-2:]) < 2:
         return None
     g = torch.Generator().manual_seed(seed)
-    ref = x[torch.randperm(len(x), generator=g)[:REFERENCE]]
-    sample = ref[:SAMPLE].float().cpu()
-    ref = ref.reshape(len(ref), -1).float().cpu()
+    ref = x[torch.randperm(len(x), generator=g)[:REFERENCE]].float().cpu()
+    sample, flat = ref[:SAMPLE], ref.reshape(len(ref), -1)  # the sample: converted once
     dist = []
     for copy in (sample.flip(-1), sample.flip(-2)):
-        d = nearest_codes(copy.reshape(len(copy), -1), ref, 1, precision="fast")[1][:, 0]
+        d = nearest_codes(copy.reshape(len(copy), -1), flat, 1, precision="fast")[1][:, 0]
         dist.append(float(d.sqrt().median()))
     if dist[1] == 0:
         return None
