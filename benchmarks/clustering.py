@@ -87,6 +87,8 @@ VARIANTS = {
     "recipe+zoom": "auto",
     "recipe+shift": "auto",
     "recipe-flips": "auto",
+    "recipe+t0.2": "auto",
+    "recipe+t0.1": "auto",
 }
 # variants that change more than the objectives
 OPTIONS = {
@@ -100,6 +102,9 @@ OPTIONS = {
     "recipe+shift": {"objective_options": {"augment": {"translate": 0.2}}},
     # the mirror rule's flips forced off (where the data turns them on, the ablation)
     "recipe-flips": {"objective_options": {"augment": {"flip": 0.0}}},
+    # the contrastive term's temperature (the recipe's: 0.5, SimCLR's; SCAN's pretext 0.1)
+    "recipe+t0.2": {"objective_options": {"temperature": 0.2}},
+    "recipe+t0.1": {"objective_options": {"temperature": 0.1}},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 # variant -> the name of its fit scored before the embedding-k-means step: the variant is
@@ -179,7 +184,15 @@ def schedule_of(variant: str, x, epochs: int | None = None, images=None) -> str:
         + _heads_of(model)
         + _recluster_of(est, model)
         + _augment_of(model)
+        + _temperature_of(model)
     )
+
+
+def _temperature_of(model) -> str:
+    """ "; temperature T" where the contrastive term's is not 0.5 (the value of every run
+    from before it was named), else ""."""
+    t = (model.config.get("objectives") or {}).get("temperature", 0.5)
+    return "" if t == 0.5 else f"; temperature {t:g}"
 
 
 def _augment_of(model) -> str:
