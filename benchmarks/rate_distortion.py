@@ -549,7 +549,9 @@ def _knob_point(codec, path: Path, test: np.ndarray, work: Path, target: float) 
     n = len(test)
     return {"psnr_target": target, "levels": got["levels"], "max_error": got["max_error"],
             "step": got["step"], "rate_weight": got["rate_weight"],
-            "sample_psnr": got["psnr_target"]["sample_psnr"], "archive_bytes": size,
+            "sample_psnr": got["psnr_target"]["sample_psnr"],
+            "data_psnr": got["psnr_target"].get("data_psnr"),
+            "passes": got["psnr_target"].get("passes", 1), "archive_bytes": size,
             "bytes_per_image": size / n, "bits_per_image": 8 * size / n, "n_images": n,
             **quality(recon, test), "encode_s": enc, "decode_s": dec,
             "encode_images_per_s": n / enc, "decode_images_per_s": n / dec}  # fmt: skip

@@ -115,15 +115,22 @@ def _table(result: dict) -> Table:
 
 
 def _target_rows(chosen: dict | None) -> list[tuple]:
-    """The --psnr choice: the target and what the chosen setting gave on the sample."""
+    """The --psnr choice: the target, what the chosen setting gave on the sample, and
+    what every image of DATA decodes to."""
     if chosen is None:
         return []
+    aimed = chosen.get("sample_target_db", chosen["target_db"])
+    passes = chosen.get("passes", 1)
     return [
         (
             "PSNR target",
-            f"{chosen['target_db']:g} dB: {chosen['sample_psnr']:.2f} dB and "
-            f"{chosen['sample_bytes_per_image']:.1f} B/image on "
-            f"{chosen['sample_images']} images drawn across DATA "
+            f"{chosen['target_db']:g} dB: {chosen['data_psnr']:.2f} dB over DATA"
+            + (f" ({passes} passes, the sample aimed at {aimed:.2f} dB)" if passes > 1 else ""),
+        ),
+        (
+            "PSNR sample",
+            f"{chosen['sample_psnr']:.2f} dB and {chosen['sample_bytes_per_image']:.1f} "
+            f"B/image on {chosen['sample_images']} images drawn across DATA "
             f"({len(chosen['tried'])} settings tried)",
-        )
+        ),
     ]

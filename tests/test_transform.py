@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -331,8 +332,12 @@ def test_cli_colour_folder_with_a_step_and_with_psnr(tmp_path):
             "38", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     chosen = json.loads(r.stdout)["psnr_target"]
-    assert chosen["sample_psnr"] >= 38
+    assert chosen["sample_psnr"] >= 38 and chosen["data_psnr"] >= 38
     assert any(t["step"] is not None for t in chosen["tried"])
+    # the table names the target and what all of DATA decodes to
+    r = cli("compress", str(src), "-m", str(model), "-o", str(tmp_path / "q.dae"), "--psnr", "38")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"38 dB: \d+\.\d\d dB over DATA", r.stdout), r.stdout
 
 
 def test_the_benchmark_measures_transform_points(rd, model, codec, digits, tmp_path):

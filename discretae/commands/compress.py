@@ -28,6 +28,13 @@ STEP_TOP = 255  # the largest step a transform residual takes
 # keeps the cheapest: on openclipart a weight of 0.1 under a transform residual saved 0-2%
 # (1 level), 4-6% (2) and 6-11% (3) at equal PSNR from 31 to 37.5 dB (README, Compress)
 PSNR_RATE_WEIGHTS = (0.0, 0.1)
+# compress --psnr encodes DATA and scores it; short of the target, the sample is aimed
+# higher by the gap between the two plus PSNR_AIM_STEP dB and DATA encoded again,
+# PSNR_ROUNDS passes at most. On openclipart's 998 test images the 256-image sample had
+# reached the target where the whole scored 0.3-0.45 dB under it, on 5 of 6 targets from
+# 25 to 35 dB.
+PSNR_ROUNDS = 3
+PSNR_AIM_STEP = 0.05
 
 
 def compress(
@@ -75,11 +82,15 @@ def compress(
         )
     ds = load_model_data(data, codec.est, strict=strict, warn=warn)
     chosen = None
-    if psnr is not None:
-        codec, chosen = _for_psnr(codec, rate_weight, ds, psnr, batch_size, callback)
+    if psnr is None:
+        transform, bound = step is not None, max_error if step is None else step
+        sym, refine_words, _ = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
+    else:
+        codec, chosen, sym, refine_words = _reach_psnr(
+            codec, rate_weight, ds, psnr, batch_size, callback, warn
+        )
         levels, max_error, step = chosen["levels"], chosen["max_error"], chosen["step"]
-    transform, bound = step is not None, max_error if step is None else step
-    sym, refine_words = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
+        transform, bound = step is not None, max_error if step is None else step
     if sym is None:
         raise DiscretaeError(f"no readable images in {data!r}")
     stored = _names(ds, names, warn)
@@ -110,6 +121,43 @@ def compress(
         "model_hash": codec.digest.hex(),
         **({"psnr_target": chosen} if chosen is not None else {}),
     }
+
+
+def _reach_psnr(codec, rate_weight, ds, target, batch_size, callback, warn):
+    """-> (codec, setting, symbols, refinement words): the setting :func:`_for_psnr` picks
+    on the sample, then DATA encoded with it and its decoded images scored. Where DATA's
+    mean PSNR falls short of ``target`` (the sample was easier than the whole), the sample
+    is aimed at the target plus the gap between the sample's PSNR and DATA's (and
+    ``PSNR_AIM_STEP`` dB more) and DATA encoded again, at
+    most ``PSNR_ROUNDS`` passes in all, the later searches with the first's rate weight.
+    The setting adds "data_psnr" (DATA's mean PSNR), "sample_target_db" and "passes"."""
+    aim, weight = target, rate_weight
+    for n_pass in range(1, PSNR_ROUNDS + 1):
+        codec, chosen = _for_psnr(codec, weight, ds, aim, batch_size, callback)
+        transform = chosen["step"] is not None
+        bound = chosen["max_error"] if not transform else chosen["step"]
+        sym, words, score = _symbols(
+            codec, ds, batch_size, callback, chosen["levels"], bound, transform, measure=True
+        )
+        chosen = {**chosen, "target_db": target, "sample_target_db": aim,
+                  "data_psnr": score, "passes": n_pass}  # fmt: skip
+        if sym is None or score >= target or _finest(chosen):
+            break
+        # the sample scored sample_psnr where DATA scored less: aim it higher by that
+        # gap, above what it reached, so that a finer setting is chosen
+        aim = target + (chosen["sample_psnr"] - score) + PSNR_AIM_STEP
+        weight = codec.rate_weight
+    if sym is not None and chosen["data_psnr"] < target and warn is not None:
+        warn(
+            f"--psnr {target:g}: DATA's images decode at {chosen['data_psnr']:.2f} dB "
+            f"(the sample at {chosen['sample_psnr']:.2f} dB) after {chosen['passes']} passes"
+        )
+    return codec, chosen, sym, words
+
+
+def _finest(chosen: dict) -> bool:
+    """Whether a setting cannot be made finer: lossless (a max error of 0)."""
+    return chosen["max_error"] == 0
 
 
 def _for_psnr(codec, rate_weight, ds, target, batch_size, callback):
@@ -266,21 +314,34 @@ def _psnr_sample(codec, ds, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _symbols(
-    codec, ds, batch_size: int, callback, levels: int, max_error: int | None, transform: bool
+    codec,
+    ds,
+    batch_size: int,
+    callback,
+    levels: int,
+    max_error: int | None,
+    transform: bool,
+    measure: bool = False,
 ):
     """Stream DATA through the codec: (symbols (N, h, w, T) int64 or None when no image
     was readable, the refinement's words per archive block when ``max_error`` is set: a
-    maximum error, or with ``transform`` a step). Images wait for the refinement a block
-    at a time."""
+    maximum error, or with ``transform`` a step, and with ``measure`` the mean PSNR of the
+    images the archive decodes to, else None). Images wait for the refinement a block at
+    a time."""
     from discretae.compression.codec import BLOCK
+    from discretae.evaluation.metrics import psnr_per_image
 
-    parts, words, pending, pending_sym = [], [], [], []
+    parts, words, pending, pending_sym, scores = [], [], [], [], []
 
     def flush(final: bool) -> None:
         while pending and (final or sum(len(p) for p in pending) >= BLOCK):
             x, sym = np.concatenate(pending), np.concatenate(pending_sym)
             sym_block = sym[:BLOCK, ..., :levels]
             words.append(codec.refine_block(x[:BLOCK], sym_block, max_error, transform))
+            if measure:
+                base = codec.base_images(sym_block)
+                got = codec.refined_images(words[-1], base, sym_block, max_error, transform)
+                scores.append(psnr_per_image(got, x[:BLOCK]))
             pending[:] = [x[BLOCK:]] if len(x) > BLOCK else []
             pending_sym[:] = [sym[BLOCK:]] if len(x) > BLOCK else []
 
@@ -291,6 +352,10 @@ def _symbols(
             pending.append(to_uint8(images.numpy()))
             pending_sym.append(sym)
             flush(final=False)
+        elif measure:
+            got = codec.decode_images(sym[..., :levels])
+            scores.append(psnr_per_image(got, to_uint8(images.numpy())))
     if max_error is not None:
         flush(final=True)
-    return (np.concatenate(parts) if parts else None), words
+    score = float(np.concatenate(scores).mean()) if scores else None
+    return (np.concatenate(parts) if parts else None), words, score
