@@ -66,7 +66,8 @@ def compress(
     ``rate_weight`` > 0 stores codes a little further from the images that the prior finds
     cheaper (vq and rvq; :mod:`discretae.compression.rate`; None: 0, or :func:`_for_psnr`'s).
     ``psnr`` instead of ``levels``, ``max_error`` and ``step``: the setting with the fewest
-    bytes whose images reach that mean PSNR (dB) on a sample of DATA. ``names``
+    bytes whose images reach that mean PSNR (dB) on a sample of DATA, checked over all of
+    DATA and aimed higher where DATA falls short (:func:`_reach_psnr`). ``names``
     stores the images' file names when DATA has them (folders). Returns the archive's
     size, bytes and bits per image (header amortised), and more.
     """
@@ -128,8 +129,8 @@ def _reach_psnr(codec, rate_weight, ds, target, batch_size, callback, warn):
     on the sample, then DATA encoded with it and its decoded images scored. Where DATA's
     mean PSNR falls short of ``target`` (the sample was easier than the whole), the sample
     is aimed at the target plus the gap between the sample's PSNR and DATA's (and
-    ``PSNR_AIM_STEP`` dB more) and DATA encoded again, at
-    most ``PSNR_ROUNDS`` passes in all, the later searches with the first's rate weight.
+    ``PSNR_AIM_STEP`` dB more) and DATA encoded again, at most ``PSNR_ROUNDS`` passes in
+    all, the later searches with the first's rate weight.
     The setting adds "data_psnr" (DATA's mean PSNR), "sample_target_db" and "passes"."""
     aim, weight = target, rate_weight
     for n_pass in range(1, PSNR_ROUNDS + 1):
