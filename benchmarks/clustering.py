@@ -89,6 +89,7 @@ VARIANTS = {
     "recipe-flips": "auto",
     "recipe+t0.2": "auto",
     "recipe+t0.1": "auto",
+    "recipe+b512": "auto",
 }
 # variants that change more than the objectives
 OPTIONS = {
@@ -105,6 +106,8 @@ OPTIONS = {
     # the contrastive term's temperature (the recipe's: 0.5, SimCLR's; SCAN's pretext 0.1)
     "recipe+t0.2": {"objective_options": {"temperature": 0.2}},
     "recipe+t0.1": {"objective_options": {"temperature": 0.1}},
+    # twice the batch (more negatives for the contrastive term, a better MI estimate)
+    "recipe+b512": {"batch_size": 512},
 }
 SCORES = ("nmi", "acc", "purity", "ari")
 # variant -> the name of its fit scored before the embedding-k-means step: the variant is
@@ -185,6 +188,7 @@ def schedule_of(variant: str, x, epochs: int | None = None, images=None) -> str:
         + _recluster_of(est, model)
         + _augment_of(model)
         + _temperature_of(model)
+        + ("" if est.batch_size == 256 else f"; batch {est.batch_size}")
     )
 
 
