@@ -71,8 +71,6 @@ def compress(
     stores the images' file names when DATA has them (folders). Returns the archive's
     size, bytes and bits per image (header amortised), and more.
     """
-    from discretae.compression.archive import parse_archive
-
     _check_options(out, device, levels, max_error, step, rate_weight, psnr)
     codec = load_codec(model, device, rate_weight=rate_weight or 0.0)
     levels = codec.check_levels(levels)
@@ -101,7 +99,15 @@ def compress(
                                  transform=transform)  # fmt: skip
     with atomic_path(out) as tmp:
         tmp.write_bytes(archive)
-    n, payload = len(sym), 4 * sum(len(b) for b in parse_archive(archive)[2])
+    setting = {"levels": levels, "max_error": max_error, "step": step}
+    return _result(codec, ds, out, archive, len(sym), setting, stored is not None, chosen)
+
+
+def _result(codec, ds, out, archive: bytes, n: int, setting: dict, names: bool, chosen):
+    """What :func:`compress` returns for an archive of ``n`` images written to ``out``."""
+    from discretae.compression.archive import parse_archive
+
+    payload = 4 * sum(len(b) for b in parse_archive(archive)[2])
     return {
         "out": str(out),
         "n_images": n,
@@ -110,15 +116,13 @@ def compress(
         "bytes_per_image": len(archive) / n,
         "bits_per_image": 8 * len(archive) / n,
         "header_bytes": len(archive) - payload,
-        "levels": levels,
+        **setting,
         "max_levels": codec.n_levels,
-        "max_error": max_error,
-        "step": step,
         "rate_weight": codec.rate_weight,
-        "code_shape": [*codec.grid, levels],
+        "code_shape": [*codec.grid, setting["levels"]],
         "n_codes": codec.n_codes,
         "prior": "uniform" if codec.uniform else codec.prior.kind,
-        "names": stored is not None,
+        "names": names,
         "model_hash": codec.digest.hex(),
         **({"psnr_target": chosen} if chosen is not None else {}),
     }
