@@ -255,7 +255,7 @@ def choose_for_psnr(
             if e is None:  # what a codes-only archive decodes to (bfloat16 where fast)
                 got = codec.decode_images(s)
             else:
-                words = codec.refine_block(x, s, e, transform)
+                words = codec.refine_block(x, s, e, transform, base)
                 got = codec.refined_images(words, base, s, e, transform)
                 size += 4 * len(words)
             psnr = float(psnr_per_image(got, x).mean())
@@ -342,9 +342,9 @@ def _symbols(
         while pending and (final or sum(len(p) for p in pending) >= BLOCK):
             x, sym = np.concatenate(pending), np.concatenate(pending_sym)
             sym_block = sym[:BLOCK, ..., :levels]
-            words.append(codec.refine_block(x[:BLOCK], sym_block, max_error, transform))
+            base = codec.base_images(sym_block)
+            words.append(codec.refine_block(x[:BLOCK], sym_block, max_error, transform, base))
             if measure:
-                base = codec.base_images(sym_block)
                 got = codec.refined_images(words[-1], base, sym_block, max_error, transform)
                 scores.append(psnr_per_image(got, x[:BLOCK]))
             pending[:] = [x[BLOCK:]] if len(x) > BLOCK else []

@@ -270,16 +270,23 @@ class Codec:
         return pack_archive(header, blocks, names, refine_words)
 
     def refine_block(
-        self, x: np.ndarray, sym: np.ndarray, max_error: int, transform: bool = False
+        self,
+        x: np.ndarray,
+        sym: np.ndarray,
+        max_error: int,
+        transform: bool = False,
+        base: np.ndarray | None = None,
     ) -> np.ndarray:
         """One block's refinement: images x (n, C, H, W) uint8 and their symbols (n, h, w,
         l) -> ANS words. Blocks hold ``BLOCK`` images (the last may hold fewer). With
-        ``transform``, ``max_error`` is a transform residual's step."""
+        ``transform``, ``max_error`` is a transform residual's step. ``base``: the
+        symbols' :meth:`base_images`, where the caller has them already."""
+        base = self.base_images(sym) if base is None else base
         if transform:
             expect = self.transform_expectation(sym, max_error)
-            return transform_residual.encode_block(x, self.base_images(sym), max_error, expect)
+            return transform_residual.encode_block(x, base, max_error, expect)
         max_error = check_max_error(max_error)
-        return self.refinement.encode_block(x, self.base_images(sym), sym, max_error)
+        return self.refinement.encode_block(x, base, sym, max_error)
 
     def refined_images(
         self,
