@@ -81,15 +81,14 @@ def compress(
         )
     ds = load_model_data(data, codec.est, strict=strict, warn=warn)
     chosen = None
-    if psnr is None:
-        transform, bound = step is not None, max_error if step is None else step
-        sym, refine_words, _ = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
-    else:
+    if psnr is not None:
         codec, chosen, sym, refine_words = _reach_psnr(
             codec, rate_weight, ds, psnr, batch_size, callback, warn
         )
         levels, max_error, step = chosen["levels"], chosen["max_error"], chosen["step"]
-        transform, bound = step is not None, max_error if step is None else step
+    transform, bound = _refinement(max_error, step)
+    if psnr is None:
+        sym, refine_words, _ = _symbols(codec, ds, batch_size, callback, levels, bound, transform)
     if sym is None:
         raise DiscretaeError(f"no readable images in {data!r}")
     stored = _names(ds, names, warn)
@@ -139,8 +138,7 @@ def _reach_psnr(codec, rate_weight, ds, target, batch_size, callback, warn):
     aim, weight = target, rate_weight
     for n_pass in range(1, PSNR_ROUNDS + 1):
         codec, chosen = _for_psnr(codec, weight, ds, aim, batch_size, callback)
-        transform = chosen["step"] is not None
-        bound = chosen["max_error"] if not transform else chosen["step"]
+        transform, bound = _refinement(chosen["max_error"], chosen["step"])
         sym, words, score = _symbols(
             codec, ds, batch_size, callback, chosen["levels"], bound, transform, measure=True
         )
@@ -158,6 +156,12 @@ def _reach_psnr(codec, rate_weight, ds, target, batch_size, callback, warn):
             f"(the sample at {chosen['sample_psnr']:.2f} dB) after {chosen['passes']} passes"
         )
     return codec, chosen, sym, words
+
+
+def _refinement(max_error: int | None, step: int | None) -> tuple[bool, int | None]:
+    """-> (transform, bound): a transform residual's step, else the max error (None: no
+    refinement)."""
+    return step is not None, max_error if step is None else step
 
 
 def _finest(chosen: dict) -> bool:
